@@ -1,0 +1,40 @@
+"""kflowers: ResNet18 transfer learning on the flowers dataset, in Keras 3.
+
+`import kflowers` is cheap: Keras, torch and keras-hub load on first use of
+the names below.
+"""
+
+import importlib
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "build_model": "kflowers.model",
+    "load_weights": "kflowers.model",
+    "save_model": "kflowers.model",
+    "load_model": "kflowers.model",
+    "WeightsError": "kflowers.model",
+    "download_flowers": "kflowers.data",
+    "scan_folder": "kflowers.data",
+    "split_dataset": "kflowers.data",
+    "FlowerDataset": "kflowers.data",
+    "ImageFolder": "kflowers.data",
+    "DataError": "kflowers.data",
+    "read_image": "kflowers.images",
+    "UnreadableImage": "kflowers.images",
+    "freeze_backbone": "kflowers.training",
+    "unfreeze_backbone": "kflowers.training",
+    "discriminative_optimizer": "kflowers.training",
+    "STRATEGIES": "kflowers.training",
+    "compile_for": "kflowers.training",
+}
+
+__all__ = sorted(_EXPORTS) + ["callbacks"]
+
+
+def __getattr__(name):
+    if name == "callbacks":
+        return importlib.import_module("kflowers.callbacks")
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'kflowers' has no attribute {name!r}")

@@ -1,0 +1,431 @@
+"""The flowers data: download, scan, split, and `FlowerDataset`.
+
+A dataset on disk is one folder per class. `scan_folder` reads it once, up
+front: it lists the images (class index = position in the sorted list of class
+names), decodes each one to make sure it can be read, and reports what it had
+to skip. `split_dataset` makes the lesson's stratified 80/20 split and
+`FlowerDataset` feeds a split to `model.fit` as a `keras.utils.PyDataset`.
+"""
+
+import dataclasses
+import hashlib
+import logging
+import math
+import os
+import threading
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from kflowers.images import UnreadableImage
+from kflowers.images import is_image_file
+from kflowers.images import read_image
+
+log = logging.getLogger("kflowers")
+
+FLOWERS_URL = (
+    "https://mymldatasets.s3.eu-de.cloud-object-storage.appdomain.cloud/flowers.zip"
+)
+FLOWERS_ZIP_BYTES = 235_962_103
+CLASS_NAMES = ("daisy", "dandelion", "rose", "sunflower", "tulip")
+
+
+class DataError(ValueError):
+    """A dataset that can't be used; the message says why and what to do."""
+
+
+# ---------------------------------------------------------------- download
+
+
+def download_flowers(cache_dir=None, url=FLOWERS_URL, expected_bytes=FLOWERS_ZIP_BYTES):
+    """Download and extract `flowers.zip`; return the path of `flowers/`.
+
+    The archive is cached by `keras.utils.get_file` (in `~/.keras/datasets`
+    unless `cache_dir` says otherwise) and checked before it is extracted: a
+    truncated or corrupted download is deleted and fetched once more, then
+    raises `DataError`.
+
+    Args:
+        cache_dir: where to keep the archive and the extracted folder.
+        url: where to fetch the archive from (any URL `urllib` can open,
+            `file://` included).
+        expected_bytes: the archive's size; `None` skips the size check.
+
+    Example:
+    >>> root = download_flowers()   # ~236 MB the first time
+    >>> folder = scan_folder(root)
+    """
+    import keras
+
+    def fetch(force):
+        return keras.utils.get_file(
+            "flowers.zip", url, cache_dir=cache_dir, force_download=force
+        )
+
+    try:
+        archive = fetch(force=False)
+        problem = _archive_problem(archive, expected_bytes)
+        if problem:
+            log.warning("flowers.zip is damaged (%s); downloading it again", problem)
+            os.remove(archive)
+            archive = fetch(force=True)
+            problem = _archive_problem(archive, expected_bytes)
+            if problem:
+                os.remove(archive)
+                raise DataError(f"the downloaded flowers.zip is damaged: {problem}")
+    except (OSError, Exception) as error:
+        if isinstance(error, DataError):
+            raise
+        raise DataError(
+            f"could not download the flowers dataset from {url} ({_first_line(error)}); "
+            "without network, pass --data DIR with a folder of class subfolders"
+        ) from None
+    target = os.path.join(os.path.dirname(archive), "flowers_extracted")
+    marker = os.path.join(target, ".complete")
+    if not os.path.exists(marker):
+        with zipfile.ZipFile(archive) as zf:
+            zf.extractall(target)
+        open(marker, "w").close()
+    return _find_class_root(target)
+
+
+def _archive_problem(path, expected_bytes):
+    size = os.path.getsize(path)
+    if expected_bytes is not None and size != expected_bytes:
+        return f"{size:,} bytes instead of {expected_bytes:,}"
+    if not zipfile.is_zipfile(path):
+        return "not a zip archive"
+    with zipfile.ZipFile(path) as zf:
+        bad = zf.testzip()
+    if bad:
+        return f"CRC error in {bad}"
+    return None
+
+
+def _find_class_root(path):
+    """The folder inside an extracted archive whose subfolders are classes."""
+    entries = [e for e in os.listdir(path) if not e.startswith((".", "__"))]
+    if len(entries) == 1 and os.path.isdir(os.path.join(path, entries[0])):
+        return _find_class_root(os.path.join(path, entries[0]))
+    return path
+
+
+def _first_line(error):
+    return (str(error).strip() or type(error).__name__).splitlines()[0]
+
+
+def sha256_of(path, chunk=1 << 20):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# -------------------------------------------------------------------- scan
+
+
+@dataclasses.dataclass
+class ImageFolder:
+    """Images and their labels. `labels[i]` indexes `class_names`.
+
+    Attributes:
+        root: the folder that was scanned.
+        class_names: sorted class names; the label of a class is its position.
+        paths: image files.
+        labels: one int per path.
+        skipped: `(path, reason)` for every file that was left out.
+    """
+
+    root: str
+    class_names: list
+    paths: list
+    labels: list
+    skipped: list = dataclasses.field(default_factory=list)
+
+    def __len__(self):
+        return len(self.paths)
+
+    def counts(self):
+        """Images per class, as `{class_name: count}`."""
+        found = np.bincount(np.asarray(self.labels, int), minlength=len(self.class_names))
+        return dict(zip(self.class_names, found.tolist()))
+
+    def subset(self, indices):
+        return dataclasses.replace(
+            self,
+            paths=[self.paths[i] for i in indices],
+            labels=[self.labels[i] for i in indices],
+            skipped=[],
+        )
+
+
+def scan_folder(root, classes=None, check_images=True, threads=4):
+    """Find the images under `root`, one subfolder per class.
+
+    Every file is looked at once, here: files that are not images or can't be
+    decoded are skipped and named in a warning with the reason, so that a bad
+    file never stops training halfway. Images in nested folders inside a class
+    folder belong to that class. A class folder without a usable image is
+    left out with a warning, unless `classes` names it, in which case that is
+    an error.
+
+    Args:
+        root: the dataset folder.
+        classes: optional list of class names to use, in label order. Default:
+            every subfolder, sorted by name.
+        check_images: decode every image (at a reduced scale) to catch broken
+            files. `False` only checks extensions.
+        threads: decoding threads for the check.
+
+    Returns:
+        An `ImageFolder`.
+
+    Raises:
+        DataError: the folder is missing, or holds no usable image.
+
+    Example:
+    >>> folder = scan_folder("flowers")
+    >>> folder.class_names
+    ['daisy', 'dandelion', 'rose', 'sunflower', 'tulip']
+    """
+    root = os.fspath(root)
+    if not os.path.isdir(root):
+        raise DataError(f"dataset folder not found: {root}")
+    found = sorted(
+        e for e in os.listdir(root)
+        if not e.startswith(".") and os.path.isdir(os.path.join(root, e))
+    )
+    if classes is not None:
+        missing = [c for c in classes if c not in found]
+        if missing:
+            raise DataError(f"class folder(s) not found in {root}: {', '.join(missing)}")
+        found = list(classes)
+    if not found:
+        raise DataError(f"no class folders in {root}: expected one subfolder per class")
+
+    skipped = []
+    candidates = {}
+    for name in found:
+        files = []
+        for path in _walk_files(os.path.join(root, name)):
+            if is_image_file(path):
+                files.append(path)
+            elif os.path.basename(path) not in (".DS_Store", "Thumbs.db", "desktop.ini"):
+                skipped.append((path, "not an image file (extension)"))
+        candidates[name] = sorted(files)
+
+    if check_images:
+        all_files = [p for files in candidates.values() for p in files]
+        with ThreadPoolExecutor(threads) as pool:
+            problems = dict(zip(all_files, pool.map(_check_image, all_files)))
+        for name, files in candidates.items():
+            candidates[name] = [p for p in files if problems[p] is None]
+        skipped += [(p, reason) for p, reason in problems.items() if reason]
+
+    empty = [name for name, files in candidates.items() if not files]
+    if empty and classes is not None:
+        raise DataError(f"no usable image in class folder(s): {', '.join(empty)}")
+    for name in empty:
+        log.warning("class folder %r has no usable image; it is left out", name)
+    class_names = [name for name in found if candidates[name]]
+    if not class_names:
+        raise DataError(f"no usable image found in {root}")
+
+    paths, labels = [], []
+    for label, name in enumerate(class_names):
+        paths += candidates[name]
+        labels += [label] * len(candidates[name])
+    skipped.sort()
+    for path, reason in skipped:
+        log.warning("skipped %s: %s", path, reason)
+    return ImageFolder(root, class_names, paths, labels, skipped)
+
+
+def _walk_files(folder):
+    seen = set()
+    for directory, subdirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(directory)
+        if real in seen:  # a symlink loop
+            subdirs[:] = []
+            continue
+        seen.add(real)
+        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+        for name in files:
+            yield os.path.join(directory, name)
+
+
+def _check_image(path):
+    try:
+        read_image(path, min_size=8)
+        return None
+    except UnreadableImage as error:
+        return str(error)
+    except OSError as error:  # e.g. a dangling symlink
+        return _first_line(error)
+
+
+def split_dataset(folder, test_size=0.2, seed=0):
+    """The lesson's stratified split: `(train, test)` `ImageFolder`s.
+
+    Args:
+        folder: an `ImageFolder` from `scan_folder`.
+        test_size: fraction of each class that goes to the test split.
+        seed: the split's random seed; the same seed gives the same split.
+
+    Example:
+    >>> train, test = split_dataset(scan_folder("flowers"), seed=0)
+    """
+    from sklearn.model_selection import train_test_split
+
+    indices = np.arange(len(folder))
+    counts = np.bincount(folder.labels)
+    if counts.min() < 2:
+        small = [folder.class_names[i] for i in np.flatnonzero(counts < 2)]
+        raise DataError(f"need at least 2 images per class to split; too few in: {', '.join(small)}")
+    train, test = train_test_split(
+        indices, test_size=test_size, stratify=folder.labels, random_state=seed
+    )
+    return folder.subset(sorted(train)), folder.subset(sorted(test))
+
+
+# ----------------------------------------------------------------- dataset
+
+
+def _pydataset_base():
+    import keras
+
+    return keras.utils.PyDataset
+
+
+class FlowerDataset(_pydataset_base()):
+    """Batches of `(uint8 images, int labels)` for `model.fit`.
+
+    Images are read with `kflowers.images.read_image`, resized with
+    albumentations, and stay `uint8` in 0-255: the model normalises them.
+    Shuffling and augmentation depend only on `seed`, the epoch and the
+    sample, so two runs with the same seed see the same batches, whatever the
+    number of workers: pass `kflowers.callbacks.SetDatasetEpoch(dataset)` to
+    `fit` for that guarantee with `workers > 1` and when resuming.
+
+    Args:
+        paths: image files.
+        labels: one int per file.
+        batch_size: images per batch.
+        image_size: side of the square images fed to the model.
+        shuffle: reshuffle the samples every epoch (pass `shuffle=False` to
+            `fit`: the dataset shuffles itself, reproducibly).
+        augment: random resized crops and horizontal flips (training only).
+        seed: seed of the shuffling and augmentation.
+        workers, use_multiprocessing, max_queue_size: as for
+            `keras.utils.PyDataset`.
+
+    Example:
+    >>> train, test = split_dataset(scan_folder("flowers"))
+    >>> train_ds = FlowerDataset.from_folder(train, batch_size=64, shuffle=True)
+    >>> model.fit(train_ds, epochs=5, shuffle=False)
+    """
+
+    def __init__(self, paths, labels, batch_size=64, image_size=224, shuffle=False,
+                 augment=False, seed=0, workers=1, use_multiprocessing=False,
+                 max_queue_size=10):
+        super().__init__(workers=workers, use_multiprocessing=use_multiprocessing,
+                         max_queue_size=max_queue_size)
+        if len(paths) != len(labels):
+            raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
+        self.paths = list(paths)
+        self.labels = np.asarray(labels, dtype="int32")
+        self.batch_size = int(batch_size)
+        self.image_size = int(image_size)
+        self.shuffle = shuffle
+        self.augment = augment
+        self.seed = int(seed)
+        self.epoch = 0
+        self._epoch_set_by_callback = False
+        self._local = threading.local()
+
+    @classmethod
+    def from_folder(cls, folder, **kwargs):
+        """A dataset over an `ImageFolder` (all of it)."""
+        return cls(folder.paths, folder.labels, **kwargs)
+
+    def __len__(self):
+        return math.ceil(len(self.paths) / self.batch_size)
+
+    @property
+    def num_batches(self):
+        return len(self)
+
+    def set_epoch(self, epoch):
+        """Use the shuffle order and augmentations of `epoch`."""
+        self.epoch = int(epoch)
+
+    def follow_fit_epochs(self):
+        """Let `kflowers.callbacks.SetDatasetEpoch` alone set the epoch.
+
+        By default the dataset counts epochs itself, in `on_epoch_end`. Keras
+        reads one batch before training starts and, with `workers > 1`, keeps
+        prefetching in the background while that count moves on, so which
+        epoch a prefetched batch belongs to depends on timing. Pinned to
+        `fit`'s own epoch index, batches are the same on every run, and a
+        resumed run continues exactly where it stopped.
+        """
+        self._epoch_set_by_callback = True
+
+    def on_epoch_end(self):
+        if not self._epoch_set_by_callback:
+            self.epoch += 1
+
+    def order(self, epoch=None):
+        """The sample indices of `epoch`, in the order they are served."""
+        epoch = self.epoch if epoch is None else epoch
+        if not self.shuffle:
+            return np.arange(len(self.paths))
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.paths))
+
+    def __getitem__(self, index):
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch {index} out of range (0..{len(self) - 1})")
+        epoch = self.epoch
+        chosen = self.order(epoch)[index * self.batch_size:(index + 1) * self.batch_size]
+        images = np.stack([self.load(int(i), epoch) for i in chosen])
+        return images, self.labels[chosen]
+
+    def load(self, i, epoch=0):
+        """Sample `i` as the model sees it in `epoch`: `(S, S, 3)` uint8."""
+        pixels = read_image(self.paths[i], min_size=self._decode_size())
+        transform = self._transform()
+        if self.augment:
+            sample_seed = np.random.SeedSequence([self.seed, epoch, i]).generate_state(1)[0]
+            transform.set_random_seed(int(sample_seed))
+        return transform(image=pixels)["image"]
+
+    def _decode_size(self):
+        # Random crops keep as little as half the side: decode with margin.
+        return self.image_size * 2 if self.augment else self.image_size
+
+    def _transform(self):
+        # albumentations pipelines hold random state: one per thread.
+        transform = getattr(self._local, "transform", None)
+        if transform is None:
+            import albumentations as A
+
+            size = self.image_size
+            if self.augment:
+                steps = [A.RandomResizedCrop((size, size), scale=(0.25, 1.0)),
+                         A.HorizontalFlip()]
+            else:
+                steps = [A.Resize(size, size)]
+            transform = A.Compose(steps, seed=self.seed)
+            self._local.transform = transform
+        return transform
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_local")
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._local = threading.local()

@@ -1,0 +1,135 @@
+"""Pictures and tables: the sample grid, learning curves, confusion matrices,
+and markdown tables you can paste."""
+
+import numpy as np
+
+from kflowers.files import atomic_path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(figure, path):
+    plt = _pyplot()
+    with atomic_path(path, suffix=".png") as tmp:
+        figure.savefig(tmp, dpi=100, bbox_inches="tight", format="png")
+    plt.close(figure)
+    return str(path)
+
+
+def plot_samples(folder, path, rows=3, cols=5, seed=0, image_size=None):
+    """The lesson's grid of random images titled with their class.
+
+    Args:
+        folder: an `ImageFolder`.
+        path: the PNG file to write.
+        rows, cols: grid shape (3x5 as in the lesson).
+        seed: which images are drawn.
+        image_size: show images resized as the model sees them; `None`
+            shows them as they are on disk.
+    """
+    from kflowers.images import read_image
+
+    plt = _pyplot()
+    rng = np.random.default_rng(seed)
+    count = min(rows * cols, len(folder))
+    chosen = rng.choice(len(folder), size=count, replace=False)
+    figure, axes = plt.subplots(rows, cols, figsize=(cols * 2.4, rows * 2.6))
+    for ax in np.ravel(axes):
+        ax.axis("off")
+    for ax, index in zip(np.ravel(axes), chosen):
+        pixels = read_image(folder.paths[index], min_size=image_size)
+        if image_size:
+            import albumentations as A
+
+            pixels = A.Resize(image_size, image_size)(image=pixels)["image"]
+        ax.imshow(pixels)
+        ax.set_title(folder.class_names[folder.labels[index]])
+    return _save(figure, path)
+
+
+def plot_history(history, path, title=None):
+    """Loss and accuracy per epoch, train against test, side by side.
+
+    Args:
+        history: `{metric: [value per epoch]}` with `loss`, `accuracy`,
+            `test_loss`, `test_accuracy` (a `keras.callbacks.History.history`
+            renamed by `kflowers`), or a list of such rows.
+    """
+    plt = _pyplot()
+    figure, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    epochs = np.arange(1, len(history["loss"]) + 1)
+    for ax, metric in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+        ax.plot(epochs, history[metric], "o-", label="train")
+        if f"test_{metric}" in history:
+            ax.plot(epochs, history[f"test_{metric}"], "o-", label="test")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        figure.suptitle(title)
+    return _save(figure, path)
+
+
+def plot_comparison(histories, path):
+    """Learning curves of several runs: test accuracy and train/test loss.
+
+    Args:
+        histories: `{run name: history dict}`.
+    """
+    plt = _pyplot()
+    figure, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for index, (name, history) in enumerate(histories.items()):
+        colour = f"C{index}"
+        epochs = np.arange(1, len(history["loss"]) + 1)
+        ax_acc.plot(epochs, history["test_accuracy"], "o-", color=colour, label=name)
+        ax_loss.plot(epochs, history["loss"], "--", color=colour, alpha=0.6)
+        ax_loss.plot(epochs, history["test_loss"], "o-", color=colour, label=name)
+    ax_acc.set_title("test accuracy")
+    ax_loss.set_title("loss (solid: test, dashed: train)")
+    for ax in (ax_acc, ax_loss):
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return _save(figure, path)
+
+
+def plot_confusion(matrix, class_names, path, title="confusion matrix (rows: true class)"):
+    """A confusion matrix with counts in the cells."""
+    plt = _pyplot()
+    matrix = np.asarray(matrix)
+    size = max(4.0, 0.9 * len(class_names) + 2)
+    figure, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    threshold = matrix.max() / 2 if matrix.size else 0
+    for (i, j), value in np.ndenumerate(matrix):
+        ax.text(j, i, str(value), ha="center", va="center",
+                color="white" if value > threshold else "black")
+    ax.set_title(title)
+    return _save(figure, path)
+
+
+def markdown_table(rows, columns=None):
+    """Rows of dicts as a GitHub markdown table (floats to 4 digits)."""
+    rows = list(rows)
+    columns = columns or list(rows[0]) if rows else columns or []
+
+    def cell(value):
+        if isinstance(value, float):
+            return f"{value:.4f}"
+        return str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)

@@ -1,0 +1,86 @@
+"""Generated ResNet18 checkpoints in torchvision's key layout, and an
+independent forward pass written with `torch.nn.functional` to check against.
+"""
+
+import numpy as np
+
+STAGES = [(64, 1), (128, 2), (256, 2), (512, 2)]
+
+
+def resnet18_state_dict(seed=0, num_classes=1000, depth_blocks=(2, 2, 2, 2)):
+    """A torchvision-layout ResNet18 state dict with random weights, as numpy.
+
+    BatchNorm running statistics are random too, so that the test notices a
+    backbone that ignores them.
+    """
+    rng = np.random.default_rng(seed)
+    state = {}
+
+    def conv(key, out_c, in_c, k):
+        fan_in = in_c * k * k
+        state[key + ".weight"] = (rng.standard_normal((out_c, in_c, k, k)) * np.sqrt(2.0 / fan_in)).astype("float32")
+
+    def bn(key, c):
+        state[key + ".weight"] = rng.uniform(0.5, 1.5, c).astype("float32")
+        state[key + ".bias"] = rng.uniform(-0.2, 0.2, c).astype("float32")
+        state[key + ".running_mean"] = rng.uniform(-0.3, 0.3, c).astype("float32")
+        state[key + ".running_var"] = rng.uniform(0.5, 2.0, c).astype("float32")
+        state[key + ".num_batches_tracked"] = np.array(100, dtype="int64")
+
+    conv("conv1", 64, 3, 7)
+    bn("bn1", 64)
+    in_c = 64
+    for stage, ((out_c, stride), blocks) in enumerate(zip(STAGES, depth_blocks), start=1):
+        for block in range(blocks):
+            prefix = f"layer{stage}.{block}"
+            conv(prefix + ".conv1", out_c, in_c, 3)
+            bn(prefix + ".bn1", out_c)
+            conv(prefix + ".conv2", out_c, out_c, 3)
+            bn(prefix + ".bn2", out_c)
+            if block == 0 and (stride != 1 or in_c != out_c):
+                conv(prefix + ".downsample.0", out_c, in_c, 1)
+                bn(prefix + ".downsample.1", out_c)
+            in_c = out_c
+    state["fc.weight"] = (rng.standard_normal((num_classes, 512)) * 0.01).astype("float32")
+    state["fc.bias"] = np.zeros(num_classes, "float32")
+    return state
+
+
+def save_pth(state, path):
+    import torch
+
+    torch.save({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}, path)
+    return path
+
+
+def torch_features(state, images_uint8):
+    """Pooled 512-d ResNet18 features of uint8 NHWC images, in plain torch.
+
+    The preprocessing is torchvision's: x / 255, then ImageNet mean/std.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    t = {k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}
+    x = torch.from_numpy(images_uint8.astype("float32") / 255.0).permute(0, 3, 1, 2)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    x = (x - mean) / std
+
+    def bn(x, key):
+        return F.batch_norm(x, t[key + ".running_mean"], t[key + ".running_var"],
+                            t[key + ".weight"], t[key + ".bias"], training=False, eps=1e-5)
+
+    with torch.no_grad():
+        x = F.relu(bn(F.conv2d(x, t["conv1.weight"], stride=2, padding=3), "bn1"))
+        x = F.max_pool2d(x, 3, stride=2, padding=1)
+        for stage, (_, stride) in enumerate(STAGES, start=1):
+            for block in range(2):
+                p = f"layer{stage}.{block}"
+                s = stride if block == 0 else 1
+                out = F.relu(bn(F.conv2d(x, t[p + ".conv1.weight"], stride=s, padding=1), p + ".bn1"))
+                out = bn(F.conv2d(out, t[p + ".conv2.weight"], stride=1, padding=1), p + ".bn2")
+                if p + ".downsample.0.weight" in t:
+                    x = bn(F.conv2d(x, t[p + ".downsample.0.weight"], stride=s), p + ".downsample.1")
+                x = F.relu(out + x)
+        return x.mean(dim=(2, 3)).numpy()

@@ -1,0 +1,35 @@
+import os
+import sys
+
+os.environ.setdefault("KERAS_BACKEND", "torch")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.dirname(__file__))
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from drawing import draw_dataset  # noqa: E402
+
+CLASSES = ["daisy", "dandelion", "rose", "sunflower", "tulip"]
+
+
+@pytest.fixture(scope="session")
+def flowers_dir(tmp_path_factory):
+    """A small drawn dataset: 5 classes x 12 images of 48x48 (JPEG and PNG)."""
+    root = tmp_path_factory.mktemp("flowers")
+    draw_dataset(root, CLASSES, per_class=12, size=48, seed=0)
+    return str(root)
+
+
+@pytest.fixture(scope="session")
+def resnet18_pth(tmp_path_factory):
+    from checkpoints import resnet18_state_dict, save_pth
+
+    pytest.importorskip("torch", reason="writing a .pth checkpoint needs torch")
+    path = tmp_path_factory.mktemp("weights") / "resnet18-random.pth"
+    return str(save_pth(resnet18_state_dict(seed=1), path))
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)

@@ -1,0 +1,149 @@
+"""Scanning, splitting, downloading and `FlowerDataset`."""
+
+import os
+import zipfile
+
+import numpy as np
+import pytest
+
+import kflowers
+from conftest import CLASSES
+from kflowers.data import DataError
+from kflowers.data import FlowerDataset
+from kflowers.data import download_flowers
+from kflowers.training import train
+
+
+def test_scan_sorted_classes_and_case_insensitive_extensions(flowers_dir):
+    folder = kflowers.scan_folder(flowers_dir)
+    assert folder.class_names == sorted(CLASSES)
+    assert folder.counts() == {name: 12 for name in CLASSES}
+    assert any(p.endswith(".JPG") for p in folder.paths) and any(p.endswith(".png") for p in folder.paths)
+    for path, label in zip(folder.paths, folder.labels):
+        assert os.path.basename(os.path.dirname(path)) == folder.class_names[label]
+
+
+def test_explicit_classes_set_the_label_order(flowers_dir):
+    folder = kflowers.scan_folder(flowers_dir, classes=["tulip", "rose"])
+    assert folder.class_names == ["tulip", "rose"]
+    assert all("tulip" in p for p, label in zip(folder.paths, folder.labels) if label == 0)
+    with pytest.raises(DataError, match="not found.*orchid"):
+        kflowers.scan_folder(flowers_dir, classes=["rose", "orchid"])
+
+
+def test_missing_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="dataset folder not found"):
+        kflowers.scan_folder(tmp_path / "nope")
+
+
+def test_stratified_seeded_split(flowers_dir):
+    folder = kflowers.scan_folder(flowers_dir)
+    train, test = kflowers.split_dataset(folder, test_size=0.25, seed=3)
+    again_train, again_test = kflowers.split_dataset(folder, test_size=0.25, seed=3)
+    other_train, _ = kflowers.split_dataset(folder, test_size=0.25, seed=4)
+    assert train.paths == again_train.paths and test.paths == again_test.paths
+    assert train.paths != other_train.paths
+    assert not set(train.paths) & set(test.paths)
+    assert len(train) + len(test) == len(folder)
+    assert test.counts() == {name: 3 for name in CLASSES}
+
+
+def test_dataset_batches(flowers_dir):
+    folder = kflowers.scan_folder(flowers_dir)
+    ds = FlowerDataset.from_folder(folder, batch_size=16, image_size=40)
+    assert len(ds) == 4
+    x, y = ds[3]
+    assert x.shape == (12, 40, 40, 3) and x.dtype == np.uint8
+    assert y.dtype == np.int32 and y.tolist() == folder.labels[48:]
+    with pytest.raises(IndexError):
+        ds[4]
+
+
+def epoch_batches(ds, epoch):
+    ds.set_epoch(epoch)
+    return [ds[i] for i in range(len(ds))]
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_shuffle_and_augmentation_depend_only_on_seed_and_epoch(flowers_dir, augment):
+    folder = kflowers.scan_folder(flowers_dir)
+    make = lambda **kw: FlowerDataset.from_folder(  # noqa: E731
+        folder, batch_size=8, image_size=32, shuffle=True, augment=augment, **kw)
+    first, second = make(seed=1), make(seed=1, workers=2)
+    e0, e1 = epoch_batches(first, 0), epoch_batches(first, 1)
+    for (xa, ya), (xb, yb) in zip(e1, epoch_batches(second, 1)):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+    assert not all(np.array_equal(a[1], b[1]) for a, b in zip(e0, e1))  # reshuffled
+    assert sorted(np.concatenate([y for _, y in e1]).tolist()) == sorted(folder.labels)
+    other = epoch_batches(make(seed=2), 1)
+    assert not all(np.array_equal(a[1], b[1]) for a, b in zip(e1, other))
+
+
+def test_augmentation_changes_pixels_but_not_labels(flowers_dir):
+    folder = kflowers.scan_folder(flowers_dir)
+    plain = FlowerDataset.from_folder(folder, batch_size=60, image_size=32)
+    augmented = FlowerDataset.from_folder(folder, batch_size=60, image_size=32, augment=True)
+    (xp, yp), (xa, ya) = plain[0], augmented[0]
+    np.testing.assert_array_equal(yp, ya)
+    assert not np.array_equal(xp, xa)
+
+
+def test_fit_with_worker_threads_matches_single_thread(flowers_dir):
+    """The same seed gives the same weights whether the data comes from 1 or 2 threads."""
+    import keras
+
+    folder = kflowers.scan_folder(flowers_dir)
+
+    def run(workers):
+        keras.utils.set_random_seed(0)
+        model = kflowers.build_model(weights=None, image_size=32)
+        ds = FlowerDataset.from_folder(folder, batch_size=20, image_size=32, shuffle=True,
+                                       augment=True, seed=5, workers=workers)
+        history = train(model, "frozen", ds, epochs=2, verbose=0)
+        assert len(history.rows) == 2
+        return keras.ops.convert_to_numpy(model.get_layer("head").kernel)
+
+    np.testing.assert_array_equal(run(1), run(2))
+
+
+def make_zip(folder, path):
+    with zipfile.ZipFile(path, "w") as zf:
+        for directory, _, files in os.walk(folder):
+            for name in files:
+                full = os.path.join(directory, name)
+                zf.write(full, os.path.join("flowers", os.path.relpath(full, folder)))
+    return path
+
+
+def test_download_extracts_and_caches(flowers_dir, tmp_path):
+    served = make_zip(flowers_dir, tmp_path / "flowers.zip")
+    size = os.path.getsize(served)
+    root = download_flowers(cache_dir=str(tmp_path / "cache"), url=served.as_uri(), expected_bytes=size)
+    assert sorted(os.listdir(root)) == sorted(CLASSES)
+    assert kflowers.scan_folder(root).counts() == {name: 12 for name in CLASSES}
+    os.remove(served)  # cached: no second download
+    assert download_flowers(cache_dir=str(tmp_path / "cache"), url=served.as_uri(), expected_bytes=size) == root
+
+
+def test_damaged_download_is_fetched_again_then_reported(flowers_dir, tmp_path):
+    served = make_zip(flowers_dir, tmp_path / "flowers.zip")
+    with pytest.raises(DataError, match="damaged.*bytes instead of 123"):
+        download_flowers(cache_dir=str(tmp_path / "cache"), url=served.as_uri(), expected_bytes=123)
+    assert not os.path.exists(tmp_path / "cache" / "datasets" / "flowers.zip")
+
+
+def test_offline_download_says_how_to_use_local_data(tmp_path):
+    with pytest.raises(DataError, match="--data DIR"):
+        download_flowers(cache_dir=str(tmp_path), url=(tmp_path / "nothing.zip").as_uri())
+
+
+def test_sample_grid_is_written(flowers_dir, tmp_path):
+    from kflowers.reports import plot_samples
+
+    folder = kflowers.scan_folder(flowers_dir)
+    out = plot_samples(folder, tmp_path / "grid.png", seed=0)
+    from PIL import Image
+
+    image = np.asarray(Image.open(out).convert("L"))
+    assert image.shape[0] > 200 and image.std() > 10

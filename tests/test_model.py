@@ -1,0 +1,203 @@
+"""The pretrained network computes what PyTorch computes, and every weight
+source loads (or fails with a clear message)."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import kflowers
+from checkpoints import resnet18_state_dict
+from checkpoints import save_pth
+from checkpoints import torch_features
+from kflowers.model import WeightsError
+
+SIZE = 64
+
+
+def pooled(model, images):
+    features = keras.Model(model.input, model.get_layer("pool").output)
+    return keras.ops.convert_to_numpy(features(images))
+
+
+def assert_features_match(actual, expected, rel=1e-5):
+    """Max abs difference within `rel` of the features' scale (float32 noise
+    through 18 layers is ~1e-6 of it; an error in any layer is >1e-3)."""
+    scale = np.abs(expected).max()
+    error = np.abs(actual - expected).max()
+    assert error <= rel * scale, f"max |diff| {error:.3g} > {rel} x {scale:.3g}"
+
+
+@pytest.fixture(scope="module")
+def state():
+    return resnet18_state_dict(seed=1)
+
+
+@pytest.fixture(scope="module")
+def images():
+    return np.random.default_rng(0).integers(0, 256, (3, SIZE, SIZE, 3)).astype("uint8")
+
+
+def test_build_model_structure():
+    model = kflowers.build_model(num_classes=7, weights=None, image_size=SIZE)
+    assert isinstance(model, keras.Model)
+    assert [layer.name for layer in model.layers] == ["images", "preprocess", "backbone", "pool", "head"]
+    assert model.output_shape == (None, 7)
+    assert model.get_layer("backbone").__class__.__name__ == "ResNetBackbone"
+    assert model.get_layer("pool").output.shape[-1] == 512
+
+
+def test_pth_parity_with_plain_torch(state, images, tmp_path):
+    torch = pytest.importorskip("torch", reason=".pth files need torch")
+    del torch
+    path = save_pth(state, tmp_path / "r18.pth")
+    model = kflowers.build_model(weights=str(path), image_size=SIZE)
+    expected = torch_features(state, images)
+    assert_features_match(pooled(model, images), expected)
+    # The check has teeth: skipping ImageNet normalisation is far off.
+    wrong = torch_features(state, np.clip(images.astype(int) + 20, 0, 255).astype("uint8"))
+    assert np.abs(pooled(model, images) - wrong).max() > 1e-3 * np.abs(expected).max()
+
+
+def test_parity_with_torchvision_when_installed(images, tmp_path):
+    torch = pytest.importorskip("torch")
+    torchvision = pytest.importorskip("torchvision", reason="torchvision is optional")
+    net = torchvision.models.resnet18()
+    generator = torch.Generator().manual_seed(0)
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.3, 0.3, generator=generator)
+            module.running_var.uniform_(0.5, 2.0, generator=generator)
+    net.eval()
+    path = tmp_path / "tv.pth"
+    torch.save(net.state_dict(), path)
+    model = kflowers.build_model(weights=str(path), image_size=SIZE)
+    x = torch.from_numpy(images.astype("float32") / 255).permute(0, 3, 1, 2)
+    x = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    net.fc = torch.nn.Identity()
+    with torch.no_grad():
+        expected = net(x).numpy()
+    assert_features_match(pooled(model, images), expected)
+
+
+def test_safetensors_timm_layout_parity(state, images, tmp_path):
+    from safetensors.numpy import save_file
+
+    path = tmp_path / "model.safetensors"
+    save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(path))
+    model = kflowers.build_model(weights=str(path), image_size=SIZE)
+    assert_features_match(pooled(model, images), torch_features(state, images))
+
+
+def test_local_timm_preset_folder_loads_through_keras_hub(state, images, tmp_path):
+    from safetensors.numpy import save_file
+
+    preset = tmp_path / "resnet18_timm"
+    preset.mkdir()
+    (preset / "config.json").write_text(json.dumps(
+        {"architecture": "resnet18", "num_classes": 1000, "num_features": 512}))
+    save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(preset / "model.safetensors"))
+    model = kflowers.build_model(weights=str(preset), image_size=SIZE)
+    assert_features_match(pooled(model, images), torch_features(state, images))
+
+
+def test_keras_weights_h5_round_trip(images, tmp_path):
+    source = kflowers.build_model(weights=None, image_size=SIZE)
+    backbone_file = str(tmp_path / "backbone.weights.h5")
+    model_file = str(tmp_path / "model.weights.h5")
+    source.get_layer("backbone").save_weights(backbone_file)
+    source.save_weights(model_file)
+    from_backbone = kflowers.build_model(weights=backbone_file, image_size=SIZE)
+    from_model = kflowers.build_model(weights=model_file, image_size=SIZE)
+    expected = pooled(source, images)
+    np.testing.assert_array_equal(pooled(from_backbone, images), expected)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(from_model(images)),
+                                  keras.ops.convert_to_numpy(source(images)))
+
+
+def test_uint8_and_float_pixels_give_the_same_logits(images):
+    model = kflowers.build_model(weights=None, image_size=SIZE)
+    np.testing.assert_allclose(model.predict(images, verbose=0),
+                               model.predict(images.astype("float32"), verbose=0), rtol=1e-6, atol=1e-6)
+
+
+def test_other_architecture_is_named(tmp_path):
+    pytest.importorskip("torch")
+    state = resnet18_state_dict(seed=2, depth_blocks=(3, 4, 6, 3))  # a resnet34
+    path = save_pth(state, tmp_path / "resnet34.pth")
+    with pytest.raises(WeightsError, match=r"unexpected key\(s\): layer1\.2\.bn1\.bias"):
+        kflowers.build_model(weights=str(path), image_size=SIZE)
+
+
+def test_wrong_shapes_are_named(tmp_path):
+    pytest.importorskip("torch")
+    state = resnet18_state_dict(seed=3)
+    state["layer4.1.conv2.weight"] = np.zeros((256, 512, 3, 3), "float32")
+    del state["bn1.running_var"]
+    path = save_pth(state, tmp_path / "bad.pth")
+    with pytest.raises(WeightsError) as info:
+        kflowers.build_model(weights=str(path), image_size=SIZE)
+    message = str(info.value)
+    assert "missing key(s): bn1.running_var" in message
+    assert "layer4.1.conv2.weight (256, 512, 3, 3) (ResNet18 needs (512, 512, 3, 3))" in message
+
+
+def test_other_head_size_is_fine(images, tmp_path):
+    pytest.importorskip("torch")
+    state = resnet18_state_dict(seed=1, num_classes=10)
+    path = save_pth(state, tmp_path / "ten.pth")
+    model = kflowers.build_model(num_classes=5, weights=str(path), image_size=SIZE)
+    assert_features_match(pooled(model, images), torch_features(state, images))
+
+
+@pytest.mark.parametrize("weights", ["no_such_preset_anywhere.pth", "/nonexistent/w.safetensors"])
+def test_unknown_weights_fail_clearly(weights):
+    with pytest.raises(WeightsError, match="unknown weights"):
+        kflowers.build_model(weights=weights, image_size=SIZE)
+
+
+def test_unreadable_checkpoint_fails_clearly(tmp_path):
+    path = tmp_path / "broken.pth"
+    path.write_bytes(b"this is not a checkpoint")
+    with pytest.raises(WeightsError, match="cannot read"):
+        kflowers.build_model(weights=str(path), image_size=SIZE)
+
+
+def test_imagenet_download_is_cached_and_hash_checked(tmp_path):
+    import hashlib
+
+    from kflowers.model import fetch_imagenet_checkpoint
+
+    source = tmp_path / "served" / "resnet18-test.pth"
+    source.parent.mkdir()
+    source.write_bytes(os.urandom(4096))
+    prefix = hashlib.sha256(source.read_bytes()).hexdigest()[:8]
+    url = source.as_uri()
+    cache = tmp_path / "cache"
+    path = fetch_imagenet_checkpoint(cache_dir=str(cache), url=url, sha256_prefix=prefix)
+    assert open(path, "rb").read() == source.read_bytes()
+    source.write_bytes(b"changed on the server")  # the cached copy is reused
+    assert fetch_imagenet_checkpoint(cache_dir=str(cache), url=url, sha256_prefix=prefix) == path
+    # A corrupted download is deleted, fetched again, then reported.
+    with pytest.raises(WeightsError, match="failed its hash check twice"):
+        fetch_imagenet_checkpoint(cache_dir=str(cache), url=url, sha256_prefix="00000000")
+    assert not os.path.exists(path)
+
+
+def test_imagenet_offline_error_says_what_to_do(tmp_path):
+    from kflowers.model import fetch_imagenet_checkpoint
+
+    with pytest.raises(WeightsError, match="--weights PATH"):
+        fetch_imagenet_checkpoint(cache_dir=str(tmp_path), url=(tmp_path / "missing.pth").as_uri())
+
+
+def test_saved_model_loads_with_plain_keras_and_keeps_class_names(images, tmp_path):
+    model = kflowers.build_model(num_classes=3, weights=None, image_size=SIZE)
+    path = str(tmp_path / "model.keras")
+    kflowers.save_model(model, path, ["a", "b", "c"])
+    plain = keras.models.load_model(path)
+    np.testing.assert_allclose(plain.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-6)
+    assert kflowers.load_model(path).class_names == ["a", "b", "c"]
+    assert [f for f in os.listdir(tmp_path) if f != "model.keras"] == []
