@@ -12,6 +12,8 @@ backbone still drifted its BatchNorm statistics towards the flowers.)
 """
 
 import dataclasses
+import json
+import os
 import re
 
 import keras
@@ -162,11 +164,25 @@ def build_training_state(model, dataset):
 
 
 class EpochHistory(keras.callbacks.Callback):
-    """Per-epoch metrics with the lesson's names (`test_*`, not `val_*`) and wall time."""
+    """Per-epoch metrics with the lesson's names (`test_*`, not `val_*`) and wall time.
 
-    def __init__(self):
+    Args:
+        path: optional JSON file kept up to date after every epoch. Rows
+            already there for earlier epochs are kept, so a resumed run's
+            history includes the epochs before the interruption.
+    """
+
+    def __init__(self, path=None):
         super().__init__()
+        self.path = path
         self.rows = []
+        if path and os.path.exists(path):
+            with open(path) as f:
+                self.rows = json.load(f)
+
+    def on_train_begin(self, logs=None):
+        first = getattr(self.model, "_initial_epoch", None) or 0
+        self.rows = [row for row in self.rows if row["epoch"] <= first]
 
     def on_epoch_begin(self, epoch, logs=None):
         import time
@@ -181,7 +197,11 @@ class EpochHistory(keras.callbacks.Callback):
             name = "test_" + key[4:] if key.startswith("val_") else key
             row[name] = float(value)
         row["seconds"] = time.perf_counter() - self._start
-        self.rows.append(row)
+        self.rows = [r for r in self.rows if r["epoch"] < row["epoch"]] + [row]
+        if self.path:
+            from kflowers.files import write_json
+
+            write_json(self.path, self.rows)
 
     def columns(self):
         history = {}
@@ -192,7 +212,7 @@ class EpochHistory(keras.callbacks.Callback):
 
 
 def train(model, strategy, train_data, test_data=None, epochs=None, learning_rate=None,
-          callbacks=(), verbose=1):
+          callbacks=(), verbose=1, history_path=None):
     """Compile `model` for `strategy` and fit it: the lesson's run, in Keras.
 
     Args:
@@ -204,6 +224,8 @@ def train(model, strategy, train_data, test_data=None, epochs=None, learning_rat
         learning_rate: overrides the strategy's learning rate.
         callbacks: more Keras callbacks.
         verbose: Keras's progress bar setting.
+        history_path: keep the per-epoch rows in this JSON file (see
+            `EpochHistory`).
 
     Returns:
         An `EpochHistory`: `.rows` (one dict per epoch) and `.columns()`.
@@ -219,7 +241,7 @@ def train(model, strategy, train_data, test_data=None, epochs=None, learning_rat
     strategy = get_strategy(strategy) if isinstance(strategy, str) else strategy
     strategy = strategy.with_epochs(epochs)
     extra = compile_for(model, strategy, learning_rate=learning_rate)
-    history = EpochHistory()
+    history = EpochHistory(history_path)
     all_callbacks = list(extra) + list(callbacks) + [history]
     if isinstance(train_data, FlowerDataset):
         all_callbacks.insert(0, SetDatasetEpoch(train_data))

@@ -1,0 +1,5 @@
+import sys
+
+from kflowers.cli import main
+
+sys.exit(main())

@@ -1,0 +1,380 @@
+"""The `kflowers` command line: download, show, train, evaluate, predict,
+compare, lr-find, demo.
+
+Keras, torch and keras-hub are imported inside the commands that need them,
+so `kflowers --help` answers at once. Every error a user can cause ends with
+one line on stderr and exit status 2; no traceback.
+"""
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+log = logging.getLogger("kflowers")
+
+STRATEGY_NAMES = ["scratch", "frozen", "finetune", "two-stage", "discriminative"]
+
+
+class UserError(Exception):
+    """Something the user can fix; printed as one line."""
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _positive_float(text):
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _add_training_flags(parser, strategy_default="two-stage"):
+    parser.add_argument("--data", required=True, help="dataset folder, one subfolder per class")
+    parser.add_argument("--epochs", type=_positive_int, help="default: the strategy's (lesson's)")
+    parser.add_argument("--lr", type=_positive_float, help="learning rate (the head's, for discriminative)")
+    parser.add_argument("--batch-size", type=_positive_int, default=64)
+    parser.add_argument("--image-size", type=_positive_int, default=224)
+    parser.add_argument("--weights", default="default",
+                        help="imagenet, a keras-hub preset, a .pth/.safetensors/.weights.h5 file, or none "
+                             "(default: the strategy's: none for scratch, imagenet otherwise)")
+    parser.add_argument("--augment", action="store_true", help="random crops and flips while training")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=_positive_int, default=1, help="data loading threads")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="kflowers",
+        description="ResNet18 transfer learning on the flowers dataset, in Keras 3.",
+    )
+    parser.add_argument("--verbose", action="store_true", help="show library log output")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("download", help="fetch and extract the flowers dataset")
+    p.add_argument("--dir", help="cache folder (default: ~/.keras)")
+
+    p = commands.add_parser("show", help="sample grid and per-class counts of a dataset")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", default="grid.png")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = commands.add_parser("train", help="train one strategy into a run directory")
+    _add_training_flags(p)
+    p.add_argument("--strategy", choices=STRATEGY_NAMES, default="two-stage")
+    p.add_argument("--out", default="runs/latest", help="run directory")
+    p.add_argument("--early-stopping", action="store_true", help="stop when test loss stops improving")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+
+    p = commands.add_parser("evaluate", help="accuracy, per-class report and confusion matrix")
+    p.add_argument("--model", required=True, help="a model.keras file")
+    p.add_argument("--data", required=True)
+    p.add_argument("--image-size", type=_positive_int, help="default: the model's")
+    p.add_argument("--out", help="write confusion.png here (default: beside the model)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = commands.add_parser("predict", help="classify images")
+    p.add_argument("--model", required=True)
+    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("--top", type=_positive_int, default=3)
+    p.add_argument("--json", action="store_true")
+
+    p = commands.add_parser("compare", help="several strategies on the same split and seed")
+    _add_training_flags(p)
+    p.add_argument("--strategies", nargs="+", choices=STRATEGY_NAMES,
+                   default=["scratch", "frozen", "finetune", "two-stage", "discriminative"])
+    p.add_argument("--out", default="runs/compare")
+
+    p = commands.add_parser("lr-find", help="loss against learning rate, with a suggestion")
+    p.add_argument("--data", required=True)
+    p.add_argument("--strategy", choices=STRATEGY_NAMES, default="finetune")
+    p.add_argument("--weights", default="default")
+    p.add_argument("--batch-size", type=_positive_int, default=64)
+    p.add_argument("--image-size", type=_positive_int, default=224)
+    p.add_argument("--steps", type=_positive_int, default=100)
+    p.add_argument("--min-lr", type=_positive_float, default=1e-7)
+    p.add_argument("--max-lr", type=_positive_float, default=10.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="lr_find.png")
+
+    p = commands.add_parser("demo", help="the whole pipeline, offline, on a generated dataset")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(format="%(levelname)s: %(message)s",
+                        level=logging.INFO if args.verbose else logging.WARNING)
+    logging.getLogger("kflowers").setLevel(logging.INFO)
+    _quiet_tensorflow(args.verbose)
+    try:
+        return COMMANDS[args.command](args) or 0
+    except KeyboardInterrupt:
+        print("kflowers: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - user errors become one line
+        if not _is_user_error(error):
+            raise
+        text = (str(error).strip() or type(error).__name__).splitlines()[0]
+        print(f"kflowers {args.command}: error: {text}", file=sys.stderr)
+        return 2
+
+
+def _is_user_error(error):
+    from kflowers.images import UnreadableImage
+
+    names = {"DataError", "WeightsError", "UserError"}
+    return type(error).__name__ in names or isinstance(error, (UnreadableImage, UserError, FileNotFoundError))
+
+
+def _quiet_tensorflow(verbose):
+    """keras imports TensorFlow when it is installed; keep its start-up chatter off the terminal."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if verbose or "keras" in sys.modules:
+        return
+    import importlib.util
+
+    if importlib.util.find_spec("tensorflow") is None:
+        return
+    # TensorFlow's C++ start-up messages are written before its log level is read.
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            import keras  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+# ---------------------------------------------------------------- commands
+
+
+def cmd_download(args):
+    from kflowers.data import download_flowers
+    from kflowers.data import scan_folder
+
+    root = download_flowers(cache_dir=args.dir)
+    folder = scan_folder(root, check_images=False)
+    print(f"flowers dataset in {root}: {len(folder)} images")
+    print(f"train with: kflowers train --data {root}")
+
+
+def _print_counts(folder):
+    from kflowers.reports import markdown_table
+
+    rows = [{"class": name, "label": i, "images": count}
+            for i, (name, count) in enumerate(folder.counts().items())]
+    rows.append({"class": "total", "label": "", "images": len(folder)})
+    print(markdown_table(rows))
+    if folder.skipped:
+        print(f"skipped {len(folder.skipped)} file(s); see the warnings above")
+
+
+def cmd_show(args):
+    from kflowers.data import scan_folder
+    from kflowers.reports import plot_samples
+
+    folder = scan_folder(args.data)
+    _print_counts(folder)
+    print(f"sample grid: {plot_samples(folder, args.out, seed=args.seed)}")
+
+
+def _run_options(args, strategy, out):
+    from kflowers.runs import RunOptions
+
+    weights = args.weights
+    if isinstance(weights, str) and weights.lower() == "none":
+        weights = None
+    return RunOptions(data=args.data, strategy=strategy, out=out, epochs=args.epochs, lr=args.lr,
+                      batch_size=args.batch_size, image_size=args.image_size, weights=weights,
+                      augment=args.augment, seed=args.seed,
+                      early_stopping=getattr(args, "early_stopping", False),
+                      resume=getattr(args, "resume", False), workers=args.workers, quiet=args.quiet)
+
+
+def cmd_train(args):
+    from kflowers.data import scan_folder
+    from kflowers.runs import train_run
+
+    folder = scan_folder(args.data)
+    _print_counts(folder)
+    metrics = train_run(_run_options(args, args.strategy, args.out), folder=folder)
+    _print_summary(args.out, metrics)
+
+
+def _print_summary(out, metrics):
+    state = " (interrupted)" if metrics.get("interrupted") else ""
+    print(f"\n{metrics['strategy']}{state}: test accuracy {metrics['test_accuracy']:.4f} "
+          f"(best {metrics['best_test_accuracy']:.4f}) after {metrics['epochs']} epoch(s), "
+          f"{metrics['wall_seconds']:.0f} s")
+    print(f"run directory: {out} (model.keras, history.csv, metrics.json, curves.png, confusion.png)")
+
+
+def _load(path):
+    from kflowers.model import load_model
+
+    return load_model(path)
+
+
+def cmd_evaluate(args):
+    from kflowers.data import FlowerDataset
+    from kflowers.data import scan_folder
+    from kflowers.reports import markdown_table
+    from kflowers.reports import plot_confusion
+    from kflowers.runs import evaluate_model
+
+    model = _load(args.model)
+    folder = scan_folder(args.data)
+    unknown = [name for name in folder.class_names if name not in model.class_names]
+    if unknown:
+        raise UserError(
+            f"the model was trained on {', '.join(model.class_names)}; the data has other "
+            f"classes: {', '.join(unknown)}"
+        )
+    # Labels by name: the data's class index -> the model's.
+    to_model = [model.class_names.index(name) for name in folder.class_names]
+    labels = [to_model[label] for label in folder.labels]
+    size = args.image_size or model.input_shape[1] or 224
+    dataset = FlowerDataset(folder.paths, labels, batch_size=128, image_size=size)
+    results = evaluate_model(model, dataset, model.class_names)
+    out = args.out or os.path.dirname(os.path.abspath(args.model))
+    confusion_path = plot_confusion(results["confusion"], model.class_names,
+                                    os.path.join(out, "confusion.png"))
+    if args.json:
+        print(json.dumps({"accuracy": results["accuracy"], "per_class": results["per_class"],
+                          "confusion": results["confusion"], "classes": model.class_names}))
+        return
+    print(f"accuracy: {results['accuracy']:.4f} on {len(folder)} images")
+    rows = [{"class": name, **values} for name, values in results["per_class"].items()]
+    print(markdown_table(rows, ["class", "precision", "recall", "f1", "support"]))
+    print(f"confusion matrix: {confusion_path}")
+
+
+def cmd_predict(args):
+    import numpy as np
+
+    from kflowers.data import FlowerDataset
+    from kflowers.images import is_image_file
+    from kflowers.images import read_image
+    from kflowers.images import UnreadableImage
+
+    model = _load(args.model)
+    paths = []
+    for item in args.images:
+        if os.path.isdir(item):
+            paths += sorted(os.path.join(d, f) for d, _, files in os.walk(item) for f in files
+                            if is_image_file(f))
+        elif os.path.exists(item):
+            paths.append(item)
+        else:
+            raise UserError(f"no such file or folder: {item}")
+    size = model.input_shape[1] or 224
+    readable = []
+    for path in paths:
+        try:
+            read_image(path, min_size=8)
+            readable.append(path)
+        except UnreadableImage as error:
+            log.warning("skipped %s: %s", path, error)
+    if not readable:
+        raise UserError("no readable image to classify")
+    dataset = FlowerDataset(readable, [0] * len(readable), batch_size=64, image_size=size)
+    logits = model.predict(dataset, verbose=0)
+    probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    top = min(args.top, len(model.class_names))
+    results = []
+    for path, p in zip(readable, probabilities):
+        order = np.argsort(-p)[:top]
+        results.append({"image": path, "top": [{"class": model.class_names[i], "probability": float(p[i])}
+                                               for i in order]})
+    if args.json:
+        print(json.dumps(results))
+        return
+    from kflowers.reports import markdown_table
+
+    rows = [{"image": r["image"], **{f"#{k + 1}": f"{t['class']} {t['probability']:.3f}"
+                                     for k, t in enumerate(r["top"])}} for r in results]
+    print(markdown_table(rows, ["image"] + [f"#{k + 1}" for k in range(top)]))
+
+
+def cmd_compare(args):
+    from kflowers import reports
+    from kflowers.data import scan_folder
+    from kflowers.data import split_dataset
+    from kflowers.files import write_json
+    from kflowers.files import write_text
+    from kflowers.runs import train_run
+
+    folder = scan_folder(args.data)
+    _print_counts(folder)
+    split = split_dataset(folder, seed=args.seed)
+    rows, histories = [], {}
+    for strategy in args.strategies:
+        print(f"\n=== {strategy} ===")
+        out = os.path.join(args.out, strategy)
+        metrics = train_run(_run_options(args, strategy, out), folder=folder, split=split)
+        import csv
+
+        with open(os.path.join(out, "history.csv")) as f:
+            history = list(csv.DictReader(f))
+        histories[strategy] = {key: [float(row[key]) for row in history] for key in history[0]}
+        rows.append({"strategy": strategy, "best test accuracy": metrics["best_test_accuracy"],
+                     "final test accuracy": metrics["test_accuracy"], "epochs": metrics["epochs"],
+                     "wall seconds": round(metrics["wall_seconds"], 1)})
+    table = reports.markdown_table(rows)
+    write_text(os.path.join(args.out, "compare.md"), table + "\n")
+    write_json(os.path.join(args.out, "compare.json"), rows)
+    reports.plot_comparison(histories, os.path.join(args.out, "curves.png"))
+    print("\n" + table)
+    print(f"\ntable: {os.path.join(args.out, 'compare.md')}, curves: {os.path.join(args.out, 'curves.png')}")
+
+
+def cmd_lr_find(args):
+    from kflowers.lr_find import lr_find
+
+    result = lr_find(args.data, strategy=args.strategy, weights=args.weights, batch_size=args.batch_size,
+                     image_size=args.image_size, steps=args.steps, min_lr=args.min_lr,
+                     max_lr=args.max_lr, seed=args.seed, plot_path=args.out)
+    print(f"suggested learning rate: {result['suggestion']:.2e} (steepest descent of the loss)")
+    print(f"plot: {args.out}")
+
+
+def cmd_demo(args):
+    import tempfile
+
+    from kflowers.data import CLASS_NAMES
+    from kflowers.demo import draw_dataset
+    from kflowers.runs import RunOptions
+    from kflowers.runs import train_run
+
+    data = os.path.join(tempfile.mkdtemp(prefix="kflowers-demo-"), "flowers")
+    draw_dataset(data, CLASS_NAMES, per_class=40, size=48, seed=0)
+    print(f"drew a dataset of 5 x 40 images in {data}")
+    options = RunOptions(data=data, strategy="scratch", out=args.out, epochs=4, batch_size=32,
+                         image_size=32, weights=None, quiet=args.quiet)
+    metrics = train_run(options)
+    _print_summary(args.out, metrics)
+    sample = os.path.join(data, CLASS_NAMES[2], f"{CLASS_NAMES[2]}_000.JPG")
+    print(f"\nnext: kflowers predict --model {os.path.join(args.out, 'model.keras')} {sample}")
+
+
+COMMANDS = {
+    "download": cmd_download, "show": cmd_show, "train": cmd_train, "evaluate": cmd_evaluate,
+    "predict": cmd_predict, "compare": cmd_compare, "lr-find": cmd_lr_find, "demo": cmd_demo,
+}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

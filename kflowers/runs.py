@@ -1,0 +1,232 @@
+"""A training run on disk: everything `kflowers train` writes to `--out RUN`.
+
+    RUN/model.keras     the trained model (loads with keras.models.load_model)
+    RUN/history.csv     one row per epoch: loss, accuracy, test_loss, test_accuracy, seconds
+    RUN/metrics.json    test_accuracy (final), best_test_accuracy, test_loss, per_class, epochs, wall_seconds
+    RUN/curves.png      loss and accuracy, train against test
+    RUN/confusion.png   the test confusion matrix
+    RUN/split.json      classes, and the train and test image paths
+    RUN/config.json     every argument, the backend, package versions
+
+Every file is written atomically. Training state is backed up after every
+epoch (`RUN/backup/`), so `--resume` continues a killed run from its last
+completed epoch.
+"""
+
+import csv
+import dataclasses
+import io
+import logging
+import os
+import platform
+import shutil
+import signal
+import time
+
+import numpy as np
+
+from kflowers.files import write_json
+from kflowers.files import write_text
+
+log = logging.getLogger("kflowers")
+
+
+@dataclasses.dataclass
+class RunOptions:
+    """The arguments of one training run (`kflowers train`)."""
+
+    data: str
+    strategy: str = "two-stage"
+    out: str = "runs/latest"
+    epochs: object = None
+    lr: object = None
+    batch_size: int = 64
+    image_size: int = 224
+    weights: object = "default"
+    augment: bool = False
+    seed: int = 0
+    early_stopping: bool = False
+    resume: bool = False
+    workers: int = 1
+    test_size: float = 0.2
+    quiet: bool = False
+
+
+def evaluate_model(model, dataset, class_names):
+    """Accuracy, per-class precision/recall/F1 and the confusion matrix.
+
+    Returns:
+        `{"accuracy", "per_class": {name: {precision, recall, f1, support}},
+        "confusion": [[...]], "predictions", "labels"}`.
+    """
+    from sklearn.metrics import classification_report
+    from sklearn.metrics import confusion_matrix
+
+    logits = model.predict(dataset, verbose=0)
+    predictions = np.argmax(logits, axis=-1)
+    labels = np.asarray(dataset.labels)
+    indices = list(range(len(class_names)))
+    report = classification_report(labels, predictions, labels=indices, target_names=class_names,
+                                   output_dict=True, zero_division=0)
+    per_class = {
+        name: {"precision": report[name]["precision"], "recall": report[name]["recall"],
+               "f1": report[name]["f1-score"], "support": int(report[name]["support"])}
+        for name in class_names
+    }
+    return {
+        "accuracy": float(np.mean(predictions == labels)),
+        "per_class": per_class,
+        "confusion": confusion_matrix(labels, predictions, labels=indices).tolist(),
+        "predictions": predictions,
+        "labels": labels,
+        "logits": logits,
+    }
+
+
+class _StopOnInterrupt:
+    """Ctrl-C during `fit`: finish the current batch, then stop and save."""
+
+    def __init__(self):
+        import keras
+
+        outer = self
+
+        class Callback(keras.callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None):
+                if outer.interrupted:
+                    self.model.stop_training = True
+
+        self.callback = Callback()
+        self.interrupted = False
+
+    def __enter__(self):
+        def handler(signum, frame):
+            if self.interrupted:  # a second Ctrl-C stops at once
+                raise KeyboardInterrupt
+            self.interrupted = True
+            print("\nInterrupted: stopping after this batch and saving the run "
+                  "(Ctrl-C again to abort).", flush=True)
+
+        self._previous = signal.signal(signal.SIGINT, handler)
+        return self
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGINT, self._previous)
+
+
+def train_run(options, folder=None, split=None):
+    """Train one strategy and write its run directory; return `metrics.json`'s dict.
+
+    Args:
+        options: a `RunOptions`.
+        folder: an already scanned `ImageFolder` (scanned from
+            `options.data` otherwise).
+        split: an already made `(train, test)` split (made otherwise).
+    """
+    import keras
+
+    from kflowers import reports
+    from kflowers.data import FlowerDataset
+    from kflowers.data import scan_folder
+    from kflowers.data import split_dataset
+    from kflowers.model import build_model
+    from kflowers.model import save_model
+    from kflowers.training import get_strategy
+    from kflowers.training import train
+
+    started = time.perf_counter()
+    out = options.out
+    os.makedirs(out, exist_ok=True)
+    strategy = get_strategy(options.strategy).with_epochs(options.epochs)
+    if folder is None:
+        folder = scan_folder(options.data)
+    train_split, test_split = split or split_dataset(folder, test_size=options.test_size, seed=options.seed)
+    write_json(os.path.join(out, "split.json"), {
+        "classes": folder.class_names,
+        "train": train_split.paths,
+        "test": test_split.paths,
+    })
+    weights = strategy.weights if options.weights == "default" else options.weights
+    write_json(os.path.join(out, "config.json"), {
+        **dataclasses.asdict(options),
+        "strategy": strategy.name,
+        "epochs": strategy.epochs,
+        "weights": weights,
+        "backend": keras.backend.backend(),
+        "versions": _versions(),
+        "skipped_files": [f"{p}: {reason}" for p, reason in folder.skipped],
+    })
+
+    keras.utils.set_random_seed(options.seed)
+    model = build_model(num_classes=len(folder.class_names), weights=weights, image_size=options.image_size)
+    train_ds = FlowerDataset.from_folder(train_split, batch_size=options.batch_size,
+                                         image_size=options.image_size, shuffle=True,
+                                         augment=options.augment, seed=options.seed,
+                                         workers=options.workers)
+    test_ds = FlowerDataset.from_folder(test_split, batch_size=256, image_size=options.image_size,
+                                        workers=options.workers)
+    backup = os.path.join(out, "backup")
+    if not options.resume and os.path.exists(backup):
+        shutil.rmtree(backup)
+    callbacks = [keras.callbacks.BackupAndRestore(backup, delete_checkpoint=False)]
+    if options.early_stopping:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=3,
+                                                       restore_best_weights=True))
+    interrupt = _StopOnInterrupt()
+    callbacks.append(interrupt.callback)
+    with interrupt:
+        history = train(model, strategy, train_ds, test_ds, learning_rate=options.lr,
+                        callbacks=callbacks, verbose=0 if options.quiet else 2 if _not_a_terminal() else 1,
+                        history_path=os.path.join(backup, "history.json"))
+    rows = history.rows
+
+    results = evaluate_model(model, test_ds, folder.class_names)
+    save_model(model, os.path.join(out, "model.keras"), folder.class_names)
+    _write_history_csv(os.path.join(out, "history.csv"), rows)
+    columns = {key: [row.get(key) for row in rows] for key in rows[0]} if rows else {}
+    if rows:
+        reports.plot_history(columns, os.path.join(out, "curves.png"), title=strategy.name)
+    reports.plot_confusion(results["confusion"], folder.class_names, os.path.join(out, "confusion.png"))
+    test_accuracies = [row["test_accuracy"] for row in rows if "test_accuracy" in row]
+    metrics = {
+        "strategy": strategy.name,
+        "test_accuracy": results["accuracy"],
+        "best_test_accuracy": max(test_accuracies + [results["accuracy"]]),
+        "test_loss": rows[-1].get("test_loss") if rows else None,
+        "per_class": results["per_class"],
+        "confusion": results["confusion"],
+        "epochs": len(rows),
+        "interrupted": interrupt.interrupted,
+        "wall_seconds": time.perf_counter() - started,
+    }
+    write_json(os.path.join(out, "metrics.json"), metrics)
+    return metrics
+
+
+def _not_a_terminal():
+    import sys
+
+    return not sys.stdout.isatty()
+
+
+def _write_history_csv(path, rows):
+    buffer = io.StringIO()
+    columns = ["epoch", "loss", "accuracy", "test_loss", "test_accuracy", "seconds"]
+    columns += [c for row in rows for c in row if c not in columns]
+    writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(columns)))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())
+
+
+def _versions():
+    from importlib import metadata
+
+    versions = {"python": platform.python_version()}
+    for package in ("keras", "keras-hub", "torch", "jax", "tensorflow", "numpy", "albumentations",
+                    "scikit-image", "scikit-learn", "kflowers"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions

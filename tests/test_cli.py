@@ -1,0 +1,264 @@
+"""The `kflowers` command line, run as a user runs it: in a subprocess."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+TRAIN_FLAGS = ["--image-size", "32", "--batch-size", "16", "--seed", "3"]
+RUN_FILES = ["model.keras", "history.csv", "metrics.json", "curves.png", "confusion.png",
+             "split.json", "config.json"]
+
+
+def kflowers(*args, check=True, timeout=600):
+    result = subprocess.run([sys.executable, "-m", "kflowers", *map(str, args)], capture_output=True,
+                            text=True, timeout=timeout, env=ENV)
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def assert_png_not_blank(path):
+    image = np.asarray(Image.open(path).convert("L"), dtype=float)
+    assert image.shape[0] > 100 and image.std() > 5, f"{path} looks blank"
+
+
+def metrics_without_time(run):
+    with open(os.path.join(run, "metrics.json")) as f:
+        metrics = json.load(f)
+    metrics.pop("wall_seconds")
+    return metrics
+
+
+@pytest.fixture(scope="module")
+def run(flowers_dir, resnet18_pth, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "frozen"
+    result = kflowers("train", "--data", flowers_dir, "--strategy", "frozen", "--epochs", "2",
+                      "--weights", resnet18_pth, "--out", out, *TRAIN_FLAGS)
+    assert "| daisy | 0 | 12 |" in result.stdout  # the counts table comes first
+    assert "frozen: test accuracy" in result.stdout
+    return str(out)
+
+
+def test_help_is_fast_because_nothing_heavy_is_imported():
+    code = ("import sys; from kflowers.cli import build_parser\n"
+            "try:\n    build_parser().parse_args(['train', '--help'])\nexcept SystemExit: pass\n"
+            "heavy = [m for m in ('keras', 'torch', 'keras_hub', 'tensorflow') if m in sys.modules]\n"
+            "print('HEAVY', heavy)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV)
+    assert "--strategy {scratch,frozen,finetune,two-stage,discriminative}" in result.stdout
+    assert "HEAVY []" in result.stdout
+
+
+def test_train_writes_the_full_run_directory(run):
+    for name in RUN_FILES:
+        assert os.path.getsize(os.path.join(run, name)) > 0, name
+    metrics = json.load(open(os.path.join(run, "metrics.json")))
+    assert set(metrics) >= {"test_accuracy", "best_test_accuracy", "test_loss", "per_class", "epochs",
+                            "wall_seconds"}
+    assert metrics["epochs"] == 2 and set(metrics["per_class"]) == {"daisy", "dandelion", "rose",
+                                                                    "sunflower", "tulip"}
+    history = open(os.path.join(run, "history.csv")).read().splitlines()
+    assert history[0].startswith("epoch,loss,accuracy,test_loss,test_accuracy,seconds")
+    assert len(history) == 3
+    split = json.load(open(os.path.join(run, "split.json")))
+    assert len(split["train"]) == 48 and len(split["test"]) == 12 and not set(split["train"]) & set(split["test"])
+    config = json.load(open(os.path.join(run, "config.json")))
+    assert config["backend"] == "torch" and config["strategy"] == "frozen" and "keras" in config["versions"]
+    assert_png_not_blank(os.path.join(run, "curves.png"))
+    assert_png_not_blank(os.path.join(run, "confusion.png"))
+    assert not [f for f in os.listdir(run) if f.endswith(".tmp")]
+
+
+def test_saved_model_reloads_after_import_kflowers(run):
+    code = ("import kflowers, keras, numpy as np\n"
+            f"m = keras.models.load_model({os.path.join(run, 'model.keras')!r})\n"
+            "print('OUT', m.predict(np.zeros((1, 32, 32, 3), 'uint8'), verbose=0).shape)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV)
+    assert "OUT (1, 5)" in result.stdout, result.stderr[-2000:]
+
+
+def test_same_seed_same_metrics(run, flowers_dir, resnet18_pth, tmp_path):
+    again = tmp_path / "again"
+    kflowers("train", "--data", flowers_dir, "--strategy", "frozen", "--epochs", "2",
+             "--weights", resnet18_pth, "--out", again, "--quiet", *TRAIN_FLAGS)
+    assert metrics_without_time(run) == metrics_without_time(again)
+
+
+def test_predict_agrees_with_model_predict(run, flowers_dir):
+    images = [os.path.join(flowers_dir, "rose", "rose_000.JPG"), os.path.join(flowers_dir, "tulip")]
+    result = kflowers("predict", "--model", os.path.join(run, "model.keras"), *images, "--json", "--top", "5")
+    answers = json.loads(result.stdout)
+    assert len(answers) == 13
+    import keras
+
+    import kflowers as kf
+    from kflowers.data import FlowerDataset
+
+    model = kf.load_model(os.path.join(run, "model.keras"))
+    paths = [a["image"] for a in answers]
+    logits = model.predict(FlowerDataset(paths, [0] * len(paths), image_size=32), verbose=0)
+    probabilities = keras.ops.convert_to_numpy(keras.ops.softmax(logits))
+    for answer, p in zip(answers, probabilities):
+        got = {t["class"]: t["probability"] for t in answer["top"]}
+        assert got == pytest.approx({name: float(v) for name, v in zip(model.class_names, p)}, abs=1e-5)
+        assert answer["top"][0]["class"] == model.class_names[int(np.argmax(p))]
+    table = kflowers("predict", "--model", os.path.join(run, "model.keras"), images[0]).stdout
+    assert table.startswith("| image | #1 | #2 | #3 |")
+
+
+def test_evaluate_json_and_class_names_by_name(run, flowers_dir, tmp_path):
+    result = kflowers("evaluate", "--model", os.path.join(run, "model.keras"), "--data", flowers_dir,
+                      "--json", "--out", tmp_path)
+    report = json.loads(result.stdout)
+    assert set(report) >= {"accuracy", "per_class", "confusion"}
+    assert np.sum(report["confusion"]) == 60
+    assert_png_not_blank(tmp_path / "confusion.png")
+    # A folder holding only some classes is mapped by name, not by position.
+    subset = tmp_path / "subset"
+    os.makedirs(subset / "tulip")
+    for name in sorted(os.listdir(os.path.join(flowers_dir, "tulip")))[:4]:
+        os.link(os.path.join(flowers_dir, "tulip", name), subset / "tulip" / name)
+    partial = json.loads(kflowers("evaluate", "--model", os.path.join(run, "model.keras"), "--data", subset,
+                                  "--json", "--out", tmp_path).stdout)
+    assert partial["per_class"]["tulip"]["support"] == 4 and partial["per_class"]["daisy"]["support"] == 0
+
+
+def test_evaluate_on_other_classes_is_a_one_line_error(run, tmp_path):
+    from kflowers.demo import draw_dataset
+
+    draw_dataset(tmp_path / "other", ["cat", "dog"], per_class=2, size=32)
+    result = kflowers("evaluate", "--model", os.path.join(run, "model.keras"), "--data", tmp_path / "other",
+                      check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "kflowers evaluate: error: the model was trained on daisy, dandelion, rose, sunflower, tulip; "
+        "the data has other classes: cat, dog")
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--data", "/no/such/folder"], "kflowers train: error: dataset folder not found: /no/such/folder"),
+    (["predict", "--model", "/no/model.keras", "x.jpg"], "kflowers predict: error: model file not found: /no/model.keras"),
+    (["train", "--data", ".", "--epochs", "0"], "argument --epochs: must be a positive integer, got 0"),
+    (["train", "--data", ".", "--strategy", "magic"], "argument --strategy: invalid choice: 'magic'"),
+])
+def test_user_errors_are_one_line(args, message):
+    result = kflowers(*args, check=False)
+    assert result.returncode == 2
+    assert message in result.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in result.stderr
+
+
+def test_train_with_missing_weights_file_is_one_line(flowers_dir, tmp_path):
+    result = kflowers("train", "--data", flowers_dir, "--weights", tmp_path / "nope.pth", "--out", tmp_path,
+                      check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "error: unknown weights" in result.stderr
+
+
+def test_show_prints_counts_and_writes_the_grid(flowers_dir, tmp_path):
+    result = kflowers("show", "--data", flowers_dir, "--out", tmp_path / "grid.png")
+    assert "| total |  | 60 |" in result.stdout
+    assert_png_not_blank(tmp_path / "grid.png")
+
+
+def test_download_offline_says_how_to_use_local_data(tmp_path):
+    # The real URL can't be reached from the test machine, or any offline machine.
+    env = {**ENV, "KERAS_HOME": str(tmp_path), "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}
+    result = subprocess.run([sys.executable, "-m", "kflowers", "download", "--dir", str(tmp_path)],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 2
+    assert "pass --data DIR" in result.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_compare_writes_table_and_curves(flowers_dir, resnet18_pth, tmp_path):
+    out = tmp_path / "compare"
+    result = kflowers("compare", "--data", flowers_dir, "--strategies", "frozen", "discriminative",
+                      "--epochs", "1", "--weights", resnet18_pth, "--out", out, "--quiet", *TRAIN_FLAGS)
+    table = (out / "compare.md").read_text().splitlines()
+    assert table[0] == "| strategy | best test accuracy | final test accuracy | epochs | wall seconds |"
+    assert [line.split("|")[1].strip() for line in table[2:]] == ["frozen", "discriminative"]
+    assert_png_not_blank(out / "curves.png")
+    assert json.loads((out / "compare.json").read_text())[0]["strategy"] == "frozen"
+    split_a = json.loads((out / "frozen" / "split.json").read_text())
+    split_b = json.loads((out / "discriminative" / "split.json").read_text())
+    assert split_a == split_b
+    assert "| frozen |" in result.stdout
+
+
+def test_lr_find_plots_and_suggests(flowers_dir, resnet18_pth, tmp_path):
+    result = kflowers("lr-find", "--data", flowers_dir, "--weights", resnet18_pth, "--image-size", "32",
+                      "--batch-size", "8", "--steps", "12", "--out", tmp_path / "lr.png")
+    assert "suggested learning rate: " in result.stdout
+    assert_png_not_blank(tmp_path / "lr.png")
+
+
+def test_suggestion_is_the_steepest_descent():
+    from kflowers.lr_find import suggest_learning_rate
+
+    rates = np.geomspace(1e-6, 1, 61)
+    x = np.log10(rates)
+    losses = 2 - np.tanh(2 * (x + 3)) + np.where(x > -1, 30 * (x + 1) ** 2, 0)  # steepest at 1e-3
+    assert suggest_learning_rate(rates, losses, smoothing=0.0) == pytest.approx(1e-3, rel=0.3)
+
+
+@pytest.mark.slow
+def test_demo_then_predict(tmp_path):
+    out = tmp_path / "demo"
+    result = kflowers("demo", "--out", out, "--quiet")
+    for name in RUN_FILES:
+        assert (out / name).exists(), name
+    command = result.stdout.strip().splitlines()[-1]
+    assert command.startswith("next: kflowers predict --model")
+    image = command.split()[-1]
+    answer = json.loads(kflowers("predict", "--model", out / "model.keras", image, "--json").stdout)
+    assert answer[0]["top"][0]["probability"] > 0
+
+
+@pytest.mark.slow
+def test_kill_and_resume_gives_the_same_metrics(flowers_dir, tmp_path):
+    flags = ["train", "--data", flowers_dir, "--strategy", "scratch", "--epochs", "3", *TRAIN_FLAGS]
+    kflowers(*flags, "--out", tmp_path / "straight", "--quiet")
+    interrupted = tmp_path / "interrupted"
+    process = subprocess.Popen([sys.executable, "-m", "kflowers", *map(str, flags), "--out", str(interrupted)],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=ENV)
+    for line in process.stdout:  # epoch 1 is backed up once epoch 2 has begun
+        if line.startswith("Epoch 2/3"):
+            process.send_signal(signal.SIGKILL)
+            break
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    assert not (interrupted / "metrics.json").exists()
+    result = kflowers(*flags, "--out", interrupted, "--resume")
+    assert "Epoch 2/3" in result.stdout and "Epoch 1/3" not in result.stdout
+    assert metrics_without_time(interrupted) == metrics_without_time(tmp_path / "straight")
+    assert len(open(interrupted / "history.csv").read().splitlines()) == 4
+
+
+@pytest.mark.slow
+def test_sigint_stops_cleanly_and_saves(flowers_dir, tmp_path):
+    out = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kflowers", "train", "--data", flowers_dir, "--strategy", "scratch",
+         "--epochs", "50", "--out", str(out), *TRAIN_FLAGS],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    for line in process.stdout:
+        if line.startswith("Epoch 2/50"):
+            process.send_signal(signal.SIGINT)
+            break
+    rest, errors = process.communicate(timeout=120)
+    assert process.returncode == 0, errors[-2000:]
+    assert "Interrupted: stopping after this batch" in rest
+    metrics = json.load(open(out / "metrics.json"))
+    assert metrics["interrupted"] and 1 <= metrics["epochs"] < 50
+    import kflowers as kf
+
+    assert kf.load_model(out / "model.keras").class_names[0] == "daisy"
