@@ -60,7 +60,7 @@ def read_image(path, min_size=None):
     (3, dtype('uint8'))
     """
     try:
-        if os.path.getsize(path) == 0:
+        if os.path.getsize(path) == 0:  # FileNotFoundError for a dangling link
             raise UnreadableImage("empty file (0 bytes)")
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -110,9 +110,11 @@ def _to_rgb_uint8(image):
 
 
 def _reason(error):
+    if isinstance(error, FileNotFoundError):
+        return "missing file (a broken link?)"
     text = str(error).strip() or type(error).__name__
     if "cannot identify image file" in text:
         return "not an image (unrecognised file contents)"
-    if "truncated" in text:
+    if "truncated" in text.lower():
         return "truncated image data"
     return text.splitlines()[0]

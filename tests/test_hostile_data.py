@@ -1,0 +1,199 @@
+"""Messy photo folders: every readable image loads as RGB uint8, every
+unreadable file is skipped and named with its reason, labels never shift."""
+
+import io
+import logging
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
+from PIL import Image
+
+import kflowers
+from kflowers.images import UnreadableImage
+from kflowers.images import read_image
+
+
+def jpeg_bytes(image, **kwargs):
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", **kwargs)
+    return buffer.getvalue()
+
+
+def gradient(size=(40, 30)):
+    w, h = size
+    x = np.linspace(0, 255, w, dtype=np.uint8)
+    return np.dstack([np.tile(x, (h, 1)), np.tile(x[::-1], (h, 1)), np.full((h, w), 90, np.uint8)])
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory):
+    """A folder with every kind of trouble; returns (root, {file: expected})."""
+    root = tmp_path_factory.mktemp("hostile")
+    good = {}
+    bad = {}
+    rose, tulip, empty = root / "rose", root / "tulip", root / "empty_class"
+    for folder in (rose, tulip, empty):
+        folder.mkdir()
+    base = Image.fromarray(gradient())
+
+    def keep(path, shape=(30, 40, 3)):
+        good[str(path)] = shape
+
+    base.save(rose / "plain.jpg"); keep(rose / "plain.jpg")
+    base.convert("L").save(rose / "grey.png"); keep(rose / "grey.png")
+    rgba = base.convert("RGBA"); rgba.putalpha(128); rgba.save(rose / "alpha.png"); keep(rose / "alpha.png")
+    base.convert("P").save(rose / "palette.png"); keep(rose / "palette.png")
+    base.convert("CMYK").save(rose / "cmyk.jpg"); keep(rose / "cmyk.jpg")
+    Image.fromarray((gradient()[..., 0].astype(np.uint16) * 257)).save(rose / "sixteen.png")
+    keep(rose / "sixteen.png")
+    exif = Image.Exif(); exif[0x0112] = 6  # rotate 90° when shown
+    base.save(rose / "rotated.jpg", exif=exif); keep(rose / "rotated.jpg", (40, 30, 3))
+    Image.new("RGB", (1, 1), (200, 0, 0)).save(rose / "one.png"); keep(rose / "one.png", (1, 1, 3))
+    (rose / "nested" / "deeper").mkdir(parents=True)
+    base.save(rose / "nested" / "deeper" / "inner.JPEG"); keep(rose / "nested" / "deeper" / "inner.JPEG")
+    base.save(tulip / "name with spaces ü 花.jpg"); keep(tulip / "name with spaces ü 花.jpg")
+    os.symlink(rose / "plain.jpg", tulip / "link.jpg"); keep(tulip / "link.jpg")
+
+    (rose / "zero.jpg").write_bytes(b""); bad[str(rose / "zero.jpg")] = "empty file"
+    whole = jpeg_bytes(base)
+    (rose / "truncated.jpg").write_bytes(whole[: len(whole) // 2])
+    bad[str(rose / "truncated.jpg")] = "truncated"
+    (rose / "page.jpg").write_text("<html><body>404</body></html>"); bad[str(rose / "page.jpg")] = "not an image"
+    (rose / "notes.txt").write_text("hello"); bad[str(rose / "notes.txt")] = "not an image file"
+    (rose / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    os.symlink(rose / "missing.jpg", tulip / "dangling.jpg"); bad[str(tulip / "dangling.jpg")] = "missing file"
+    big = Image.new("L", (9000, 8000))
+    big.save(tulip / "bomb.png", optimize=False); bad[str(tulip / "bomb.png")] = "too large"
+    return str(root), good, bad
+
+
+def test_scan_skips_and_names_every_unreadable_file(hostile, caplog):
+    root, good, bad = hostile
+    with caplog.at_level(logging.WARNING, logger="kflowers"):
+        folder = kflowers.scan_folder(root)
+    assert folder.class_names == ["rose", "tulip"]  # the empty class is left out
+    assert sorted(folder.paths) == sorted(good)
+    skipped = dict(folder.skipped)
+    assert set(skipped) == set(bad)
+    for path, reason in bad.items():
+        assert reason in skipped[path], (path, skipped[path])
+        assert any(path in record.message and reason in record.message for record in caplog.records)
+    assert any("'empty_class' has no usable image" in r.message for r in caplog.records)
+    assert not any(".DS_Store" in p for p in skipped)
+
+
+def test_every_readable_image_is_rgb_uint8_with_exif_applied(hostile):
+    _, good, _ = hostile
+    for path, shape in good.items():
+        pixels = read_image(path)
+        assert pixels.dtype == np.uint8 and pixels.shape == shape, path
+    rotated = read_image([p for p in good if p.endswith("rotated.jpg")][0])
+    plain = read_image([p for p in good if p.endswith("plain.jpg")][0])
+    assert np.abs(rotated.astype(int) - np.rot90(plain, -1).astype(int)).mean() < 3
+    alpha = read_image([p for p in good if p.endswith("alpha.png")][0])
+    assert alpha.min() >= 127  # half-transparent over white
+
+
+def test_labels_come_from_names(hostile):
+    root, _, _ = hostile
+    folder = kflowers.scan_folder(root)
+    for path, label in zip(folder.paths, folder.labels):
+        assert folder.class_names[label] in path.split(os.sep)[-4:]
+
+
+def test_explicit_empty_class_is_an_error(hostile):
+    root, _, _ = hostile
+    with pytest.raises(kflowers.DataError, match="no usable image in class folder.*empty_class"):
+        kflowers.scan_folder(root, classes=["rose", "empty_class"])
+
+
+def test_no_usable_image_at_all_is_one_line(tmp_path):
+    (tmp_path / "rose").mkdir()
+    (tmp_path / "rose" / "a.jpg").write_bytes(b"")
+    result = subprocess.run([sys.executable, "-m", "kflowers", "train", "--data", str(tmp_path)],
+                            capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == f"kflowers train: error: no usable image found in {tmp_path}"
+
+
+@pytest.mark.slow
+def test_train_on_hostile_folder_names_every_skipped_file(hostile, tmp_path):
+    root, _, bad = hostile
+    result = subprocess.run(
+        [sys.executable, "-m", "kflowers", "train", "--data", root, "--strategy", "scratch", "--epochs", "1",
+         "--image-size", "32", "--batch-size", "4", "--out", str(tmp_path / "run"), "--quiet"],
+        capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    for path in bad:
+        assert f"skipped {path}" in result.stderr
+    assert "| rose | 0 | 9 |" in result.stdout and "| tulip | 1 | 2 |" in result.stdout
+
+
+def test_failed_save_keeps_the_previous_model(tmp_path, monkeypatch):
+    import keras
+
+    model = kflowers.build_model(num_classes=2, weights=None, image_size=32)
+    path = tmp_path / "model.keras"
+    kflowers.save_model(model, path, ["a", "b"])
+    before = path.read_bytes()
+
+    def broken_save(self, filepath, *args, **kwargs):
+        with open(filepath, "wb") as f:
+            f.write(b"half a model")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(keras.Model, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        kflowers.save_model(model, path, ["a", "b"])
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["model.keras"]
+
+
+def test_failed_json_write_keeps_the_previous_file(tmp_path):
+    from kflowers.files import write_json
+
+    path = tmp_path / "metrics.json"
+    write_json(path, {"ok": 1})
+    with pytest.raises(TypeError):
+        write_json(path, {"bad": object()})
+    assert path.read_text() == '{\n  "ok": 1\n}\n' and os.listdir(tmp_path) == ["metrics.json"]
+
+
+SEEDS = {"jpeg": jpeg_bytes(Image.fromarray(gradient((16, 12)))), "png": None}
+_png = io.BytesIO()
+Image.fromarray(gradient((16, 12))).save(_png, format="PNG")
+SEEDS["png"] = _png.getvalue()
+
+
+def check_decode(tmp_path, data, name):
+    path = tmp_path / name
+    path.write_bytes(data)
+    try:
+        pixels = read_image(str(path), min_size=8)
+    except UnreadableImage:
+        return
+    assert pixels.dtype == np.uint8 and pixels.ndim == 3 and pixels.shape[-1] == 3
+
+
+@settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=2048))
+def test_random_bytes_only_raise_unreadable_image(tmp_path, data):
+    check_decode(tmp_path, data, "random.jpg")
+
+
+@settings(max_examples=200, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kind=st.sampled_from(["jpeg", "png"]), cut=st.integers(0, 400),
+       flips=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=8))
+def test_mutated_headers_only_raise_unreadable_image(tmp_path, kind, cut, flips):
+    data = bytearray(SEEDS[kind])
+    for position, value in flips:
+        data[position % len(data)] = value
+    data = bytes(data[: len(data) - cut] if cut < len(data) else data)
+    check_decode(tmp_path, data, "mutated." + ("jpg" if kind == "jpeg" else "png"))
