@@ -7,9 +7,8 @@ backbone, 1e-3 for the head, as in the lesson.
     python examples/discriminative.py --data ../shared/data/flowers --epochs 1 --image-size 64 --weights W.pth
 """
 
+import kflowers  # first: it makes torch the default Keras backend
 import keras
-
-import kflowers
 from kflowers.lesson import example_args, example_data, report
 
 args = example_args(__doc__.splitlines()[0], epochs=5)

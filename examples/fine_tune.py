@@ -7,9 +7,8 @@ for pretrained weights: the lesson peaked at 0.85 test accuracy and ended at
     python examples/fine_tune.py --data ../shared/data/flowers --epochs 1 --image-size 64 --weights W.pth
 """
 
+import kflowers  # first: it makes torch the default Keras backend
 import keras
-
-import kflowers
 from kflowers.lesson import example_args, example_data, report
 
 args = example_args(__doc__.splitlines()[0], epochs=5)

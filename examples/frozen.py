@@ -8,9 +8,8 @@ drift). The lesson reached 0.80 test accuracy after 5 epochs.
     python examples/frozen.py --data ../shared/data/flowers --epochs 1 --image-size 64 --weights W.pth
 """
 
+import kflowers  # first: it makes torch the default Keras backend
 import keras
-
-import kflowers
 from kflowers.lesson import example_args, example_data, report
 
 args = example_args(__doc__.splitlines()[0], epochs=5)

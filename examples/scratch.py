@@ -8,9 +8,8 @@ and shows what transfer learning buys.
     python examples/scratch.py --data ../shared/data/flowers --epochs 1 --image-size 64
 """
 
+import kflowers  # first: it makes torch the default Keras backend
 import keras
-
-import kflowers
 from kflowers.lesson import example_args, example_data, report
 
 args = example_args(__doc__.splitlines()[0], epochs=15, weights="none")

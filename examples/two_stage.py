@@ -8,9 +8,8 @@ reached 0.845. `UnfreezeBackbone` does the switch inside a single `fit`.
     python examples/two_stage.py --data ../shared/data/flowers --epochs 2 --image-size 64 --weights W.pth
 """
 
+import kflowers  # first: it makes torch the default Keras backend
 import keras
-
-import kflowers
 from kflowers.callbacks import SetDatasetEpoch, UnfreezeBackbone
 from kflowers.lesson import example_args, example_data, report
 

@@ -5,6 +5,10 @@ the names below.
 """
 
 import importlib
+import os
+
+# kflowers runs on the torch backend unless KERAS_BACKEND says otherwise.
+os.environ.setdefault("KERAS_BACKEND", "torch")
 
 __version__ = "0.1.0"
 

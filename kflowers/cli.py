@@ -48,6 +48,9 @@ def _add_training_flags(parser, strategy_default="two-stage"):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=_positive_int, default=1, help="data loading threads")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--no-feature-cache", dest="feature_cache", action="store_const", const=False,
+                        default=None, help="train frozen epochs through the whole network, not on "
+                                           "backbone features computed once")
 
 
 def build_parser():
@@ -200,7 +203,8 @@ def _run_options(args, strategy, out):
                       batch_size=args.batch_size, image_size=args.image_size, weights=weights,
                       augment=args.augment, seed=args.seed,
                       early_stopping=getattr(args, "early_stopping", False),
-                      resume=getattr(args, "resume", False), workers=args.workers, quiet=args.quiet)
+                      resume=getattr(args, "resume", False), workers=args.workers, quiet=args.quiet,
+                      feature_cache=args.feature_cache)
 
 
 def cmd_train(args):

@@ -377,6 +377,14 @@ class FlowerDataset(_pydataset_base()):
         if not self._epoch_set_by_callback:
             self.epoch += 1
 
+    def in_order(self):
+        """This dataset without shuffling: batches follow `paths`."""
+        import copy
+
+        plain = copy.copy(self)
+        plain.shuffle = False
+        return plain
+
     def order(self, epoch=None):
         """The sample indices of `epoch`, in the order they are served."""
         epoch = self.epoch if epoch is None else epoch

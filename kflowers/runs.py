@@ -47,6 +47,7 @@ class RunOptions:
     seed: int = 0
     early_stopping: bool = False
     resume: bool = False
+    feature_cache: object = None
     workers: int = 1
     test_size: float = 0.2
     quiet: bool = False
@@ -62,6 +63,8 @@ def evaluate_model(model, dataset, class_names):
     from sklearn.metrics import classification_report
     from sklearn.metrics import confusion_matrix
 
+    if hasattr(dataset, "in_order"):
+        dataset = dataset.in_order()
     logits = model.predict(dataset, verbose=0)
     predictions = np.argmax(logits, axis=-1)
     labels = np.asarray(dataset.labels)
@@ -177,7 +180,8 @@ def train_run(options, folder=None, split=None):
     with interrupt:
         history = train(model, strategy, train_ds, test_ds, learning_rate=options.lr,
                         callbacks=callbacks, verbose=0 if options.quiet else 2 if _not_a_terminal() else 1,
-                        history_path=os.path.join(backup, "history.json"))
+                        history_path=os.path.join(backup, "history.json"),
+                        feature_cache=options.feature_cache)
     rows = history.rows
 
     results = evaluate_model(model, test_ds, folder.class_names)

@@ -181,8 +181,9 @@ class EpochHistory(keras.callbacks.Callback):
                 self.rows = json.load(f)
 
     def on_train_begin(self, logs=None):
-        first = getattr(self.model, "_initial_epoch", None) or 0
-        self.rows = [row for row in self.rows if row["epoch"] <= first]
+        resumed_at = getattr(self.model, "_initial_epoch", None)  # set by BackupAndRestore
+        if resumed_at is not None:
+            self.rows = [row for row in self.rows if row["epoch"] <= resumed_at]
 
     def on_epoch_begin(self, epoch, logs=None):
         import time
@@ -212,7 +213,7 @@ class EpochHistory(keras.callbacks.Callback):
 
 
 def train(model, strategy, train_data, test_data=None, epochs=None, learning_rate=None,
-          callbacks=(), verbose=1, history_path=None):
+          callbacks=(), verbose=1, history_path=None, feature_cache=None):
     """Compile `model` for `strategy` and fit it: the lesson's run, in Keras.
 
     Args:
@@ -226,6 +227,10 @@ def train(model, strategy, train_data, test_data=None, epochs=None, learning_rat
         verbose: Keras's progress bar setting.
         history_path: keep the per-epoch rows in this JSON file (see
             `EpochHistory`).
+        feature_cache: train the frozen epochs (all of `frozen`, the first
+            stage of `two-stage`) on backbone features computed once
+            (`kflowers.feature_cache`). Default: whenever the backbone starts
+            frozen and `train_data` is a `FlowerDataset` without augmentation.
 
     Returns:
         An `EpochHistory`: `.rows` (one dict per epoch) and `.columns()`.
@@ -242,10 +247,46 @@ def train(model, strategy, train_data, test_data=None, epochs=None, learning_rat
     strategy = strategy.with_epochs(epochs)
     extra = compile_for(model, strategy, learning_rate=learning_rate)
     history = EpochHistory(history_path)
+    is_flower_data = isinstance(train_data, FlowerDataset)
+    cacheable = strategy.freeze and is_flower_data and not train_data.augment
+    if feature_cache is None:
+        feature_cache = cacheable
+    elif feature_cache and not cacheable:
+        raise ValueError("the feature cache needs a strategy with a frozen backbone and a "
+                         "FlowerDataset without augmentation")
+
+    frozen_epochs = 0
+    if feature_cache:
+        from kflowers.feature_cache import fit_head_on_features
+
+        frozen_epochs = min(strategy.unfreeze_epoch or strategy.epochs, strategy.epochs)
+        fit_head_on_features(model, train_data, test_data, epochs=frozen_epochs,
+                             optimizer=model.optimizer, verbose=verbose,
+                             callbacks=[history, *_cache_safe(callbacks)])
+        if frozen_epochs >= strategy.epochs:
+            return history
     all_callbacks = list(extra) + list(callbacks) + [history]
-    if isinstance(train_data, FlowerDataset):
+    if is_flower_data:
         all_callbacks.insert(0, SetDatasetEpoch(train_data))
+    if frozen_epochs:
+        # The head was trained above; the full model continues from here.
+        model.get_layer("backbone").trainable = True
+        from kflowers.callbacks import rebuilt_optimizer
+
+        model.compile(optimizer=rebuilt_optimizer(model.optimizer, model.trainable_variables,
+                                                  strategy.unfreeze_learning_rate),
+                      loss=model.loss, metrics=["accuracy"])
+        all_callbacks = [c for c in all_callbacks if not type(c).__name__ == "UnfreezeBackbone"]
+    if is_flower_data:
         build_training_state(model, train_data)
-    model.fit(train_data, validation_data=test_data, epochs=strategy.epochs, shuffle=False,
-              callbacks=all_callbacks, verbose=verbose)
+    model.fit(train_data, validation_data=test_data, epochs=strategy.epochs, initial_epoch=frozen_epochs,
+              shuffle=False, callbacks=all_callbacks, verbose=verbose)
     return history
+
+
+def _cache_safe(callbacks):
+    """Callbacks that also make sense on the head-only model of the cache."""
+    import keras
+
+    return [c for c in callbacks if isinstance(c, keras.callbacks.EarlyStopping)
+            or type(c).__name__ == "Callback"]
