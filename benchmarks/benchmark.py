@@ -1,0 +1,151 @@
+"""kflowers against the PyTorch lesson's training loop, side by side.
+
+A: the lesson: torchvision `resnet18` with a new 5-way `fc`, SGD lr 1e-2,
+   `CrossEntropyLoss`, `model.train()`; "frozen" = `requires_grad=False` on
+   everything but `fc`.
+B: kflowers: `build_model` + `compile` + `fit` with the same batch, image size
+   and optimizer (frozen = `backbone.trainable = False`).
+
+Both run in this process tree, alternating A/B for `--rounds` rounds to
+cancel machine drift; each measurement runs in a fresh subprocess so peak RSS
+is its own. Prints a markdown table: images/second for fine-tuning, frozen
+training and predict, the B/A ratios, peak RSS, and the share of the CPU's
+peak FLOP rate that the training step reaches (ResNet18 training ~ 3 x 1.82
+GFLOP per 224x224 image).
+
+    pip install -e ".[bench]"      # torchvision (here: torch 2.14.1)
+    python benchmarks/benchmark.py --batch-size 64 --image-size 224 --steps 5 --rounds 2
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+GFLOP_PER_IMAGE_TRAIN = 3 * 1.82
+
+
+def measure(side, mode, batch, size, steps, warmup):
+    """One measurement in this process: images/second and peak RSS (MiB)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (batch, size, size, 3)).astype("uint8")
+    labels = rng.integers(0, 5, batch).astype("int64")
+    if side == "A":
+        import torch
+        import torchvision
+
+        model = torchvision.models.resnet18()
+        model.fc = torch.nn.Linear(512, 5)
+        if mode == "frozen":
+            for name, p in model.named_parameters():
+                p.requires_grad = name.startswith("fc.")
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+        y = torch.from_numpy(labels)
+        if mode == "predict":
+            model.eval()
+
+            def step():
+                with torch.no_grad():
+                    model(x)
+        else:
+            model.train()
+            optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+            loss_fn = torch.nn.CrossEntropyLoss()
+
+            def step():
+                optimizer.zero_grad()
+                loss_fn(model(x), y).backward()
+                optimizer.step()
+    else:
+        import kflowers
+        import keras
+
+        model = kflowers.build_model(weights=None, image_size=size)
+        if mode == "frozen":
+            model.get_layer("backbone").trainable = False
+        model.compile(keras.optimizers.SGD(1e-2),
+                      keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        y = labels.astype("int32")
+        if mode == "predict":
+            def step():
+                model.predict_on_batch(images)
+        else:
+            def step():
+                model.train_on_batch(images, y)
+    for _ in range(warmup):
+        step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    seconds = time.perf_counter() - start
+    return {"images_per_second": batch * steps / seconds,
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def cpu_peak_gflops():
+    """Peak fp32 FLOP rate: cores x GHz x FLOP/cycle (AVX-512 FMA: 2 units x 16 x 2)."""
+    cores = os.cpu_count() or 1
+    ghz = 2.0
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("cpu MHz"):
+                ghz = float(line.split(":")[1]) / 1000
+                break
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        flags = ""
+    per_cycle = 64 if "avx512f" in flags else 32
+    return cores * ghz * per_cycle
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--modes", nargs="+", default=["finetune", "frozen", "predict"])
+    parser.add_argument("--one", nargs=2, metavar=("SIDE", "MODE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(measure(*args.one, args.batch_size, args.image_size, args.steps, args.warmup)))
+        return
+    results = {}
+    for round_index in range(args.rounds):
+        for mode in args.modes:
+            for side in ("A", "B") if round_index % 2 == 0 else ("B", "A"):
+                out = subprocess.run(
+                    [sys.executable, __file__, "--one", side, mode, "--batch-size", str(args.batch_size),
+                     "--image-size", str(args.image_size), "--steps", str(args.steps),
+                     "--warmup", str(args.warmup)],
+                    capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+                if out.returncode:
+                    sys.exit(f"{side}/{mode} failed:\n{out.stderr[-3000:]}")
+                value = json.loads(out.stdout.strip().splitlines()[-1])
+                results.setdefault((mode, side), []).append(value)
+                print(f"round {round_index + 1} {mode:8s} {side}: {value['images_per_second']:.1f} img/s",
+                      file=sys.stderr)
+    peak = cpu_peak_gflops()
+    print(f"\n{args.batch_size} images of {args.image_size}x{args.image_size} a step, best of {args.rounds} "
+          f"rounds, {os.cpu_count()} CPU threads, peak ~{peak:.0f} GFLOP/s\n")
+    print("| mode | lesson (A) img/s | kflowers (B) img/s | B/A | A peak RSS MiB | B peak RSS MiB | B % of peak FLOP/s |")
+    print("|---|---|---|---|---|---|---|")
+    for mode in args.modes:
+        a = max(results[(mode, "A")], key=lambda r: r["images_per_second"])
+        b = max(results[(mode, "B")], key=lambda r: r["images_per_second"])
+        # Frozen training is a forward pass (the head's backward is negligible).
+        gflop = {"finetune": GFLOP_PER_IMAGE_TRAIN, "frozen": 1.82, "predict": 1.82}[mode]
+        flops = f"{100 * b['images_per_second'] * gflop / peak:.1f}"
+        print(f"| {mode} | {a['images_per_second']:.1f} | {b['images_per_second']:.1f} | "
+              f"{b['images_per_second'] / a['images_per_second']:.2f} | {a['peak_rss_mib']:.0f} | "
+              f"{b['peak_rss_mib']:.0f} | {flops} |")
+
+
+if __name__ == "__main__":
+    main()
