@@ -199,6 +199,8 @@ def _run_options(args, strategy, out):
     weights = args.weights
     if isinstance(weights, str) and weights.lower() == "none":
         weights = None
+    if args.command == "compare" and strategy == "scratch":
+        weights = None  # from scratch, whatever --weights the pretrained strategies use
     return RunOptions(data=args.data, strategy=strategy, out=out, epochs=args.epochs, lr=args.lr,
                       batch_size=args.batch_size, image_size=args.image_size, weights=weights,
                       augment=args.augment, seed=args.seed,

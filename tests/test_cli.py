@@ -181,13 +181,14 @@ def test_download_offline_says_how_to_use_local_data(tmp_path):
 @pytest.mark.slow
 def test_compare_writes_table_and_curves(flowers_dir, resnet18_pth, tmp_path):
     out = tmp_path / "compare"
-    result = kflowers("compare", "--data", flowers_dir, "--strategies", "frozen", "discriminative",
+    result = kflowers("compare", "--data", flowers_dir, "--strategies", "scratch", "frozen", "discriminative",
                       "--epochs", "1", "--weights", resnet18_pth, "--out", out, "--quiet", *TRAIN_FLAGS)
     table = (out / "compare.md").read_text().splitlines()
     assert table[0] == "| strategy | best test accuracy | final test accuracy | epochs | wall seconds |"
-    assert [line.split("|")[1].strip() for line in table[2:]] == ["frozen", "discriminative"]
+    assert [line.split("|")[1].strip() for line in table[2:]] == ["scratch", "frozen", "discriminative"]
     assert_png_not_blank(out / "curves.png")
-    assert json.loads((out / "compare.json").read_text())[0]["strategy"] == "frozen"
+    assert json.loads((out / "compare.json").read_text())[0]["strategy"] == "scratch"
+    assert json.loads((out / "scratch" / "config.json").read_text())["weights"] is None
     split_a = json.loads((out / "frozen" / "split.json").read_text())
     split_b = json.loads((out / "discriminative" / "split.json").read_text())
     assert split_a == split_b
