@@ -171,7 +171,8 @@ def train_run(options, folder=None, split=None):
     backup = os.path.join(out, "backup")
     if not options.resume and os.path.exists(backup):
         shutil.rmtree(backup)
-    callbacks = [keras.callbacks.BackupAndRestore(backup, delete_checkpoint=False)]
+    # double_checkpoint: a crash while the backup is written falls back to the one before.
+    callbacks = [keras.callbacks.BackupAndRestore(backup, delete_checkpoint=False, double_checkpoint=True)]
     if options.early_stopping:
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=3,
                                                        restore_best_weights=True))
