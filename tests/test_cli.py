@@ -263,3 +263,16 @@ def test_sigint_stops_cleanly_and_saves(flowers_dir, tmp_path):
     import kflowers as kf
 
     assert kf.load_model(out / "model.keras").class_names[0] == "daisy"
+
+
+@pytest.mark.slow
+def test_backup_broken_mid_write_falls_back_to_the_previous_epoch(flowers_dir, tmp_path):
+    out = tmp_path / "run"
+    flags = ["train", "--data", flowers_dir, "--strategy", "scratch", "--epochs", "2", "--out", out, *TRAIN_FLAGS]
+    kflowers(*flags, "--quiet")
+    latest = out / "backup" / "latest.weights.h5"
+    assert (out / "backup" / "latest.weights.h5.bkp").exists()
+    latest.write_bytes(latest.read_bytes()[:1000])  # as if killed while writing epoch 2's backup
+    result = kflowers(*flags, "--resume")
+    assert "Epoch 2/2" in result.stdout and "Epoch 1/2" not in result.stdout
+    assert json.load(open(out / "metrics.json"))["epochs"] == 2
