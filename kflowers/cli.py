@@ -213,10 +213,13 @@ def cmd_train(args):
     from kflowers.data import scan_folder
     from kflowers.runs import train_run
 
+    main_process = os.environ.get("RANK", "0") == "0"  # torchrun starts one process per device
     folder = scan_folder(args.data)
-    _print_counts(folder)
+    if main_process:
+        _print_counts(folder)
     metrics = train_run(_run_options(args, args.strategy, args.out), folder=folder)
-    _print_summary(args.out, metrics)
+    if main_process:
+        _print_summary(args.out, metrics)
 
 
 def _print_summary(out, metrics):

@@ -342,6 +342,7 @@ class FlowerDataset(_pydataset_base()):
         self.augment = augment
         self.seed = int(seed)
         self.epoch = 0
+        self.shard_index, self.num_shards = 0, 1
         self._epoch_set_by_callback = False
         self._local = threading.local()
 
@@ -350,8 +351,37 @@ class FlowerDataset(_pydataset_base()):
         """A dataset over an `ImageFolder` (all of it)."""
         return cls(folder.paths, folder.labels, **kwargs)
 
+    def shard(self, index, count):
+        """This process's part of every batch, for data-parallel training.
+
+        Every global batch of `batch_size * count` samples (the same
+        samples, in the same order, as an unsharded dataset with that batch
+        size) is dealt out to `count` processes, `batch_size` each: per
+        epoch, no sample is read twice and none is missing. A last global
+        batch too small to give each process a sample joins the one before.
+
+        Example:
+        >>> rank_ds = train_ds.shard(rank, world_size)
+        """
+        import copy
+
+        if not 0 <= index < count:
+            raise ValueError(f"shard index {index} out of range for {count} shards")
+        if len(self.paths) < count:
+            raise ValueError(f"{len(self.paths)} samples can't be shared by {count} processes")
+        part = copy.copy(self)
+        part.shard_index, part.num_shards = int(index), int(count)
+        return part
+
+    def _global_batches(self):
+        size = self.batch_size * self.num_shards
+        count = math.ceil(len(self.paths) / size)
+        if count > 1 and len(self.paths) - (count - 1) * size < self.num_shards:
+            count -= 1  # the remainder joins the previous batch
+        return count, size
+
     def __len__(self):
-        return math.ceil(len(self.paths) / self.batch_size)
+        return self._global_batches()[0]
 
     @property
     def num_batches(self):
@@ -396,7 +426,9 @@ class FlowerDataset(_pydataset_base()):
         if not 0 <= index < len(self):
             raise IndexError(f"batch {index} out of range (0..{len(self) - 1})")
         epoch = self.epoch
-        chosen = self.order(epoch)[index * self.batch_size:(index + 1) * self.batch_size]
+        count, size = self._global_batches()
+        end = (index + 1) * size if index < count - 1 else len(self.paths)
+        chosen = self.order(epoch)[index * size:end][self.shard_index::self.num_shards]
         images = np.stack([self.load(int(i), epoch) for i in chosen])
         return images, self.labels[chosen]
 

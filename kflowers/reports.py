@@ -15,6 +15,16 @@ def _pyplot():
     return plt
 
 
+def _tidy(ax, values=None):
+    """Whole-number epochs; a log scale when values span orders of magnitude."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    values = np.asarray([v for v in (values or []) if v is not None and np.isfinite(v)], float)
+    if values.size and values.min() > 0 and values.max() / values.min() > 50:
+        ax.set_yscale("log")
+
+
 def _save(figure, path):
     plt = _pyplot()
     with atomic_path(path, suffix=".png") as tmp:
@@ -71,6 +81,7 @@ def plot_history(history, path, title=None):
             ax.plot(epochs, history[f"test_{metric}"], "o-", label="test")
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
+        _tidy(ax, list(history[metric]) + list(history.get(f"test_{metric}", [])) if metric == "loss" else None)
         ax.grid(alpha=0.3)
         ax.legend()
     if title:
@@ -94,6 +105,8 @@ def plot_comparison(histories, path):
         ax_loss.plot(epochs, history["test_loss"], "o-", color=colour, label=name)
     ax_acc.set_title("test accuracy")
     ax_loss.set_title("loss (solid: test, dashed: train)")
+    _tidy(ax_acc)
+    _tidy(ax_loss, [v for h in histories.values() for key in ("loss", "test_loss") for v in h[key]])
     for ax in (ax_acc, ax_loss):
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
@@ -127,7 +140,7 @@ def markdown_table(rows, columns=None):
 
     def cell(value):
         if isinstance(value, float):
-            return f"{value:.4f}"
+            return f"{value:.1f}" if abs(value) >= 100 else f"{value:.4f}"
         return str(value)
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]

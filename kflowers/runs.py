@@ -120,6 +120,10 @@ class _StopOnInterrupt:
 def train_run(options, folder=None, split=None):
     """Train one strategy and write its run directory; return `metrics.json`'s dict.
 
+    Under `torchrun` every process trains on its shard and only rank 0 writes
+    (the others return `None`); under jax, batches are spread over all local
+    devices (see `kflowers.distributed`).
+
     Args:
         options: a `RunOptions`.
         folder: an already scanned `ImageFolder` (scanned from
@@ -128,6 +132,7 @@ def train_run(options, folder=None, split=None):
     """
     import keras
 
+    from kflowers import distributed
     from kflowers import reports
     from kflowers.data import FlowerDataset
     from kflowers.data import scan_folder
@@ -139,36 +144,30 @@ def train_run(options, folder=None, split=None):
 
     started = time.perf_counter()
     out = options.out
+    backend = keras.backend.backend()
+    rank, processes = distributed.init_torch_distributed() if backend == "torch" else (0, 1)
+    main_process = rank == 0
+    if backend == "jax":
+        distributed.enable_jax_data_parallel()
     os.makedirs(out, exist_ok=True)
     strategy = get_strategy(options.strategy).with_epochs(options.epochs)
     if folder is None:
         folder = scan_folder(options.data)
     train_split, test_split = split or split_dataset(folder, test_size=options.test_size, seed=options.seed)
-    write_json(os.path.join(out, "split.json"), {
-        "classes": folder.class_names,
-        "train": train_split.paths,
-        "test": test_split.paths,
-    })
-    weights = strategy.weights if options.weights == "default" else options.weights
-    write_json(os.path.join(out, "config.json"), {
-        **dataclasses.asdict(options),
-        "strategy": strategy.name,
-        "epochs": strategy.epochs,
-        "weights": weights,
-        "backend": keras.backend.backend(),
-        "versions": _versions(),
-        "skipped_files": [f"{p}: {reason}" for p, reason in folder.skipped],
-    })
+    if main_process:
+        _write_setup(out, options, strategy, folder, train_split, test_split, processes)
 
     keras.utils.set_random_seed(options.seed)
-    model = build_model(num_classes=len(folder.class_names), weights=weights, image_size=options.image_size)
+    model = build_model(num_classes=len(folder.class_names), weights=_weights(options, strategy),
+                        image_size=options.image_size)
     train_ds = FlowerDataset.from_folder(train_split, batch_size=options.batch_size,
                                          image_size=options.image_size, shuffle=True,
                                          augment=options.augment, seed=options.seed,
                                          workers=options.workers)
     test_ds = FlowerDataset.from_folder(test_split, batch_size=256, image_size=options.image_size,
                                         workers=options.workers)
-    backup = os.path.join(out, "backup")
+    # Each process keeps its own backup (they are identical); rank 0 alone writes the run.
+    backup = os.path.join(out, "backup") if processes == 1 else os.path.join(out, "backup", f"rank{rank}")
     if not options.resume and os.path.exists(backup):
         shutil.rmtree(backup)
     # double_checkpoint: a crash while the backup is written falls back to the one before.
@@ -178,11 +177,19 @@ def train_run(options, folder=None, split=None):
                                                        restore_best_weights=True))
     interrupt = _StopOnInterrupt()
     callbacks.append(interrupt.callback)
+    feature_cache = options.feature_cache
+    if processes > 1:
+        train_ds = train_ds.shard(rank, processes)
+        callbacks.append(distributed.SyncReplicas())
+        feature_cache = False
+    verbose = 0 if options.quiet or not main_process else 2 if _not_a_terminal() else 1
     with interrupt:
         history = train(model, strategy, train_ds, test_ds, learning_rate=options.lr,
-                        callbacks=callbacks, verbose=0 if options.quiet else 2 if _not_a_terminal() else 1,
+                        callbacks=callbacks, verbose=verbose,
                         history_path=os.path.join(backup, "history.json"),
-                        feature_cache=options.feature_cache)
+                        feature_cache=feature_cache)
+    if not main_process:
+        return None
     rows = history.rows
 
     results = evaluate_model(model, test_ds, folder.class_names)
@@ -206,6 +213,32 @@ def train_run(options, folder=None, split=None):
     }
     write_json(os.path.join(out, "metrics.json"), metrics)
     return metrics
+
+
+def _weights(options, strategy):
+    return strategy.weights if options.weights == "default" else options.weights
+
+
+def _write_setup(out, options, strategy, folder, train_split, test_split, processes):
+    import keras
+
+    write_json(os.path.join(out, "split.json"), {
+        "classes": folder.class_names,
+        "train": train_split.paths,
+        "test": test_split.paths,
+    })
+    backend = keras.backend.backend()
+    write_json(os.path.join(out, "config.json"), {
+        **dataclasses.asdict(options),
+        "strategy": strategy.name,
+        "epochs": strategy.epochs,
+        "weights": _weights(options, strategy),
+        "backend": backend,
+        "processes": processes,
+        "devices": len(keras.distribution.list_devices()) if backend == "jax" else 1,
+        "versions": _versions(),
+        "skipped_files": [f"{p}: {reason}" for p, reason in folder.skipped],
+    })
 
 
 def _not_a_terminal():

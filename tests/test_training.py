@@ -105,12 +105,13 @@ def test_discriminative_learning_rates():
         lambda m: discriminative_optimizer(m, backbone_learning_rate=1e-4,
                                            head_learning_rate=1e-3, optimizer="sgd"))
     # Same model, same batch, same gradients: each delta is its own rate times
-    # the lr=1 delta (fitted per variable; rounding of w - lr*g is ~1e-7 of w).
+    # the lr=1 delta (fitted per variable; rounding of w - lr*g is ~1e-7 of w,
+    # up to 1e-3 of the delta for variables with tiny gradients).
     def rate(multi, plain):
         return float(np.sum(multi * plain) / np.sum(plain * plain))
 
-    assert [rate(m, p) for m, p in zip(multi_bb, plain_bb)] == pytest.approx([1e-4] * len(plain_bb), rel=1e-3)
-    assert [rate(m, p) for m, p in zip(multi_head, plain_head)] == pytest.approx([1e-3, 1e-3], rel=1e-3)
+    assert [rate(m, p) for m, p in zip(multi_bb, plain_bb)] == pytest.approx([1e-4] * len(plain_bb), rel=1e-2)
+    assert [rate(m, p) for m, p in zip(multi_head, plain_head)] == pytest.approx([1e-3, 1e-3], rel=1e-2)
 
 
 def test_discriminative_optimizer_survives_save_and_load(tmp_path):
