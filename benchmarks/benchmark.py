@@ -65,7 +65,8 @@ def measure(side, mode, batch, size, steps, warmup):
         import kflowers
         import keras
 
-        model = kflowers.build_model(weights=None, image_size=size)
+        # As kflowers trains: channels-first backbone on torch (see fast_data_format).
+        model = kflowers.build_model(weights=None, image_size=size, data_format=kflowers.fast_data_format())
         if mode == "frozen":
             model.get_layer("backbone").trainable = False
         model.compile(keras.optimizers.SGD(1e-2),

@@ -43,17 +43,22 @@ def images():
 def test_build_model_structure():
     model = kflowers.build_model(num_classes=7, weights=None, image_size=SIZE)
     assert isinstance(model, keras.Model)
-    assert [layer.name for layer in model.layers] == ["images", "preprocess", "backbone", "pool", "head"]
+    names = [layer.name for layer in model.layers]
+    assert [n for n in names if n != "to_channels_first"] == ["images", "preprocess", "backbone", "pool", "head"]
+    assert model.get_layer("backbone").data_format == "channels_last"
     assert model.output_shape == (None, 7)
     assert model.get_layer("backbone").__class__.__name__ == "ResNetBackbone"
     assert model.get_layer("pool").output.shape[-1] == 512
 
 
-def test_pth_parity_with_plain_torch(state, images, tmp_path):
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_pth_parity_with_plain_torch(state, images, tmp_path, data_format):
     torch = pytest.importorskip("torch", reason=".pth files need torch")
     del torch
+    if data_format == "channels_first" and keras.backend.backend() == "tensorflow":
+        pytest.skip("TensorFlow has no channels-first convolution on the CPU")
     path = save_pth(state, tmp_path / "r18.pth")
-    model = kflowers.build_model(weights=str(path), image_size=SIZE)
+    model = kflowers.build_model(weights=str(path), image_size=SIZE, data_format=data_format)
     expected = torch_features(state, images)
     assert_features_match(pooled(model, images), expected)
     # The check has teeth: skipping ImageNet normalisation is far off.
@@ -193,11 +198,17 @@ def test_imagenet_offline_error_says_what_to_do(tmp_path):
         fetch_imagenet_checkpoint(cache_dir=str(tmp_path), url=(tmp_path / "missing.pth").as_uri())
 
 
-def test_saved_model_loads_with_plain_keras_and_keeps_class_names(images, tmp_path):
-    model = kflowers.build_model(num_classes=3, weights=None, image_size=SIZE)
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_saved_model_loads_with_plain_keras_and_keeps_class_names(images, tmp_path, data_format):
+    if data_format == "channels_first" and keras.backend.backend() == "tensorflow":
+        pytest.skip("TensorFlow has no channels-first convolution on the CPU")
+    model = kflowers.build_model(num_classes=3, weights=None, image_size=SIZE, data_format=data_format)
     path = str(tmp_path / "model.keras")
     kflowers.save_model(model, path, ["a", "b", "c"])
     plain = keras.models.load_model(path)
     np.testing.assert_allclose(plain.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-6)
-    assert kflowers.load_model(path).class_names == ["a", "b", "c"]
+    loaded = kflowers.load_model(path, data_format=data_format)
+    assert loaded.class_names == ["a", "b", "c"]
+    assert loaded.get_layer("backbone").data_format == data_format
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-5)
     assert [f for f in os.listdir(tmp_path) if f != "model.keras"] == []
