@@ -36,7 +36,8 @@ def _positive_float(text):
 
 
 def _add_training_flags(parser, strategy_default="two-stage"):
-    parser.add_argument("--data", required=True, help="dataset folder, one subfolder per class")
+    parser.add_argument("--data", help="dataset folder, one subfolder per class (default: download "
+                                        "the flowers dataset)")
     parser.add_argument("--epochs", type=_positive_int, help="default: the strategy's (lesson's)")
     parser.add_argument("--lr", type=_positive_float, help="learning rate (the head's, for discriminative)")
     parser.add_argument("--batch-size", type=_positive_int, default=64)
@@ -119,7 +120,7 @@ def main(argv=None):
     logging.basicConfig(format="%(levelname)s: %(message)s",
                         level=logging.INFO if args.verbose else logging.WARNING)
     logging.getLogger("kflowers").setLevel(logging.INFO)
-    _quiet_tensorflow(args.verbose)
+    _quiet_tensorflow(args.verbose, HEAVY_IMPORTS.get(args.command, ()))
     try:
         return COMMANDS[args.command](args) or 0
     except KeyboardInterrupt:
@@ -140,21 +141,30 @@ def _is_user_error(error):
     return type(error).__name__ in names or isinstance(error, (UnreadableImage, UserError, FileNotFoundError))
 
 
-def _quiet_tensorflow(verbose):
-    """keras imports TensorFlow when it is installed; keep its start-up chatter off the terminal."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    if verbose or "keras" in sys.modules:
-        return
+# What each command imports; Keras and keras-hub load TensorFlow when it is installed.
+HEAVY_IMPORTS = {
+    "download": ("keras",),
+    **{command: ("keras", "keras_hub") for command in
+       ("train", "evaluate", "predict", "compare", "lr-find", "demo")},
+}
+
+
+def _quiet_tensorflow(verbose, modules):
+    """Import `modules` with TensorFlow's start-up chatter kept off the terminal."""
+    import importlib
     import importlib.util
 
-    if importlib.util.find_spec("tensorflow") is None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    modules = [m for m in modules if m not in sys.modules]
+    if verbose or not modules or importlib.util.find_spec("tensorflow") is None:
         return
     # TensorFlow's C++ start-up messages are written before its log level is read.
     saved = os.dup(2)
     try:
         with open(os.devnull, "w") as devnull:
             os.dup2(devnull.fileno(), 2)
-            import keras  # noqa: F401
+            for module in modules:
+                importlib.import_module(module)
     finally:
         os.dup2(saved, 2)
         os.close(saved)
@@ -209,10 +219,20 @@ def _run_options(args, strategy, out):
                       feature_cache=args.feature_cache)
 
 
+def _data_root(args):
+    """`--data`, or the flowers dataset, downloaded (once) when it is not given."""
+    if args.data:
+        return args.data
+    from kflowers.data import download_flowers
+
+    return download_flowers()
+
+
 def cmd_train(args):
     from kflowers.data import scan_folder
     from kflowers.runs import train_run
 
+    args.data = _data_root(args)
     main_process = os.environ.get("RANK", "0") == "0"  # torchrun starts one process per device
     folder = scan_folder(args.data)
     if main_process:
@@ -327,6 +347,7 @@ def cmd_compare(args):
     from kflowers.files import write_text
     from kflowers.runs import train_run
 
+    args.data = _data_root(args)
     folder = scan_folder(args.data)
     _print_counts(folder)
     split = split_dataset(folder, seed=args.seed)

@@ -56,7 +56,8 @@ def fit_head_on_features(model, train_data, test_data=None, epochs=5, optimizer=
         verbose: Keras's progress bar setting.
 
     Returns:
-        The `keras.callbacks.History` of the head's training.
+        The `keras.callbacks.History` of the head's training; its
+        `test_features` attribute holds the cached test features (or `None`).
     """
     import keras
 
@@ -83,6 +84,8 @@ def fit_head_on_features(model, train_data, test_data=None, epochs=5, optimizer=
         def on_epoch_begin(self, epoch, logs=None):
             batches.epoch = epoch
 
-    return head_model.fit(batches.batches, validation_data=validation, epochs=epochs,
-                          initial_epoch=initial_epoch, shuffle=False, verbose=verbose,
-                          callbacks=[FollowEpochs(), *callbacks])
+    history = head_model.fit(batches.batches, validation_data=validation, epochs=epochs,
+                             initial_epoch=initial_epoch, shuffle=False, verbose=verbose,
+                             callbacks=[FollowEpochs(), *callbacks])
+    history.test_features = None if validation is None else validation[0]
+    return history

@@ -53,8 +53,11 @@ class RunOptions:
     quiet: bool = False
 
 
-def evaluate_model(model, dataset, class_names):
+def evaluate_model(model, dataset, class_names, features=None):
     """Accuracy, per-class precision/recall/F1 and the confusion matrix.
+
+    `features`: the `pool` outputs of `dataset`'s images, when already known
+    (the feature cache): then only the head runs.
 
     Returns:
         `{"accuracy", "per_class": {name: {precision, recall, f1, support}},
@@ -63,9 +66,16 @@ def evaluate_model(model, dataset, class_names):
     from sklearn.metrics import classification_report
     from sklearn.metrics import confusion_matrix
 
-    if hasattr(dataset, "in_order"):
-        dataset = dataset.in_order()
-    logits = model.predict(dataset, verbose=0)
+    if features is not None:
+        import keras
+
+        head = model.get_layer("head")
+        logits = np.concatenate([keras.ops.convert_to_numpy(head(features[i:i + 1024]))
+                                 for i in range(0, len(features), 1024)])
+    else:
+        if hasattr(dataset, "in_order"):
+            dataset = dataset.in_order()
+        logits = model.predict(dataset, verbose=0)
     predictions = np.argmax(logits, axis=-1)
     labels = np.asarray(dataset.labels)
     indices = list(range(len(class_names)))
@@ -193,7 +203,7 @@ def train_run(options, folder=None, split=None):
         return None
     rows = history.rows
 
-    results = evaluate_model(model, test_ds, folder.class_names)
+    results = evaluate_model(model, test_ds, folder.class_names, features=history.test_features)
     save_model(model, os.path.join(out, "model.keras"), folder.class_names)
     _write_history_csv(os.path.join(out, "history.csv"), rows)
     columns = {key: [row.get(key) for row in rows] for key in rows[0]} if rows else {}

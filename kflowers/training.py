@@ -176,6 +176,7 @@ class EpochHistory(keras.callbacks.Callback):
         super().__init__()
         self.path = path
         self.rows = []
+        self.test_features = None  # set when the whole run trained on cached features
         if path and os.path.exists(path):
             with open(path) as f:
                 self.rows = json.load(f)
@@ -260,10 +261,12 @@ def train(model, strategy, train_data, test_data=None, epochs=None, learning_rat
         from kflowers.feature_cache import fit_head_on_features
 
         frozen_epochs = min(strategy.unfreeze_epoch or strategy.epochs, strategy.epochs)
-        fit_head_on_features(model, train_data, test_data, epochs=frozen_epochs,
-                             optimizer=model.optimizer, verbose=verbose,
-                             callbacks=[history, *_cache_safe(callbacks)])
+        cached = fit_head_on_features(model, train_data, test_data, epochs=frozen_epochs,
+                                      optimizer=model.optimizer, verbose=verbose,
+                                      callbacks=[history, *_cache_safe(callbacks)])
         if frozen_epochs >= strategy.epochs:
+            # The backbone never changed: the test features still hold.
+            history.test_features = cached.test_features
             return history
     all_callbacks = list(extra) + list(callbacks) + [history]
     if is_flower_data:

@@ -169,12 +169,13 @@ def test_show_prints_counts_and_writes_the_grid(flowers_dir, tmp_path):
     assert_png_not_blank(tmp_path / "grid.png")
 
 
-def test_download_offline_says_how_to_use_local_data(tmp_path):
+@pytest.mark.parametrize("command", [["download"], ["train", "--strategy", "frozen"]])
+def test_offline_download_says_how_to_use_local_data(tmp_path, command):
     # The real URL can't be reached from the test machine, or any offline machine.
     env = {**ENV, "KERAS_HOME": str(tmp_path), "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}
-    result = subprocess.run([sys.executable, "-m", "kflowers", "download", "--dir", str(tmp_path)],
-                            capture_output=True, text=True, env=env, timeout=120)
-    assert result.returncode == 2
+    result = subprocess.run([sys.executable, "-m", "kflowers", *command], capture_output=True, text=True,
+                            env=env, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "pass --data DIR" in result.stderr.strip().splitlines()[-1]
 
 

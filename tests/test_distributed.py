@@ -14,6 +14,7 @@ from kflowers.data import FlowerDataset
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+TORCH_ENV = {**ENV, "KERAS_BACKEND": "torch"}  # torch.distributed runs need the torch backend
 
 
 def test_shards_deal_out_each_global_batch(flowers_dir):
@@ -48,13 +49,13 @@ def test_a_tiny_last_batch_joins_the_one_before(flowers_dir):
 def torchrun(out, data, strategy, batch, processes=2):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
                os.path.join(HERE, "ddp_worker.py"), str(out), data, strategy, str(batch)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=ENV)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=TORCH_ENV)
     assert result.returncode == 0, result.stderr[-3000:]
 
 
 def single(out, data, strategy, batch):
     result = subprocess.run([sys.executable, os.path.join(HERE, "ddp_worker.py"), str(out), data, strategy,
-                             str(batch)], capture_output=True, text=True, timeout=600, env=ENV)
+                             str(batch)], capture_output=True, text=True, timeout=600, env=TORCH_ENV)
     assert result.returncode == 0, result.stderr[-3000:]
 
 
@@ -97,7 +98,7 @@ def test_torchrun_cli_writes_the_run_once(flowers_dir, tmp_path):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
                "-m", "kflowers", "train", "--data", flowers_dir, "--strategy", "finetune", "--epochs", "1",
                "--weights", "none", "--image-size", "32", "--batch-size", "8", "--out", str(out)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=ENV)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=TORCH_ENV)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("finetune: test accuracy") == 1
     config = json.load(open(out / "config.json"))
