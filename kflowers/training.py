@@ -288,8 +288,10 @@ def train(model, strategy, train_data, test_data=None, epochs=None, learning_rat
 
 
 def _cache_safe(callbacks):
-    """Callbacks that also make sense on the head-only model of the cache."""
-    import keras
+    """Callbacks that also make sense on the head-only model of the cache.
 
-    return [c for c in callbacks if isinstance(c, keras.callbacks.EarlyStopping)
-            or type(c).__name__ == "Callback"]
+    Backups and checkpoints would save the head alone; the cached epochs are
+    cheap to redo, so they are left out there.
+    """
+    file_writers = (keras.callbacks.BackupAndRestore, keras.callbacks.ModelCheckpoint)
+    return [c for c in callbacks if not isinstance(c, file_writers)]
