@@ -3,8 +3,11 @@
 A: the lesson: torchvision `resnet18` with a new 5-way `fc`, SGD lr 1e-2,
    `CrossEntropyLoss`, `model.train()`; "frozen" = `requires_grad=False` on
    everything but `fc`.
-B: kflowers: `build_model` + `compile` + `fit` with the same batch, image size
-   and optimizer (frozen = `backbone.trainable = False`).
+B: kflowers: `build_model` + `compile` + `fit` (and `predict`) with the same
+   batch, image size and optimizer (frozen = `backbone.trainable = False`).
+`--extra A-channels-last B-stock` adds two more sides: the lesson's loop in
+torch's channels_last memory format (what B runs on), and kflowers on Keras's
+stock layers (what `kflowers.torch_layers` buys).
 
 Both run in this process tree, alternating A/B for `--rounds` rounds to
 cancel machine drift; each measurement runs in a fresh subprocess so peak RSS
@@ -26,6 +29,11 @@ import sys
 import time
 
 GFLOP_PER_IMAGE_TRAIN = 3 * 1.82
+SIDE_NAMES = {"A": "lesson (A)", "B": "kflowers (B)"}
+EXTRA_SIDES = {
+    "A-channels-last": "the lesson's loop with model and batches in torch's channels_last memory format",
+    "B-stock": "kflowers on Keras's stock layers (build_model(torch_kernels=False))",
+}
 
 
 def measure(side, mode, batch, size, steps, warmup):
@@ -35,7 +43,7 @@ def measure(side, mode, batch, size, steps, warmup):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (batch, size, size, 3)).astype("uint8")
     labels = rng.integers(0, 5, batch).astype("int64")
-    if side == "A":
+    if side.startswith("A"):
         import torch
         import torchvision
 
@@ -44,7 +52,11 @@ def measure(side, mode, batch, size, steps, warmup):
         if mode == "frozen":
             for name, p in model.named_parameters():
                 p.requires_grad = name.startswith("fc.")
-        x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+        # The lesson's DataLoader (ToTensor, default collate) yields contiguous NCHW batches.
+        x = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255).contiguous()
+        if side == "A-channels-last":
+            model = model.to(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
         y = torch.from_numpy(labels)
         if mode == "predict":
             model.eval()
@@ -65,19 +77,37 @@ def measure(side, mode, batch, size, steps, warmup):
         import kflowers
         import keras
 
-        # As kflowers trains: channels-first backbone on torch (see fast_data_format).
-        model = kflowers.build_model(weights=None, image_size=size, data_format=kflowers.fast_data_format())
+        # "B-stock": the same model on Keras's stock layers (no kflowers.torch_layers).
+        model = kflowers.build_model(weights=None, image_size=size, torch_kernels=side == "B")
         if mode == "frozen":
             model.get_layer("backbone").trainable = False
         model.compile(keras.optimizers.SGD(1e-2),
                       keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         y = labels.astype("int32")
-        if mode == "predict":
-            def step():
-                model.predict_on_batch(images)
-        else:
-            def step():
-                model.train_on_batch(images, y)
+
+        class SameBatch(keras.utils.PyDataset):
+            def __init__(self, steps, with_labels):
+                super().__init__()
+                self.steps, self.with_labels = steps, with_labels
+
+            def __len__(self):
+                return self.steps
+
+            def __getitem__(self, index):
+                return (images, y) if self.with_labels else images
+
+        def run(steps):
+            if mode == "predict":
+                model.predict(SameBatch(steps, False), verbose=0)
+            else:
+                model.fit(SameBatch(steps, True), epochs=1, verbose=0)
+
+        run(warmup)
+        start = time.perf_counter()
+        run(steps)
+        seconds = time.perf_counter() - start
+        return {"images_per_second": batch * steps / seconds,
+                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     for _ in range(warmup):
         step()
     start = time.perf_counter()
@@ -112,6 +142,8 @@ def main():
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--modes", nargs="+", default=["finetune", "frozen", "predict"])
+    parser.add_argument("--extra", nargs="*", default=[], choices=list(EXTRA_SIDES),
+                        help="more sides to measure: " + "; ".join(f"{k}: {v}" for k, v in EXTRA_SIDES.items()))
     parser.add_argument("--one", nargs=2, metavar=("SIDE", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -120,7 +152,8 @@ def main():
     results = {}
     for round_index in range(args.rounds):
         for mode in args.modes:
-            for side in ("A", "B") if round_index % 2 == 0 else ("B", "A"):
+            sides = ["A", "B"] + args.extra
+            for side in sides if round_index % 2 == 0 else sides[::-1]:
                 out = subprocess.run(
                     [sys.executable, __file__, "--one", side, mode, "--batch-size", str(args.batch_size),
                      "--image-size", str(args.image_size), "--steps", str(args.steps),
@@ -135,18 +168,22 @@ def main():
     peak = cpu_peak_gflops()
     print(f"\n{args.batch_size} images of {args.image_size}x{args.image_size} a step, best of {args.rounds} "
           f"rounds, {os.cpu_count()} CPU threads, peak ~{peak:.0f} GFLOP/s\n")
-    print("| mode | lesson (A) img/s | kflowers (B) img/s | B/A | A peak RSS MiB | B peak RSS MiB | B % of peak FLOP/s |")
-    print("|---|---|---|---|---|---|---|")
+    sides = ["A", "B"] + args.extra
+    print("| mode | " + " | ".join(f"{SIDE_NAMES.get(side, side)} img/s" for side in sides)
+          + " | " + " | ".join(f"{side}/A" for side in sides[1:])
+          + " | " + " | ".join(f"{side} peak RSS MiB" for side in sides) + " | B % of peak FLOP/s |")
+    print("|---" * (1 + 3 * len(sides)) + "|")
     for mode in args.modes:
-        a = max(results[(mode, "A")], key=lambda r: r["images_per_second"])
-        b = max(results[(mode, "B")], key=lambda r: r["images_per_second"])
+        best = {side: max(results[(mode, side)], key=lambda r: r["images_per_second"]) for side in sides}
+        speed = {side: best[side]["images_per_second"] for side in sides}
         # Frozen training is a forward pass (the head's backward is negligible).
         gflop = {"finetune": GFLOP_PER_IMAGE_TRAIN, "frozen": 1.82, "predict": 1.82}[mode]
-        flops = f"{100 * b['images_per_second'] * gflop / peak:.1f}"
-        print(f"| {mode} | {a['images_per_second']:.1f} | {b['images_per_second']:.1f} | "
-              f"{b['images_per_second'] / a['images_per_second']:.2f} | {a['peak_rss_mib']:.0f} | "
-              f"{b['peak_rss_mib']:.0f} | {flops} |")
-
+        gflop *= (args.image_size / 224) ** 2
+        cells = ([f"{speed[side]:.1f}" for side in sides]
+                 + [f"{speed[side] / speed['A']:.2f}" for side in sides[1:]]
+                 + [f"{best[side]['peak_rss_mib']:.0f}" for side in sides]
+                 + [f"{100 * speed['B'] * gflop / peak:.1f}"])
+        print(f"| {mode} | " + " | ".join(cells) + " |")
 
 if __name__ == "__main__":
     main()

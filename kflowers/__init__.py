@@ -17,7 +17,7 @@ _EXPORTS = {
     "load_weights": "kflowers.model",
     "save_model": "kflowers.model",
     "load_model": "kflowers.model",
-    "fast_data_format": "kflowers.model",
+    "use_torch_kernels": "kflowers.torch_layers",
     "WeightsError": "kflowers.model",
     "download_flowers": "kflowers.data",
     "scan_folder": "kflowers.data",

@@ -251,10 +251,9 @@ def _print_summary(out, metrics):
 
 
 def _load(path):
-    from kflowers.model import fast_data_format
     from kflowers.model import load_model
 
-    return load_model(path, data_format=fast_data_format())
+    return load_model(path)
 
 
 def cmd_evaluate(args):

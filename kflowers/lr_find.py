@@ -42,7 +42,6 @@ def lr_find(data, strategy="finetune", weights="default", batch_size=64, image_s
     from kflowers.data import scan_folder
     from kflowers.data import split_dataset
     from kflowers.model import build_model
-    from kflowers.model import fast_data_format
     from kflowers.training import compile_for
     from kflowers.training import get_strategy
 
@@ -53,7 +52,7 @@ def lr_find(data, strategy="finetune", weights="default", batch_size=64, image_s
     dataset = FlowerDataset.from_folder(train, batch_size=batch_size, image_size=image_size,
                                         shuffle=True, seed=seed)
     model = build_model(len(folder.class_names), strategy.weights if weights == "default" else weights,
-                        image_size=image_size, data_format=fast_data_format())
+                        image_size=image_size)
     compile_for(model, strategy)
     optimizers = getattr(model.optimizer, "optimizers", None) or [model.optimizer]
     rates = np.geomspace(min_lr, max_lr, steps)

@@ -49,24 +49,8 @@ class WeightsError(ValueError):
     """Weights that can't be loaded; the message names the problem."""
 
 
-def fast_data_format():
-    """The faster backbone layout on this backend: `channels_first` on torch, else `channels_last`.
-
-    Keras's torch backend copies each channels-last activation into and out
-    of torch's layout around every convolution and pooling op; a
-    channels-first backbone behind one `Permute` avoids that (about 1.5x
-    faster inference and frozen training on a CPU; full training about the
-    same, being dominated by convolution backward passes). kflowers' own
-    training and prediction use it; `build_model` defaults to the portable
-    channels-last layout.
-    """
-    import keras
-
-    return "channels_first" if keras.backend.backend() == "torch" else "channels_last"
-
-
 def build_model(num_classes=5, weights="imagenet", image_size=224, name="kflowers_resnet18",
-                data_format="channels_last"):
+                torch_kernels=True):
     """The ResNet18 flower classifier, as a functional `keras.Model`.
 
     Args:
@@ -82,12 +66,11 @@ def build_model(num_classes=5, weights="imagenet", image_size=224, name="kflower
             backbone or from a whole kflowers model.
         image_size: side of the square input images; `None` accepts any size.
         name: the model's name.
-        data_format: the backbone's internal layout; inputs are channels-last
-            either way. `"channels_first"` is faster on the torch backend (see
-            `fast_data_format`), but keras-hub does not record a backbone's
-            data format in its config, so save such a model with
-            `kflowers.save_model` (which stores it channels-last), not
-            `model.save`.
+        torch_kernels: on the torch backend, run the backbone's convolutions,
+            batch norms and max pooling on torch's channels-last kernels
+            (`kflowers.torch_layers`; same weights, config and results, about
+            1.4x faster). `False` keeps Keras's stock layers. Other backends
+            ignore it.
 
     Returns:
         A `keras.Model` from `(batch, S, S, 3)` pixels in 0-255 (uint8 or
@@ -111,22 +94,22 @@ def build_model(num_classes=5, weights="imagenet", image_size=224, name="kflower
         name="preprocess",
     )
     x = preprocess(inputs)
-    backbone_shape = shape
-    if data_format == "channels_first":
-        x = keras.layers.Permute((3, 1, 2), name="to_channels_first")(x)
-        backbone_shape = (3, image_size, image_size)
     is_preset = isinstance(weights, str) and _is_preset(weights)
     if is_preset:
-        backbone = _backbone_from_preset(weights, backbone_shape, data_format)
+        backbone = _backbone_from_preset(weights, shape)
     else:
-        backbone = keras_hub.models.ResNetBackbone(**RESNET18_CONFIG, image_shape=backbone_shape,
-                                                   data_format=data_format, name="backbone")
+        backbone = keras_hub.models.ResNetBackbone(**RESNET18_CONFIG, image_shape=shape,
+                                                   data_format="channels_last", name="backbone")
     features = backbone(x)
-    pooled = keras.layers.GlobalAveragePooling2D(data_format=data_format, name="pool")(features)
+    pooled = keras.layers.GlobalAveragePooling2D(name="pool")(features)
     logits = keras.layers.Dense(num_classes, name="head")(pooled)
     model = keras.Model(inputs, logits, name=name)
     if weights is not None and not is_preset:
         load_weights(model, weights)
+    if torch_kernels:
+        from kflowers.torch_layers import use_torch_kernels
+
+        use_torch_kernels(model)
     return model
 
 
@@ -283,12 +266,12 @@ def _is_preset(weights):
     )
 
 
-def _backbone_from_preset(preset, shape, data_format):
+def _backbone_from_preset(preset, shape):
     import keras_hub
 
     try:
-        backbone = keras_hub.models.ResNetBackbone.from_preset(preset, image_shape=shape, data_format=data_format,
-                                                               name="backbone")
+        backbone = keras_hub.models.ResNetBackbone.from_preset(preset, image_shape=shape,
+                                                               data_format="channels_last", name="backbone")
     except Exception as error:
         raise WeightsError(f"cannot load keras-hub preset {preset!r}: {_first_line(error)}") from None
     if backbone.block_type != "basic_block" or list(backbone.stackwise_num_blocks) != [2, 2, 2, 2]:
@@ -342,26 +325,15 @@ def _first_line(error):
 _CLASSES_ENTRY = "kflowers.json"
 
 
-def with_data_format(model, data_format):
-    """`model`, or a copy of it whose backbone runs in `data_format` (same weights)."""
-    if model.get_layer("backbone").data_format == data_format:
-        return model
-    copy = build_model(num_classes=model.output_shape[-1], weights=None, image_size=model.input_shape[1],
-                       name=model.name, data_format=data_format)
-    copy.set_weights(model.get_weights())
-    copy.get_layer("backbone").trainable = model.get_layer("backbone").trainable
-    return copy
-
-
 def save_model(model, path, class_names):
     """Save `model` to a `.keras` file that also records its class names.
 
     The write is atomic: the file is written beside `path` and renamed, so
     a crash leaves the previous file (if any) intact. The class names go in
     an extra `kflowers.json` entry of the archive, which Keras ignores: the
-    file still loads with plain `keras.models.load_model`. The saved model
-    is channels-last, which every backend runs (TensorFlow's CPU kernels
-    have no channels-first convolution).
+    file still loads with plain `keras.models.load_model`: keras-hub saves
+    the backbone as its config, so the file holds stock Keras layers whether
+    or not the model ran on `kflowers.torch_layers`.
     """
     from kflowers.files import atomic_path
 
@@ -369,14 +341,9 @@ def save_model(model, path, class_names):
     if not path.endswith(".keras"):
         raise ValueError(f"model files end in .keras: {path}")
     with atomic_path(path, suffix=".keras") as tmp:
-        with_data_format(model, "channels_last").save(tmp)
+        model.save(tmp)
         with zipfile.ZipFile(tmp, "a") as archive:
             archive.writestr(_CLASSES_ENTRY, json.dumps({"class_names": list(class_names)}))
-
-
-def _is_kflowers_model(model):
-    names = {layer.name for layer in model.layers}
-    return {"preprocess", "backbone", "pool", "head"} <= names
 
 
 def read_class_names(path):
@@ -390,13 +357,14 @@ def read_class_names(path):
     return None
 
 
-def load_model(path, data_format="channels_last"):
+def load_model(path, torch_kernels=True):
     """Load a `.keras` model; `model.class_names` holds its class names.
 
     Args:
         path: a `.keras` file.
-        data_format: the backbone layout to run in (files are stored
-            channels-last); e.g. `fast_data_format()`.
+        torch_kernels: as for `build_model`: on the torch backend, run the
+            convolutions, batch norms and max pooling on torch's
+            channels-last kernels.
 
     Raises:
         WeightsError: the file is missing or is not a Keras model.
@@ -410,8 +378,10 @@ def load_model(path, data_format="channels_last"):
         model = keras.models.load_model(path)
     except Exception as error:
         raise WeightsError(f"cannot load {path}: {_first_line(error)}") from None
-    if _is_kflowers_model(model):
-        model = with_data_format(model, data_format)
+    if torch_kernels:
+        from kflowers.torch_layers import use_torch_kernels
+
+        use_torch_kernels(model)
     names = read_class_names(path)
     if names is None:
         outputs = model.output_shape[-1]

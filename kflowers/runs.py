@@ -148,7 +148,6 @@ def train_run(options, folder=None, split=None):
     from kflowers.data import scan_folder
     from kflowers.data import split_dataset
     from kflowers.model import build_model
-    from kflowers.model import fast_data_format
     from kflowers.model import save_model
     from kflowers.training import get_strategy
     from kflowers.training import train
@@ -170,7 +169,7 @@ def train_run(options, folder=None, split=None):
 
     keras.utils.set_random_seed(options.seed)
     model = build_model(num_classes=len(folder.class_names), weights=_weights(options, strategy),
-                        image_size=options.image_size, data_format=fast_data_format())
+                        image_size=options.image_size)
     train_ds = FlowerDataset.from_folder(train_split, batch_size=options.batch_size,
                                          image_size=options.image_size, shuffle=True,
                                          augment=options.augment, seed=options.seed,

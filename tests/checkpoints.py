@@ -84,3 +84,56 @@ def torch_features(state, images_uint8):
                     x = bn(F.conv2d(x, t[p + ".downsample.0.weight"], stride=s), p + ".downsample.1")
                 x = F.relu(out + x)
         return x.mean(dim=(2, 3)).numpy()
+
+
+def torch_training_step(state, head_kernel, head_bias, images_uint8, labels, lr):
+    """One SGD step of the whole classifier in plain float64 torch, with Keras's BN semantics.
+
+    Returns `(new_state, new_head_kernel, new_head_bias)`: the backbone's
+    weights after the step and its BatchNorm running statistics updated as
+    `keras.layers.BatchNormalization(momentum=0.9)` does (biased batch
+    variance), in torchvision's key layout.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    t = {k: torch.tensor(np.asarray(v), dtype=torch.float64) for k, v in state.items()
+         if not k.endswith("num_batches_tracked")}
+    trainable = [k for k in t if k.endswith((".weight", ".bias")) and not k.startswith("fc.")]
+    for k in trainable:
+        t[k].requires_grad_(True)
+    kernel = torch.tensor(np.asarray(head_kernel), dtype=torch.float64, requires_grad=True)
+    bias = torch.tensor(np.asarray(head_bias), dtype=torch.float64, requires_grad=True)
+    x = torch.tensor(images_uint8.astype("float64") / 255.0).permute(0, 3, 1, 2)
+    mean = torch.tensor([0.485, 0.456, 0.406], dtype=torch.float64).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225], dtype=torch.float64).view(1, 3, 1, 1)
+    x = (x - mean) / std
+    running = {}
+
+    def bn(x, key):
+        batch_mean = x.mean(dim=(0, 2, 3))
+        batch_var = x.var(dim=(0, 2, 3), unbiased=False)
+        running[key + ".running_mean"] = 0.9 * t[key + ".running_mean"] + 0.1 * batch_mean.detach()
+        running[key + ".running_var"] = 0.9 * t[key + ".running_var"] + 0.1 * batch_var.detach()
+        shape = (1, -1, 1, 1)
+        x = (x - batch_mean.view(shape)) / torch.sqrt(batch_var.view(shape) + 1e-5)
+        return x * t[key + ".weight"].view(shape) + t[key + ".bias"].view(shape)
+
+    x = F.relu(bn(F.conv2d(x, t["conv1.weight"], stride=2, padding=3), "bn1"))
+    x = F.max_pool2d(x, 3, stride=2, padding=1)
+    for stage, (_, stride) in enumerate(STAGES, start=1):
+        for block in range(2):
+            p = f"layer{stage}.{block}"
+            s = stride if block == 0 else 1
+            out = F.relu(bn(F.conv2d(x, t[p + ".conv1.weight"], stride=s, padding=1), p + ".bn1"))
+            out = bn(F.conv2d(out, t[p + ".conv2.weight"], stride=1, padding=1), p + ".bn2")
+            if p + ".downsample.0.weight" in t:
+                x = bn(F.conv2d(x, t[p + ".downsample.0.weight"], stride=s), p + ".downsample.1")
+            x = F.relu(out + x)
+    logits = x.mean(dim=(2, 3)) @ kernel + bias
+    loss = F.cross_entropy(logits, torch.as_tensor(np.asarray(labels), dtype=torch.long))
+    loss.backward()
+    with torch.no_grad():
+        new_state = {k: (v - lr * v.grad if k in trainable else v).numpy() for k, v in t.items()}
+        new_state.update({k: v.numpy() for k, v in running.items()})
+        return new_state, (kernel - lr * kernel.grad).numpy(), (bias - lr * bias.grad).numpy()

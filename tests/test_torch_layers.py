@@ -1,0 +1,152 @@
+"""kflowers.torch_layers: each layer computes what the stock Keras layer
+computes (outputs, gradients, BatchNorm statistics), and falls back to it
+where its fast path does not apply."""
+
+import keras
+import numpy as np
+import pytest
+
+from kflowers import torch_layers
+from kflowers.torch_layers import use_torch_kernels
+
+on_torch = keras.backend.backend() == "torch"
+torch_only = pytest.mark.skipif(not on_torch, reason="torch backend only")
+
+
+def _pair(stock_class, config, shape, seed=0):
+    """A stock layer and its kflowers twin with the same weights, built for `shape`."""
+    stock = stock_class(**config)
+    stock.build(shape)
+    fast = getattr(torch_layers, stock_class.__name__).from_config(stock.get_config())
+    fast.build(shape)
+    rng = np.random.default_rng(seed)
+    weights = [rng.uniform(0.5, 1.5, w.shape).astype("float32") for w in stock.get_weights()]
+    stock.set_weights(weights)
+    fast.set_weights(weights)
+    return stock, fast
+
+
+def _run(layer, x, upstream, **kwargs):
+    """Output, gradient w.r.t. the input, and the layer's weights after the call."""
+    import torch
+
+    x = torch.tensor(x, requires_grad=True)
+    y = layer(x, **kwargs)
+    (y * torch.from_numpy(upstream)).sum().backward()
+    return y.detach().numpy(), x.grad.numpy(), [np.array(w) for w in layer.get_weights()]
+
+
+def _assert_same(stock, fast, x, rtol=1e-5, **kwargs):
+    upstream = np.random.default_rng(1).standard_normal(stock.compute_output_shape(x.shape)).astype("float32")
+    for want, got in zip(_run(stock, x, upstream, **kwargs), _run(fast, x, upstream, **kwargs)):
+        for w, g in zip(want if isinstance(want, list) else [want], got if isinstance(got, list) else [got]):
+            np.testing.assert_allclose(g, w, rtol=rtol, atol=rtol * np.abs(w).max())
+
+
+def _images(shape=(4, 9, 10, 6)):
+    return np.random.default_rng(0).standard_normal(shape).astype("float32") * 3 + 1
+
+
+@torch_only
+@pytest.mark.parametrize("config", [
+    dict(filters=5, kernel_size=3, padding="same"),
+    dict(filters=5, kernel_size=3, padding="valid", strides=2),
+    dict(filters=5, kernel_size=(1, 3), padding="same", dilation_rate=2, use_bias=True),
+    dict(filters=6, kernel_size=3, padding="same", groups=3),
+    dict(filters=5, kernel_size=3, padding="same", strides=2),  # stock path: asymmetric padding
+])
+def test_conv2d_matches_keras(config):
+    config.setdefault("use_bias", False)
+    stock, fast = _pair(keras.layers.Conv2D, config, (4, 9, 10, 6))
+    _assert_same(stock, fast, _images())
+
+
+@torch_only
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_normalization_matches_keras_statistics_included(training):
+    stock, fast = _pair(keras.layers.BatchNormalization, dict(momentum=0.9, epsilon=1e-5), (4, 9, 10, 6))
+    # The moving statistics after the call are compared too: Keras's biased variance.
+    _assert_same(stock, fast, _images(), training=training)
+
+
+@torch_only
+def test_frozen_batch_normalization_uses_and_keeps_its_moving_statistics():
+    stock, fast = _pair(keras.layers.BatchNormalization, dict(momentum=0.9), (4, 9, 10, 6))
+    before = fast.get_weights()
+    stock.trainable = fast.trainable = False
+    _assert_same(stock, fast, _images(), training=True)
+    for w, b in zip(fast.get_weights(), before):
+        np.testing.assert_array_equal(w, b)
+
+
+@torch_only
+@pytest.mark.parametrize("config", [dict(pool_size=3, strides=2), dict(pool_size=2, padding="same")])
+def test_max_pooling_matches_keras(config):
+    stock, fast = _pair(keras.layers.MaxPooling2D, config, (4, 9, 10, 6))
+    _assert_same(stock, fast, _images())
+
+
+@torch_only
+def test_channels_first_and_float16_take_the_stock_path():
+    x = _images((2, 6, 9, 10))
+    stock, fast = _pair(keras.layers.Conv2D, dict(filters=4, kernel_size=3, data_format="channels_first"),
+                        (2, 6, 9, 10))
+    _assert_same(stock, fast, x)
+    stock, fast = _pair(keras.layers.BatchNormalization, dict(axis=1), (2, 6, 9, 10))
+    _assert_same(stock, fast, x, training=True)
+    half = torch_layers.BatchNormalization(dtype="float16")
+    assert keras.backend.standardize_dtype(half(x.astype("float16"), training=True).dtype) == "float16"
+
+
+@torch_only
+def test_use_torch_kernels_keeps_config_and_weights():
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.MaxPooling2D(name="pool")(x)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="dense")(x))
+    configs = {layer.name: layer.get_config() for layer in model.layers}
+    weights = model.get_weights()
+    assert use_torch_kernels(model) == 3
+    assert isinstance(model.get_layer("conv"), torch_layers.Conv2D)
+    assert type(model.get_layer("dense")) is keras.layers.Dense
+    assert {layer.name: layer.get_config() for layer in model.layers} == configs
+    for w, b in zip(model.get_weights(), weights):
+        np.testing.assert_array_equal(w, b)
+    assert use_torch_kernels(model) == 0  # already switched
+
+
+@pytest.mark.skipif(on_torch, reason="the other backends")
+def test_use_torch_kernels_does_nothing_on_other_backends():
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3)])
+    assert use_torch_kernels(model) == 0
+    assert type(model.layers[0]) is keras.layers.Conv2D
+
+
+@torch_only
+def test_conv2d_kernel_cache_follows_every_weight_change():
+    import torch
+
+    stock, fast = _pair(keras.layers.Conv2D, dict(filters=5, kernel_size=3, padding="same"), (4, 9, 10, 6))
+    x = _images()
+    with torch.no_grad():
+        fast(x)  # caches the reordered kernel
+        for step in range(2):
+            new = np.random.default_rng(step).standard_normal(fast.kernel.shape).astype("float32")
+            stock.kernel.assign(new)
+            fast.kernel.assign(new)
+            np.testing.assert_allclose(fast(x).numpy(), stock(x).numpy(), rtol=1e-5, atol=1e-4)
+    # A frozen layer inside a training step uses the cache; an optimizer step
+    # on a trainable one invalidates it.
+    optimizer = keras.optimizers.SGD(0.1)
+    fast.trainable = True
+    with torch.no_grad():
+        before = fast(x).numpy()
+    loss = fast(x).square().mean()
+    loss.backward()
+    optimizer.apply([fast.kernel.value.grad], [fast.kernel])
+    with torch.no_grad():
+        after = fast(x).numpy()
+        stock.kernel.assign(fast.kernel.numpy())
+        np.testing.assert_allclose(after, stock(x).numpy(), rtol=1e-5, atol=1e-4)
+    assert np.abs(after - before).max() > 1e-3
