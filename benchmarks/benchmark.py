@@ -1,34 +1,38 @@
 """kflowers against the PyTorch lesson's training loop, side by side.
 
 A: the lesson: torchvision `resnet18` with a new 5-way `fc`, SGD lr 1e-2,
-   `CrossEntropyLoss`, `model.train()`; "frozen" = `requires_grad=False` on
-   everything but `fc`.
+   `CrossEntropyLoss`, `model.train()`, contiguous NCHW batches (what the
+   lesson's DataLoader yields); "frozen" = `requires_grad=False` on
+   everything but `fc`; predict = `model.eval()` under `torch.no_grad()`.
 B: kflowers: `build_model` + `compile` + `fit` (and `predict`) with the same
    batch, image size and optimizer (frozen = `backbone.trainable = False`).
 `--extra A-channels-last B-stock` adds two more sides: the lesson's loop in
 torch's channels_last memory format (what B runs on), and kflowers on Keras's
 stock layers (what `kflowers.torch_layers` buys).
 
-Both run in this process tree, alternating A/B for `--rounds` rounds to
-cancel machine drift; each measurement runs in a fresh subprocess so peak RSS
-is its own. Prints a markdown table: images/second for fine-tuning, frozen
-training and predict, the B/A ratios, peak RSS, and the share of the CPU's
-peak FLOP rate that the training step reaches (ResNet18 training ~ 3 x 1.82
-GFLOP per 224x224 image).
+Speed: for each mode, one process builds every side and then alternates
+them step by step (A, B, A, B, ...), so machine drift and other tenants hit
+all sides alike; each side's fastest step counts (as with `timeit`), and the
+median ratio is printed too. Memory: each side and mode runs once more in a
+fresh process of its own for its peak RSS. Prints a markdown table:
+images/second, the ratios to A, peak RSS, and the share of the CPU's peak
+FLOP rate that B reaches (ResNet18 training ~ 3 x 1.82 GFLOP per 224x224
+image, scaled by the image area).
 
     pip install -e ".[bench]"      # torchvision (here: torch 2.14.1)
-    python benchmarks/benchmark.py --batch-size 64 --image-size 224 --steps 5 --rounds 2
+    python benchmarks/benchmark.py --batch-size 64 --image-size 224 --steps 6
 """
 
 import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
 
-GFLOP_PER_IMAGE_TRAIN = 3 * 1.82
+GFLOP_PER_IMAGE = {"finetune": 3 * 1.82, "frozen": 1.82, "predict": 1.82}  # frozen: forward only
 SIDE_NAMES = {"A": "lesson (A)", "B": "kflowers (B)"}
 EXTRA_SIDES = {
     "A-channels-last": "the lesson's loop with model and batches in torch's channels_last memory format",
@@ -36,86 +40,112 @@ EXTRA_SIDES = {
 }
 
 
-def measure(side, mode, batch, size, steps, warmup):
-    """One measurement in this process: images/second and peak RSS (MiB)."""
+def make_step(side, mode, batch, size):
+    """A function that runs one step of `side` in `mode` and returns its seconds."""
     import numpy as np
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (batch, size, size, 3)).astype("uint8")
     labels = rng.integers(0, 5, batch).astype("int64")
     if side.startswith("A"):
-        import torch
-        import torchvision
+        return _torch_step(side, mode, images, labels)
+    return _keras_step(side, mode, images, labels)
 
-        model = torchvision.models.resnet18()
-        model.fc = torch.nn.Linear(512, 5)
-        if mode == "frozen":
-            for name, p in model.named_parameters():
-                p.requires_grad = name.startswith("fc.")
-        # The lesson's DataLoader (ToTensor, default collate) yields contiguous NCHW batches.
-        x = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255).contiguous()
-        if side == "A-channels-last":
-            model = model.to(memory_format=torch.channels_last)
-            x = x.contiguous(memory_format=torch.channels_last)
-        y = torch.from_numpy(labels)
+
+def _torch_step(side, mode, images, labels):
+    import torch
+    import torchvision
+
+    model = torchvision.models.resnet18()
+    model.fc = torch.nn.Linear(512, 5)
+    if mode == "frozen":
+        for name, p in model.named_parameters():
+            p.requires_grad = name.startswith("fc.")
+    x = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255).contiguous()
+    if side == "A-channels-last":
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.from_numpy(labels)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step():
+        start = time.perf_counter()
         if mode == "predict":
             model.eval()
-
-            def step():
-                with torch.no_grad():
-                    model(x)
+            with torch.no_grad():
+                model(x)
         else:
             model.train()
-            optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-            loss_fn = torch.nn.CrossEntropyLoss()
+            optimizer.zero_grad()
+            loss_fn(model(x), y).backward()
+            optimizer.step()
+        return time.perf_counter() - start
 
-            def step():
-                optimizer.zero_grad()
-                loss_fn(model(x), y).backward()
-                optimizer.step()
-    else:
-        import kflowers
-        import keras
+    return step
 
-        # "B-stock": the same model on Keras's stock layers (no kflowers.torch_layers).
-        model = kflowers.build_model(weights=None, image_size=size, torch_kernels=side == "B")
-        if mode == "frozen":
-            model.get_layer("backbone").trainable = False
-        model.compile(keras.optimizers.SGD(1e-2),
-                      keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        y = labels.astype("int32")
 
-        class SameBatch(keras.utils.PyDataset):
-            def __init__(self, steps, with_labels):
-                super().__init__()
-                self.steps, self.with_labels = steps, with_labels
+def _keras_step(side, mode, images, labels):
+    import kflowers  # first: it picks the torch backend unless KERAS_BACKEND says otherwise
 
-            def __len__(self):
-                return self.steps
+    import keras
 
-            def __getitem__(self, index):
-                return (images, y) if self.with_labels else images
+    model = kflowers.build_model(weights=None, image_size=images.shape[1], torch_kernels=side == "B")
+    if mode == "frozen":
+        model.get_layer("backbone").trainable = False
+    model.compile(keras.optimizers.SGD(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    y = labels.astype("int32")
 
-        def run(steps):
-            if mode == "predict":
-                model.predict(SameBatch(steps, False), verbose=0)
-            else:
-                model.fit(SameBatch(steps, True), epochs=1, verbose=0)
+    class OneBatch(keras.utils.PyDataset):
+        def __len__(self):
+            return 1
 
-        run(warmup)
-        start = time.perf_counter()
-        run(steps)
-        seconds = time.perf_counter() - start
-        return {"images_per_second": batch * steps / seconds,
-                "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    for _ in range(warmup):
+        def __getitem__(self, index):
+            return images if mode == "predict" else (images, y)
+
+    class StepTime(keras.callbacks.Callback):
+        # The step itself, without fit's per-call set-up.
+        def on_train_batch_begin(self, batch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.seconds = time.perf_counter() - self.start
+
+        on_predict_batch_begin = on_train_batch_begin
+        on_predict_batch_end = on_train_batch_end
+
+    timer = StepTime()
+
+    def step():
+        if mode == "predict":
+            model.predict(OneBatch(), verbose=0, callbacks=[timer])
+        else:
+            model.fit(OneBatch(), epochs=1, verbose=0, callbacks=[timer])
+        return timer.seconds
+
+    return step
+
+
+def measure_speed(mode, sides, batch, size, steps, warmup):
+    """Step times of every side, alternated step by step in this process."""
+    run = {side: make_step(side, mode, batch, size) for side in sides}
+    for step in run.values():
+        for _ in range(warmup):
+            step()
+    times = {side: [] for side in sides}
+    for i in range(steps):
+        order = sides if i % 2 == 0 else sides[::-1]
+        for side in order:
+            times[side].append(run[side]())
+    return times
+
+
+def measure_memory(side, mode, batch, size, warmup):
+    """Peak RSS (MiB) of one side alone in this process, after warm-up and one step."""
+    step = make_step(side, mode, batch, size)
+    for _ in range(warmup + 1):
         step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    seconds = time.perf_counter() - start
-    return {"images_per_second": batch * steps / seconds,
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def cpu_peak_gflops():
@@ -134,56 +164,64 @@ def cpu_peak_gflops():
     return cores * ghz * per_cycle
 
 
+def _child(args, *extra):
+    out = subprocess.run(
+        [sys.executable, __file__, "--batch-size", str(args.batch_size), "--image-size", str(args.image_size),
+         "--steps", str(args.steps), "--warmup", str(args.warmup), *extra],
+        capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    if out.returncode:
+        sys.exit(f"{' '.join(extra)} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per side and mode")
+    parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--modes", nargs="+", default=["finetune", "frozen", "predict"])
     parser.add_argument("--extra", nargs="*", default=[], choices=list(EXTRA_SIDES),
-                        help="more sides to measure: " + "; ".join(f"{k}: {v}" for k, v in EXTRA_SIDES.items()))
-    parser.add_argument("--one", nargs=2, metavar=("SIDE", "MODE"), help=argparse.SUPPRESS)
+                        help="more sides: " + "; ".join(f"{k}: {v}" for k, v in EXTRA_SIDES.items()))
+    parser.add_argument("--speed", metavar="MODE", help=argparse.SUPPRESS)
+    parser.add_argument("--memory", nargs=2, metavar=("SIDE", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.one:
-        print(json.dumps(measure(*args.one, args.batch_size, args.image_size, args.steps, args.warmup)))
-        return
-    results = {}
-    for round_index in range(args.rounds):
-        for mode in args.modes:
-            sides = ["A", "B"] + args.extra
-            for side in sides if round_index % 2 == 0 else sides[::-1]:
-                out = subprocess.run(
-                    [sys.executable, __file__, "--one", side, mode, "--batch-size", str(args.batch_size),
-                     "--image-size", str(args.image_size), "--steps", str(args.steps),
-                     "--warmup", str(args.warmup)],
-                    capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-                if out.returncode:
-                    sys.exit(f"{side}/{mode} failed:\n{out.stderr[-3000:]}")
-                value = json.loads(out.stdout.strip().splitlines()[-1])
-                results.setdefault((mode, side), []).append(value)
-                print(f"round {round_index + 1} {mode:8s} {side}: {value['images_per_second']:.1f} img/s",
-                      file=sys.stderr)
-    peak = cpu_peak_gflops()
-    print(f"\n{args.batch_size} images of {args.image_size}x{args.image_size} a step, best of {args.rounds} "
-          f"rounds, {os.cpu_count()} CPU threads, peak ~{peak:.0f} GFLOP/s\n")
     sides = ["A", "B"] + args.extra
+    if args.speed:
+        print(json.dumps(measure_speed(args.speed, sides, args.batch_size, args.image_size, args.steps,
+                                       args.warmup)))
+        return
+    if args.memory:
+        print(json.dumps(measure_memory(*args.memory, args.batch_size, args.image_size, args.warmup)))
+        return
+
+    rows = []
+    for mode in args.modes:
+        times = _child(args, "--speed", mode, "--extra", *args.extra)
+        rss = {side: _child(args, "--memory", side, mode) for side in sides}
+        speed = {side: args.batch_size / min(times[side]) for side in sides}
+        median_ratio = {side: statistics.median(a / b for a, b in zip(times["A"], times[side]))
+                        for side in sides}
+        print(f"{mode:8s} " + "  ".join(f"{side} {speed[side]:.1f} img/s" for side in sides), file=sys.stderr)
+        rows.append((mode, speed, median_ratio, rss))
+
+    peak = cpu_peak_gflops()
+    backend = os.environ.get("KERAS_BACKEND", "torch")
+    print(f"\nB on the {backend} backend; {args.batch_size} images of {args.image_size}x{args.image_size} "
+          f"a step, fastest of {args.steps} alternated steps per side, {os.cpu_count()} CPU threads, "
+          f"peak ~{peak:.0f} GFLOP/s\n")
     print("| mode | " + " | ".join(f"{SIDE_NAMES.get(side, side)} img/s" for side in sides)
-          + " | " + " | ".join(f"{side}/A" for side in sides[1:])
+          + " | " + " | ".join(f"{side}/A (median)" for side in sides[1:])
           + " | " + " | ".join(f"{side} peak RSS MiB" for side in sides) + " | B % of peak FLOP/s |")
     print("|---" * (1 + 3 * len(sides)) + "|")
-    for mode in args.modes:
-        best = {side: max(results[(mode, side)], key=lambda r: r["images_per_second"]) for side in sides}
-        speed = {side: best[side]["images_per_second"] for side in sides}
-        # Frozen training is a forward pass (the head's backward is negligible).
-        gflop = {"finetune": GFLOP_PER_IMAGE_TRAIN, "frozen": 1.82, "predict": 1.82}[mode]
-        gflop *= (args.image_size / 224) ** 2
+    for mode, speed, median_ratio, rss in rows:
+        gflop = GFLOP_PER_IMAGE[mode] * (args.image_size / 224) ** 2
         cells = ([f"{speed[side]:.1f}" for side in sides]
-                 + [f"{speed[side] / speed['A']:.2f}" for side in sides[1:]]
-                 + [f"{best[side]['peak_rss_mib']:.0f}" for side in sides]
+                 + [f"{speed[side] / speed['A']:.2f} ({median_ratio[side]:.2f})" for side in sides[1:]]
+                 + [f"{rss[side]:.0f}" for side in sides]
                  + [f"{100 * speed['B'] * gflop / peak:.1f}"])
         print(f"| {mode} | " + " | ".join(cells) + " |")
+
 
 if __name__ == "__main__":
     main()
