@@ -53,6 +53,34 @@ def save_pth(state, path):
     return path
 
 
+def _preprocess(images_uint8, dtype):
+    """torchvision's preprocessing: x / 255, then ImageNet mean/std; NHWC uint8 -> NCHW."""
+    import torch
+
+    x = torch.from_numpy(images_uint8.astype("float64") / 255.0).to(dtype).permute(0, 3, 1, 2)
+    mean = torch.tensor([0.485, 0.456, 0.406], dtype=dtype).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225], dtype=dtype).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def _pooled_features(x, t, bn):
+    """ResNet18's pooled features of `x` with weights `t` (torchvision keys); `bn(x, key)` is the BatchNorm."""
+    import torch.nn.functional as F
+
+    x = F.relu(bn(F.conv2d(x, t["conv1.weight"], stride=2, padding=3), "bn1"))
+    x = F.max_pool2d(x, 3, stride=2, padding=1)
+    for stage, (_, stride) in enumerate(STAGES, start=1):
+        for block in range(2):
+            p = f"layer{stage}.{block}"
+            s = stride if block == 0 else 1
+            out = F.relu(bn(F.conv2d(x, t[p + ".conv1.weight"], stride=s, padding=1), p + ".bn1"))
+            out = bn(F.conv2d(out, t[p + ".conv2.weight"], stride=1, padding=1), p + ".bn2")
+            if p + ".downsample.0.weight" in t:
+                x = bn(F.conv2d(x, t[p + ".downsample.0.weight"], stride=s), p + ".downsample.1")
+            x = F.relu(out + x)
+    return x.mean(dim=(2, 3))
+
+
 def torch_features(state, images_uint8):
     """Pooled 512-d ResNet18 features of uint8 NHWC images, in plain torch.
 
@@ -62,28 +90,13 @@ def torch_features(state, images_uint8):
     import torch.nn.functional as F
 
     t = {k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}
-    x = torch.from_numpy(images_uint8.astype("float32") / 255.0).permute(0, 3, 1, 2)
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-    x = (x - mean) / std
 
     def bn(x, key):
         return F.batch_norm(x, t[key + ".running_mean"], t[key + ".running_var"],
                             t[key + ".weight"], t[key + ".bias"], training=False, eps=1e-5)
 
     with torch.no_grad():
-        x = F.relu(bn(F.conv2d(x, t["conv1.weight"], stride=2, padding=3), "bn1"))
-        x = F.max_pool2d(x, 3, stride=2, padding=1)
-        for stage, (_, stride) in enumerate(STAGES, start=1):
-            for block in range(2):
-                p = f"layer{stage}.{block}"
-                s = stride if block == 0 else 1
-                out = F.relu(bn(F.conv2d(x, t[p + ".conv1.weight"], stride=s, padding=1), p + ".bn1"))
-                out = bn(F.conv2d(out, t[p + ".conv2.weight"], stride=1, padding=1), p + ".bn2")
-                if p + ".downsample.0.weight" in t:
-                    x = bn(F.conv2d(x, t[p + ".downsample.0.weight"], stride=s), p + ".downsample.1")
-                x = F.relu(out + x)
-        return x.mean(dim=(2, 3)).numpy()
+        return _pooled_features(_preprocess(images_uint8, torch.float32), t, bn).numpy()
 
 
 def torch_training_step(state, head_kernel, head_bias, images_uint8, labels, lr):
@@ -104,10 +117,6 @@ def torch_training_step(state, head_kernel, head_bias, images_uint8, labels, lr)
         t[k].requires_grad_(True)
     kernel = torch.tensor(np.asarray(head_kernel), dtype=torch.float64, requires_grad=True)
     bias = torch.tensor(np.asarray(head_bias), dtype=torch.float64, requires_grad=True)
-    x = torch.tensor(images_uint8.astype("float64") / 255.0).permute(0, 3, 1, 2)
-    mean = torch.tensor([0.485, 0.456, 0.406], dtype=torch.float64).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225], dtype=torch.float64).view(1, 3, 1, 1)
-    x = (x - mean) / std
     running = {}
 
     def bn(x, key):
@@ -119,18 +128,7 @@ def torch_training_step(state, head_kernel, head_bias, images_uint8, labels, lr)
         x = (x - batch_mean.view(shape)) / torch.sqrt(batch_var.view(shape) + 1e-5)
         return x * t[key + ".weight"].view(shape) + t[key + ".bias"].view(shape)
 
-    x = F.relu(bn(F.conv2d(x, t["conv1.weight"], stride=2, padding=3), "bn1"))
-    x = F.max_pool2d(x, 3, stride=2, padding=1)
-    for stage, (_, stride) in enumerate(STAGES, start=1):
-        for block in range(2):
-            p = f"layer{stage}.{block}"
-            s = stride if block == 0 else 1
-            out = F.relu(bn(F.conv2d(x, t[p + ".conv1.weight"], stride=s, padding=1), p + ".bn1"))
-            out = bn(F.conv2d(out, t[p + ".conv2.weight"], stride=1, padding=1), p + ".bn2")
-            if p + ".downsample.0.weight" in t:
-                x = bn(F.conv2d(x, t[p + ".downsample.0.weight"], stride=s), p + ".downsample.1")
-            x = F.relu(out + x)
-    logits = x.mean(dim=(2, 3)) @ kernel + bias
+    logits = _pooled_features(_preprocess(images_uint8, torch.float64), t, bn) @ kernel + bias
     loss = F.cross_entropy(logits, torch.as_tensor(np.asarray(labels), dtype=torch.long))
     loss.backward()
     with torch.no_grad():
