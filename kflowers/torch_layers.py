@@ -30,7 +30,7 @@ import weakref
 
 import keras
 
-# Conv2D layer -> (kernel version, kernel in torch's layout); see Conv2D._torch_weight.
+# Conv2D layer -> (kernel version, kernel in torch's layout); see reordered_kernel.
 _REORDERED_KERNELS = weakref.WeakKeyDictionary()
 
 
@@ -53,6 +53,60 @@ def _to_nhwc(x):
     return x.permute(0, 2, 3, 1)
 
 
+def torch_kernel(kernel):
+    """A Keras `(h, w, in, out)` kernel as torch's `(out, in, h, w)`, in channels_last memory."""
+    # (h, w, in, out) -> (out, h, w, in) is one 2D transpose, which torch
+    # copies about twice as fast as the equivalent 4D permute.
+    h, w, i, o = kernel.shape
+    return kernel.reshape(h * w * i, o).t().contiguous().view(o, h, w, i).permute(0, 3, 1, 2)
+
+
+def reordered_kernel(layer, kernel):
+    """`torch_kernel(kernel)` for `layer`, kept while `kernel` is unchanged.
+
+    Reordering a 3x3x512x512 kernel is a strided copy of 9 MB (about as
+    long as that layer's convolution of 8 small images); without gradients
+    to carry (inference, frozen layers) the reordered kernel is kept until
+    the variable changes (torch counts in-place writes in `_version`;
+    `assign` and optimizer updates are in-place).
+    """
+    import torch
+
+    if kernel.requires_grad and torch.is_grad_enabled():
+        return torch_kernel(kernel)
+    key = (kernel.data_ptr(), kernel._version, kernel.device)
+    cached = _REORDERED_KERNELS.get(layer)
+    if cached is None or cached[0] != key:
+        cached = _REORDERED_KERNELS[layer] = (key, torch_kernel(kernel.detach()))
+    return cached[1]
+
+
+def batch_norm_training(layer, x):
+    """Batch norm of NCHW `x` with the batch's statistics; updates `layer`'s moving ones.
+
+    torch's fused kernel computes the output and the batch statistics in one
+    pass; the moving variance follows Keras's rule (the biased batch
+    variance), not torch's `BatchNorm2d` (the unbiased one).
+    """
+    import torch
+
+    gamma = layer.gamma.value if layer.scale else None
+    beta = layer.beta.value if layer.center else None
+    # momentum=1 makes torch write the batch's own statistics into `mean`
+    # and `var` (the variance unbiased), from the same fused pass.
+    channels = x.shape[1]
+    mean = torch.zeros(channels, dtype=x.dtype, device=x.device)
+    var = torch.ones(channels, dtype=x.dtype, device=x.device)
+    outputs = torch.nn.functional.batch_norm(
+        x, mean, var, gamma, beta, training=True, momentum=1.0, eps=layer.epsilon)
+    n = x.numel() // channels
+    biased_var = var * ((n - 1) / n) if n > 1 else var
+    layer.moving_mean.assign(layer.moving_mean * layer.momentum + mean * (1.0 - layer.momentum))
+    layer.moving_variance.assign(
+        layer.moving_variance * layer.momentum + biased_var * (1.0 - layer.momentum))
+    return outputs
+
+
 @keras.saving.register_keras_serializable(package="kflowers")
 class Conv2D(keras.layers.Conv2D):
     """`keras.layers.Conv2D` that calls `torch.nn.functional.conv2d` on channels-last memory."""
@@ -63,38 +117,13 @@ class Conv2D(keras.layers.Conv2D):
             return super().convolution_op(inputs, kernel)
         import torch
 
-        weight = self._torch_weight(keras.ops.convert_to_tensor(kernel))
+        weight = reordered_kernel(self, keras.ops.convert_to_tensor(kernel))
         x = _to_nchw(inputs).contiguous(memory_format=torch.channels_last)
         outputs = torch.nn.functional.conv2d(
             x, weight, stride=self.strides, padding=padding, dilation=self.dilation_rate,
             groups=self.groups,
         )
         return _to_nhwc(outputs)
-
-    def _torch_weight(self, kernel):
-        """The kernel in torch's layout, `(out, in, h, w)` in channels_last memory.
-
-        Reordering a 3x3x512x512 kernel is a strided copy of 9 MB (about
-        as long as that layer's convolution of 8 small images); without
-        gradients to carry (inference, frozen layers) the reordered kernel
-        is kept until the variable changes (torch counts in-place writes
-        in `_version`; `assign` and optimizer updates are in-place).
-        """
-        import torch
-
-        def reorder(k):
-            # (h, w, in, out) -> (out, h, w, in) is one 2D transpose, which
-            # torch copies about twice as fast as the equivalent 4D permute.
-            h, w, i, o = k.shape
-            return k.reshape(h * w * i, o).t().contiguous().view(o, h, w, i).permute(0, 3, 1, 2)
-
-        if kernel.requires_grad and torch.is_grad_enabled():
-            return reorder(kernel)
-        key = (kernel.data_ptr(), kernel._version, kernel.device)
-        cached = _REORDERED_KERNELS.get(self)
-        if cached is None or cached[0] != key:
-            cached = _REORDERED_KERNELS[self] = (key, reorder(kernel.detach()))
-        return cached[1]
 
     def _torch_padding(self):
         """torch's `padding` for this layer, or `None` when it has no symmetric equivalent."""
@@ -121,24 +150,12 @@ class BatchNormalization(keras.layers.BatchNormalization):
         import torch
 
         x = _to_nchw(inputs).contiguous(memory_format=torch.channels_last)
-        gamma = self.gamma.value if self.scale else None
-        beta = self.beta.value if self.center else None
         if training and self.trainable:
-            # momentum=1 makes torch write the batch's own statistics into
-            # `mean` and `var` (the variance unbiased), from the same fused pass.
-            channels = x.shape[1]
-            mean = torch.zeros(channels, dtype=x.dtype, device=x.device)
-            var = torch.ones(channels, dtype=x.dtype, device=x.device)
-            outputs = torch.nn.functional.batch_norm(
-                x, mean, var, gamma, beta, training=True, momentum=1.0, eps=self.epsilon)
-            n = x.numel() // channels
-            biased_var = var * ((n - 1) / n) if n > 1 else var
-            self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
-            self.moving_variance.assign(
-                self.moving_variance * self.momentum + biased_var * (1.0 - self.momentum))
+            outputs = batch_norm_training(self, x)
         else:
             outputs = torch.nn.functional.batch_norm(
-                x, self.moving_mean.value, self.moving_variance.value, gamma, beta,
+                x, self.moving_mean.value, self.moving_variance.value,
+                self.gamma.value if self.scale else None, self.beta.value if self.center else None,
                 training=False, eps=self.epsilon)
         return _to_nhwc(outputs)
 
@@ -166,7 +183,9 @@ _FAST_CLASSES = {
 def use_torch_kernels(model):
     """Switch `model`'s stock Conv2D/BatchNormalization/MaxPooling2D layers to the ones here.
 
-    Nested models are included. Does nothing on backends other than torch.
+    Nested models are included, and a keras-hub `ResNetBackbone` with
+    ResNet18's layout also runs as one torch function
+    (`kflowers.torch_resnet`). Does nothing on backends other than torch.
 
     Args:
         model: a built `keras.Model`.
@@ -176,12 +195,18 @@ def use_torch_kernels(model):
     """
     if keras.backend.backend() != "torch":
         return 0
+    from keras_hub.models import ResNetBackbone
+
+    from kflowers import torch_resnet
+
     switched = 0
-    for layer in _all_layers(model):
+    for layer in [model, *_all_layers(model)]:
         fast = _FAST_CLASSES.get(type(layer))
         if fast is not None:
             layer.__class__ = fast
             switched += 1
+        elif isinstance(layer, ResNetBackbone):
+            torch_resnet.install(layer)
     return switched
 
 

@@ -32,8 +32,11 @@ def assert_features_match(actual, expected, rel=1e-5):
 
 
 def _uses_torch_kernels(model):
-    classes = {type(layer).__module__ for layer in model.get_layer("backbone").layers}
-    return "kflowers.torch_layers" in classes
+    backbone = model.get_layer("backbone")
+    classes = {type(layer).__module__ for layer in backbone.layers}
+    whole = "call" in vars(backbone)  # kflowers.torch_resnet's one-function forward
+    assert whole == ("kflowers.torch_layers" in classes)
+    return whole
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +75,9 @@ def test_pth_parity_with_plain_torch(state, images, tmp_path, torch_kernels):
     assert _uses_torch_kernels(model) == torch_kernels
     expected = torch_features(state, images)
     assert_features_match(pooled(model, images), expected)
+    # predict runs without gradients: on torch_kernels, each BatchNorm folded into its convolution.
+    features = keras.Model(model.input, model.get_layer("pool").output)
+    assert_features_match(features.predict(images, verbose=0), expected)
     # The check has teeth: skipping ImageNet normalisation is far off.
     wrong = torch_features(state, np.clip(images.astype(int) + 20, 0, 255).astype("uint8"))
     assert np.abs(pooled(model, images) - wrong).max() > 1e-3 * np.abs(expected).max()

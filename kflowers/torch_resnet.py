@@ -1,0 +1,216 @@
+"""keras-hub's ResNet18 backbone run as one torch function (torch backend).
+
+Keras runs a functional model layer by layer, each layer a separate op on a
+fresh tensor. For ResNet18 that costs more than the arithmetic suggests:
+keras-hub pads explicitly (`ZeroPadding2D`, a fill and a copy) before every
+strided convolution and the max pool, `ReLU` and `Add` write new tensors
+where torchvision works in place, and in inference a batch norm is a whole
+pass over memory that could have been folded into the convolution before it.
+Layers can't fix this one at a time (a layer doesn't know who else reads its
+output), but the backbone as a whole can.
+
+`install(backbone)` gives a keras-hub `ResNetBackbone` with ResNet18's
+layout (basic blocks, post-activation) a `call` that runs the same
+computation as one torch function over the backbone's own variables:
+
+- padding goes into the convolution or the max pool (after a ReLU,
+  zero padding and torch's `-inf` padding give the same maximum);
+- `ReLU` and the residual `Add` work in place, as in torchvision;
+- a batch norm in inference mode whose weights need no gradient (predict,
+  a frozen backbone, frozen blocks) is folded into its convolution: one
+  kernel and a bias, cached until any of the five variables changes;
+- a batch norm in training mode is torch's fused kernel with Keras's
+  statistics rule (`kflowers.torch_layers.batch_norm_training`).
+
+Each layer's own `trainable` flag decides its mode, as in Keras. The
+backbone object stays a `ResNetBackbone` (the `call` is set on the
+instance): its config, weights and saved files are unchanged, and anything
+the fast path does not cover (other backends, float16, masks, symbolic
+tensors, a backbone that isn't ResNet18's layout) runs the stock layers.
+Tested against the stock layers (outputs, gradients, moving statistics)
+and, for a whole training step, against plain torch.
+
+Example:
+>>> backbone = model.get_layer("backbone")
+>>> kflowers.torch_resnet.install(backbone)   # done by use_torch_kernels
+True
+"""
+
+import types
+import weakref
+
+import keras
+
+from kflowers import torch_layers
+
+# Conv2D layer -> (key of the five variables' versions, folded kernel, bias).
+_FOLDED = weakref.WeakKeyDictionary()
+
+
+def install(backbone):
+    """Run `backbone` as one torch function when it has ResNet18's layout.
+
+    Args:
+        backbone: a `keras_hub.models.ResNetBackbone`.
+
+    Returns:
+        Whether the fast path was installed (`False` on other backends and
+        for layouts other than basic blocks with post-activation).
+    """
+    if keras.backend.backend() != "torch":
+        return False
+    plan = _plan(backbone)
+    if plan is None:
+        return False
+    backbone._torch_plan = plan
+    backbone.call = types.MethodType(_call, backbone)
+    return True
+
+
+def uninstall(backbone):
+    """Undo `install`: `backbone` runs its layers one by one again.
+
+    Returns:
+        Whether it had been installed.
+    """
+    installed = "call" in vars(backbone)
+    if installed:
+        del backbone.call
+        del backbone._torch_plan
+    return installed
+
+
+def _plan(backbone):
+    """The backbone's layers in execution order, or `None` if it isn't ResNet18's layout."""
+    config = backbone.get_config()
+    if (config.get("block_type") != "basic_block" or config.get("use_pre_activation")
+            or getattr(backbone, "data_format", "channels_last") != "channels_last"
+            or len(config.get("input_conv_filters", [])) != 1):
+        return None
+    try:
+        layer = backbone.get_layer
+        stem = (_conv_bn(layer, "conv1", config["input_conv_kernel_sizes"][0], 2,
+                         (config["input_conv_kernel_sizes"][0] - 1) // 2),
+                _pool(layer("pool1_pad"), layer("pool1_pool")))
+        blocks = []
+        channels = config["input_conv_filters"][0]
+        for s, (filters, count, stride) in enumerate(zip(
+                config["stackwise_num_filters"], config["stackwise_num_blocks"],
+                config["stackwise_num_strides"])):
+            for b in range(count):
+                name = f"stack{s}_block{b}"
+                block_stride = stride if b == 0 else 1
+                shortcut = None
+                if _has(backbone, f"{name}_0_conv"):
+                    shortcut = _conv_bn(layer, f"{name}_0", 1, block_stride, 0)
+                elif block_stride != 1 or channels != filters:
+                    return None
+                first = _conv_bn(layer, f"{name}_1", 3, block_stride, 1)
+                second = _conv_bn(layer, f"{name}_2", 3, 1, 1)
+                if not (_is(layer(f"{name}_add"), keras.layers.Add)
+                        and _is_relu(layer(f"{name}_1_relu")) and _is_relu(layer(f"{name}_out"))):
+                    return None
+                blocks.append((shortcut, first, second))
+                channels = filters
+    except (ValueError, _NotResNet):
+        return None
+    return stem, blocks
+
+
+class _NotResNet(Exception):
+    pass
+
+
+def _has(model, name):
+    return any(layer.name == name for layer in model.layers)
+
+
+def _is(layer, cls):
+    return isinstance(layer, cls) and layer.dtype_policy.name == "float32"
+
+
+def _is_relu(layer):
+    return _is(layer, keras.layers.Activation) and layer.activation is keras.activations.relu
+
+
+def _conv_bn(layer, prefix, kernel_size, stride, padding):
+    """(conv, bn, stride, padding) for `prefix`_conv / `prefix`_bn, checked."""
+    conv, bn = layer(f"{prefix}_conv"), layer(f"{prefix}_bn")
+    try:
+        pad = layer(f"{prefix}_pad")
+    except ValueError:
+        pad = None
+    if pad is not None:
+        if not _is(pad, keras.layers.ZeroPadding2D) or pad.padding != ((padding,) * 2,) * 2:
+            raise _NotResNet
+        conv_padding = "valid"
+    else:
+        conv_padding = "same" if padding else "valid"
+    if not (_is(conv, keras.layers.Conv2D) and _is(bn, keras.layers.BatchNormalization)
+            and tuple(conv.kernel_size) == (kernel_size,) * 2 and tuple(conv.strides) == (stride,) * 2
+            and conv.padding == conv_padding and not conv.use_bias and conv.groups == 1
+            and tuple(conv.dilation_rate) == (1, 1) and conv.activation is keras.activations.linear
+            and conv.data_format == "channels_last"
+            and bn.axis in (-1, 3) and bn.center and bn.scale and not bn.renorm
+            and not bn.synchronized):
+        raise _NotResNet
+    return conv, bn, stride, padding
+
+
+def _pool(pad, pool):
+    if not (_is(pad, keras.layers.ZeroPadding2D) and pad.padding == ((1, 1), (1, 1))
+            and _is(pool, keras.layers.MaxPooling2D) and pool.padding == "valid"
+            and tuple(pool.pool_size) == (3, 3) and tuple(pool.strides) == (2, 2)
+            and pool.data_format == "channels_last"):
+        raise _NotResNet
+    return 1
+
+
+def _call(self, inputs, training=None, mask=None):
+    import torch
+
+    if (mask is not None or not isinstance(inputs, torch.Tensor) or inputs.device.type == "meta"
+            or not torch_layers._torch_fast_path(inputs)):
+        return type(self).call(self, inputs, training=training, mask=mask)
+    (stem, pool_padding), blocks = self._torch_plan
+    x = torch_layers._to_nchw(inputs).contiguous(memory_format=torch.channels_last)
+    x = _conv_bn_forward(x, *stem, training).relu_()
+    x = torch.nn.functional.max_pool2d(x, 3, 2, padding=pool_padding)
+    for shortcut, first, second in blocks:
+        identity = x if shortcut is None else _conv_bn_forward(x, *shortcut, training)
+        y = _conv_bn_forward(x, *first, training).relu_()
+        x = _conv_bn_forward(y, *second, training).add_(identity).relu_()
+    return torch_layers._to_nhwc(x)
+
+
+def _conv_bn_forward(x, conv, bn, stride, padding, training):
+    import torch
+
+    kernel, gamma, beta = conv.kernel.value, bn.gamma.value, bn.beta.value
+    bn_training = bool(training) and bn.trainable
+    needs_grad = torch.is_grad_enabled() and (
+        kernel.requires_grad or gamma.requires_grad or beta.requires_grad)
+    if not bn_training and not needs_grad:
+        weight, bias = _folded(conv, bn)
+        return torch.nn.functional.conv2d(x, weight, bias, stride=stride, padding=padding)
+    y = torch.nn.functional.conv2d(x, torch_layers.reordered_kernel(conv, kernel), stride=stride, padding=padding)
+    if bn_training:
+        return torch_layers.batch_norm_training(bn, y)
+    return torch.nn.functional.batch_norm(
+        y, bn.moving_mean.value, bn.moving_variance.value, gamma, beta, training=False,
+        eps=bn.epsilon)
+
+
+def _folded(conv, bn):
+    """`conv` followed by `bn` in inference mode as one kernel and bias, cached."""
+    import torch
+
+    variables = [v.value for v in (conv.kernel, bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance)]
+    key = tuple((v.data_ptr(), v._version, v.device) for v in variables)
+    cached = _FOLDED.get(conv)
+    if cached is None or cached[0] != key:
+        kernel, gamma, beta, mean, var = (v.detach() for v in variables)
+        scale = gamma * torch.rsqrt(var + bn.epsilon)
+        weight = torch_layers.torch_kernel(kernel * scale)
+        cached = _FOLDED[conv] = (key, weight, beta - mean * scale)
+    return cached[1], cached[2]

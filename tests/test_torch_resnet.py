@@ -1,0 +1,144 @@
+"""kflowers.torch_resnet: the backbone run as one torch function computes what
+Keras computes running the backbone's layers one by one - outputs, gradients
+and BatchNorm statistics - in every mode a strategy uses it in, and falls
+back where it does not apply. (The layers are kflowers.torch_layers, each
+tested against the stock Keras layer in test_torch_layers.py, so both sides
+use the same torch kernels and differ only in how the backbone is put
+together; test_model.py checks the whole model against plain torch too.)"""
+
+import keras
+import numpy as np
+import pytest
+
+import kflowers
+from checkpoints import resnet18_state_dict
+from checkpoints import save_pth
+from kflowers import torch_resnet
+
+pytestmark = pytest.mark.skipif(keras.backend.backend() != "torch", reason="torch backend only")
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    # Random BatchNorm statistics too, so a fold that ignores them shows.
+    return str(save_pth(resnet18_state_dict(seed=3), tmp_path_factory.mktemp("w") / "r18.pth"))
+
+
+@pytest.fixture
+def twins(weights):
+    """(layer by layer, one torch function) with the same weights."""
+    stock = kflowers.build_model(weights=weights, image_size=SIZE)
+    assert torch_resnet.uninstall(stock.get_layer("backbone"))
+    fast = kflowers.build_model(weights=weights, image_size=SIZE)
+    fast.set_weights(stock.get_weights())  # the heads start random
+    assert "call" in vars(fast.get_layer("backbone"))
+    return stock, fast
+
+
+def _images(n=4, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, SIZE, SIZE, 3)).astype("float32")
+
+
+def _step(model, images, training):
+    """Logits, gradients (trainable weights and images) and every weight after one call."""
+    import torch
+
+    x = torch.tensor(images, requires_grad=True)
+    logits = model(x, training=training)
+    upstream = torch.from_numpy(np.random.default_rng(1).standard_normal(tuple(logits.shape)).astype("float32"))
+    trainable = [w.value for w in model.trainable_weights]
+    grads = torch.autograd.grad((logits * upstream).sum(), trainable + [x])
+    return ([logits.detach().numpy()] + [g.numpy() for g in grads]
+            + [keras.ops.convert_to_numpy(w) for w in model.weights])
+
+
+def _assert_close(stock_values, fast_values, rtol=5e-4):
+    """Within `rtol` of each array's scale: float32 rounding (folding a batch
+    norm into its convolution rounds differently) reaches ~1e-4 of a
+    gradient's scale here, where the last stage's batch statistics come from
+    4 values per channel; a wrong stride, padding, mode or statistic is off
+    by far more."""
+    assert len(stock_values) == len(fast_values)
+    for want, got in zip(stock_values, fast_values):
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * max(np.abs(want).max(), 1e-6))
+
+
+def _freeze(model, frozen):
+    backbone = model.get_layer("backbone")
+    if frozen == "backbone":
+        backbone.trainable = False
+    elif frozen == "stacks 0-2":  # a partly frozen backbone: batch norms in both modes
+        for layer in backbone.layers:
+            if not layer.name.startswith("stack3"):
+                layer.trainable = False
+
+
+@pytest.mark.parametrize("training,frozen", [
+    (True, None),              # fine-tuning: batch statistics, moving averages updated
+    (True, "stacks 0-2"),      # two-stage / discriminative: frozen blocks in inference mode
+    (True, "backbone"),        # frozen: every batch norm folded, the input gradient still exact
+    (False, None),             # inference with gradients (e.g. a saliency map)
+])
+def test_matches_the_stock_layers(twins, training, frozen):
+    stock, fast = twins
+    for model in twins:
+        _freeze(model, frozen)
+    _assert_close(_step(stock, _images(), training), _step(fast, _images(), training))
+
+
+def test_predict_folds_batch_norm_and_follows_every_weight_change(twins):
+    stock, fast = twins
+    images = _images()
+    _assert_close([stock.predict(images, verbose=0)], [fast.predict(images, verbose=0)], rtol=1e-5)
+    # Folded kernels are cached: each kind of change must reach them.
+    stock_bn, fast_bn = (m.get_layer("backbone").get_layer("stack2_block1_2_bn") for m in twins)
+    for name in ("moving_variance", "moving_mean", "gamma", "beta"):
+        value = np.random.default_rng(len(name)).uniform(0.5, 2, getattr(stock_bn, name).shape)
+        getattr(stock_bn, name).assign(value)
+        getattr(fast_bn, name).assign(value)
+        _assert_close([stock.predict(images, verbose=0)], [fast.predict(images, verbose=0)], rtol=1e-5)
+    # ... and so must an optimizer step.
+    before = fast.predict(images, verbose=0)
+    for model in twins:
+        model.compile(keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.fit(images, np.arange(4) % 5, batch_size=4, epochs=1, verbose=0)
+    after = fast.predict(images, verbose=0)
+    assert np.abs(after - before).max() > 1e-3
+    _assert_close([stock.predict(images, verbose=0)], [after], rtol=1e-4)
+
+
+def test_frozen_fit_moves_only_the_head(twins):
+    _, fast = twins
+    fast.get_layer("backbone").trainable = False
+    backbone = [keras.ops.convert_to_numpy(w) for w in fast.get_layer("backbone").weights]
+    head = fast.get_layer("head").get_weights()
+    fast.compile(keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    fast.fit(_images(8), np.arange(8) % 5, batch_size=4, epochs=1, verbose=0)
+    for want, w in zip(backbone, fast.get_layer("backbone").weights):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(w), want)
+    assert np.abs(fast.get_layer("head").get_weights()[0] - head[0]).max() > 0
+
+
+def test_config_and_symbolic_calls_are_unchanged(twins):
+    stock, fast = twins
+    backbone = fast.get_layer("backbone")
+    assert backbone.get_config() == stock.get_layer("backbone").get_config()
+    # A new functional model over the backbone builds as usual (symbolic call).
+    features = backbone(keras.Input((SIZE, SIZE, 3)))
+    assert tuple(features.shape) == (None, 1, 1, 512)
+    torch_resnet.uninstall(backbone)
+    assert "call" not in vars(backbone)
+    _assert_close([stock.predict(_images(), verbose=0)], [fast.predict(_images(), verbose=0)], rtol=1e-5)
+
+
+def test_other_layouts_keep_the_stock_layers():
+    import keras_hub
+
+    bottleneck = keras_hub.models.ResNetBackbone(
+        input_conv_filters=[64], input_conv_kernel_sizes=[7], stackwise_num_filters=[64, 128],
+        stackwise_num_blocks=[1, 1], stackwise_num_strides=[1, 2], block_type="bottleneck_block",
+        use_pre_activation=False, image_shape=(SIZE, SIZE, 3))
+    assert not torch_resnet.install(bottleneck)
+    assert "call" not in vars(bottleneck)
