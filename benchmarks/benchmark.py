@@ -19,11 +19,20 @@ images/second, the ratios to A, peak RSS, and the share of the CPU's peak
 FLOP rate that B reaches (ResNet18 training ~ 3 x 1.82 GFLOP per 224x224
 image, scaled by the image area).
 
+On a machine with a CUDA GPU both sides run there (Keras's torch backend
+picks the GPU by itself): A copies each batch to the GPU as the lesson's loop
+does (`inputs.to(device)`), B is fed numpy batches by `fit`/`predict`; each
+step is timed between `torch.cuda.synchronize()` calls, memory is the peak
+GPU allocation, and the FLOP share is of the GPU's plain fp32 rate (torch
+runs convolutions in TF32 by default, so it can pass 100%).
+
     pip install -e ".[bench]"      # torchvision (here: torch 2.14.1)
     python benchmarks/benchmark.py --batch-size 64 --image-size 224 --steps 6
 """
 
 import argparse
+import concurrent.futures
+import functools
 import json
 import os
 import resource
@@ -52,34 +61,53 @@ def make_step(side, mode, batch, size):
     return _keras_step(side, mode, images, labels)
 
 
+@functools.lru_cache(maxsize=None)
+def _cuda():
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _sync():
+    if _cuda():
+        import torch
+
+        torch.cuda.synchronize()
+
+
 def _torch_step(side, mode, images, labels):
     import torch
     import torchvision
 
+    device = "cuda" if _cuda() else "cpu"
     model = torchvision.models.resnet18()
     model.fc = torch.nn.Linear(512, 5)
+    model = model.to(device)
     if mode == "frozen":
         for name, p in model.named_parameters():
             p.requires_grad = name.startswith("fc.")
-    x = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255).contiguous()
+    batch = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255).contiguous()
     if side == "A-channels-last":
         model = model.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.from_numpy(labels)
+        batch = batch.contiguous(memory_format=torch.channels_last)
+    labels = torch.from_numpy(labels)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     loss_fn = torch.nn.CrossEntropyLoss()
 
     def step():
+        _sync()
         start = time.perf_counter()
+        x, y = batch.to(device), labels.to(device)  # no copy on the CPU
         if mode == "predict":
             model.eval()
             with torch.no_grad():
-                model(x)
+                model(x).cpu()
         else:
             model.train()
             optimizer.zero_grad()
             loss_fn(model(x), y).backward()
             optimizer.step()
+        _sync()
         return time.perf_counter() - start
 
     return step
@@ -106,9 +134,11 @@ def _keras_step(side, mode, images, labels):
     class StepTime(keras.callbacks.Callback):
         # The step itself, without fit's per-call set-up.
         def on_train_batch_begin(self, batch, logs=None):
+            _sync()
             self.start = time.perf_counter()
 
         def on_train_batch_end(self, batch, logs=None):
+            _sync()
             self.seconds = time.perf_counter() - self.start
 
         on_predict_batch_begin = on_train_batch_begin
@@ -141,11 +171,26 @@ def measure_speed(mode, sides, batch, size, steps, warmup):
 
 
 def measure_memory(side, mode, batch, size, warmup):
-    """Peak RSS (MiB) of one side alone in this process, after warm-up and one step."""
+    """Peak memory (MiB) of one side alone in this process, after warm-up and one step:
+    RSS, or the peak GPU allocation on a GPU."""
     step = make_step(side, mode, batch, size)
     for _ in range(warmup + 1):
         step()
+    if _cuda():
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def peak_gflops():
+    """Peak fp32 FLOP rate of the CPU, or of the GPU when there is one."""
+    if _cuda():
+        import torch
+
+        # Hopper and Ampere: 128 fp32 lanes per SM, an FMA is 2 FLOP; boost clock ~1.98 GHz on an H100/H200.
+        return torch.cuda.get_device_properties(0).multi_processor_count * 128 * 2 * 1.98
+    return cpu_peak_gflops()
 
 
 def cpu_peak_gflops():
@@ -164,6 +209,12 @@ def cpu_peak_gflops():
     return cores * ghz * per_cycle
 
 
+def _gpu_name():
+    import torch
+
+    return torch.cuda.get_device_name(0)
+
+
 def _child(args, *extra):
     out = subprocess.run(
         [sys.executable, __file__, "--batch-size", str(args.batch_size), "--image-size", str(args.image_size),
@@ -180,6 +231,7 @@ def main():
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--steps", type=int, default=6, help="timed steps per side and mode")
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--jobs", type=int, default=1, help="memory measurements run side by side")
     parser.add_argument("--modes", nargs="+", default=["finetune", "frozen", "predict"])
     parser.add_argument("--extra", nargs="*", default=[], choices=list(EXTRA_SIDES),
                         help="more sides: " + "; ".join(f"{k}: {v}" for k, v in EXTRA_SIDES.items()))
@@ -195,24 +247,33 @@ def main():
         print(json.dumps(measure_memory(*args.memory, args.batch_size, args.image_size, args.warmup)))
         return
 
+    times = {}
+    for mode in args.modes:
+        times[mode] = _child(args, "--speed", mode, "--extra", *args.extra)
+        print(f"{mode}: " + "  ".join(f"{side} {args.batch_size / min(t):.1f} img/s"
+                                      for side, t in times[mode].items()), file=sys.stderr)
+    # Memory: a fresh process per side and mode; these may run side by side (--jobs).
+    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+        rss = {(side, mode): pool.submit(_child, args, "--memory", side, mode)
+               for mode in args.modes for side in sides}
+        rss = {key: future.result() for key, future in rss.items()}
     rows = []
     for mode in args.modes:
-        times = _child(args, "--speed", mode, "--extra", *args.extra)
-        rss = {side: _child(args, "--memory", side, mode) for side in sides}
-        speed = {side: args.batch_size / min(times[side]) for side in sides}
-        median_ratio = {side: statistics.median(a / b for a, b in zip(times["A"], times[side]))
+        speed = {side: args.batch_size / min(times[mode][side]) for side in sides}
+        median_ratio = {side: statistics.median(a / b for a, b in zip(times[mode]["A"], times[mode][side]))
                         for side in sides}
-        print(f"{mode:8s} " + "  ".join(f"{side} {speed[side]:.1f} img/s" for side in sides), file=sys.stderr)
-        rows.append((mode, speed, median_ratio, rss))
+        rows.append((mode, speed, median_ratio, {side: rss[side, mode] for side in sides}))
 
-    peak = cpu_peak_gflops()
+    peak = peak_gflops()
     backend = os.environ.get("KERAS_BACKEND", "torch")
+    memory = "peak GPU MiB" if _cuda() else "peak RSS MiB"
+    where = _gpu_name() if _cuda() else f"{os.cpu_count()} CPU threads"
     print(f"\nB on the {backend} backend; {args.batch_size} images of {args.image_size}x{args.image_size} "
-          f"a step, fastest of {args.steps} alternated steps per side, {os.cpu_count()} CPU threads, "
-          f"peak ~{peak:.0f} GFLOP/s\n")
+          f"a step, fastest of {args.steps} alternated steps per side, {where}, "
+          f"fp32 peak ~{peak:.0f} GFLOP/s\n")
     print("| mode | " + " | ".join(f"{SIDE_NAMES.get(side, side)} img/s" for side in sides)
           + " | " + " | ".join(f"{side}/A (median)" for side in sides[1:])
-          + " | " + " | ".join(f"{side} peak RSS MiB" for side in sides) + " | B % of peak FLOP/s |")
+          + " | " + " | ".join(f"{side} {memory}" for side in sides) + " | B % of peak FLOP/s |")
     print("|---" * (1 + 3 * len(sides)) + "|")
     for mode, speed, median_ratio, rss in rows:
         gflop = GFLOP_PER_IMAGE[mode] * (args.image_size / 224) ** 2

@@ -10,6 +10,7 @@ from kflowers import torch_layers
 from kflowers.torch_layers import use_torch_kernels
 
 on_torch = keras.backend.backend() == "torch"
+_np = keras.ops.convert_to_numpy
 torch_only = pytest.mark.skipif(not on_torch, reason="torch backend only")
 
 
@@ -28,12 +29,10 @@ def _pair(stock_class, config, shape, seed=0):
 
 def _run(layer, x, upstream, **kwargs):
     """Output, gradient w.r.t. the input, and the layer's weights after the call."""
-    import torch
-
-    x = torch.tensor(x, requires_grad=True)
+    x = keras.ops.convert_to_tensor(x).requires_grad_()  # on Keras's device (CPU or GPU)
     y = layer(x, **kwargs)
-    (y * torch.from_numpy(upstream)).sum().backward()
-    return y.detach().numpy(), x.grad.numpy(), [np.array(w) for w in layer.get_weights()]
+    (y * keras.ops.convert_to_tensor(upstream)).sum().backward()
+    return _np(y.detach()), _np(x.grad), [np.array(w) for w in layer.get_weights()]
 
 
 def _assert_same(stock, fast, x, rtol=1e-5, **kwargs):
@@ -135,18 +134,18 @@ def test_conv2d_kernel_cache_follows_every_weight_change():
             new = np.random.default_rng(step).standard_normal(fast.kernel.shape).astype("float32")
             stock.kernel.assign(new)
             fast.kernel.assign(new)
-            np.testing.assert_allclose(fast(x).numpy(), stock(x).numpy(), rtol=1e-5, atol=1e-4)
+            np.testing.assert_allclose(_np(fast(x)), _np(stock(x)), rtol=1e-5, atol=1e-4)
     # A frozen layer inside a training step uses the cache; an optimizer step
     # on a trainable one invalidates it.
     optimizer = keras.optimizers.SGD(0.1)
     fast.trainable = True
     with torch.no_grad():
-        before = fast(x).numpy()
+        before = _np(fast(x))
     loss = fast(x).square().mean()
     loss.backward()
     optimizer.apply([fast.kernel.value.grad], [fast.kernel])
     with torch.no_grad():
-        after = fast(x).numpy()
+        after = _np(fast(x))
         stock.kernel.assign(fast.kernel.numpy())
-        np.testing.assert_allclose(after, stock(x).numpy(), rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(after, _np(stock(x)), rtol=1e-5, atol=1e-4)
     assert np.abs(after - before).max() > 1e-3

@@ -18,6 +18,7 @@ from kflowers import torch_resnet
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "torch", reason="torch backend only")
 
 SIZE = 32
+_np = keras.ops.convert_to_numpy
 
 
 @pytest.fixture(scope="module")
@@ -45,12 +46,13 @@ def _step(model, images, training):
     """Logits, gradients (trainable weights and images) and every weight after one call."""
     import torch
 
-    x = torch.tensor(images, requires_grad=True)
+    x = keras.ops.convert_to_tensor(images).requires_grad_()  # on Keras's device (CPU or GPU)
     logits = model(x, training=training)
-    upstream = torch.from_numpy(np.random.default_rng(1).standard_normal(tuple(logits.shape)).astype("float32"))
+    upstream = keras.ops.convert_to_tensor(
+        np.random.default_rng(1).standard_normal(tuple(logits.shape)).astype("float32"))
     trainable = [w.value for w in model.trainable_weights]
     grads = torch.autograd.grad((logits * upstream).sum(), trainable + [x])
-    return ([logits.detach().numpy()] + [g.numpy() for g in grads]
+    return ([_np(logits.detach())] + [_np(g) for g in grads]
             + [keras.ops.convert_to_numpy(w) for w in model.weights])
 
 
