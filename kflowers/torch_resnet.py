@@ -26,7 +26,8 @@ Each layer's own `trainable` flag decides its mode, as in Keras. The
 backbone object stays a `ResNetBackbone` (the `call` is set on the
 instance): its config, weights and saved files are unchanged, and anything
 the fast path does not cover (other backends, float16, masks, symbolic
-tensors, a backbone that isn't ResNet18's layout) runs the stock layers.
+tensors, `torch.compile`, a backbone that isn't ResNet18's layout) runs its
+layers one by one.
 Tested against the stock layers (outputs, gradients, moving statistics)
 and, for a whole training step, against plain torch.
 
@@ -170,7 +171,7 @@ def _call(self, inputs, training=None, mask=None):
     import torch
 
     if (mask is not None or not isinstance(inputs, torch.Tensor) or inputs.device.type == "meta"
-            or not torch_layers._torch_fast_path(inputs)):
+            or not torch_layers._torch_fast_path(inputs) or _compiling()):
         return type(self).call(self, inputs, training=training, mask=mask)
     (stem, pool_padding), blocks = self._torch_plan
     x = torch_layers._to_nchw(inputs).contiguous(memory_format=torch.channels_last)
@@ -181,6 +182,16 @@ def _call(self, inputs, training=None, mask=None):
         y = _conv_bn_forward(x, *first, training).relu_()
         x = _conv_bn_forward(y, *second, training).add_(identity).relu_()
     return torch_layers._to_nhwc(x)
+
+
+def _compiling():
+    # Under torch.compile (`jit_compile=True`) the compiler gets the plain
+    # layer graph to fuse its own way; the weight caches here would only
+    # break its graph.
+    import torch
+
+    is_compiling = getattr(torch.compiler, "is_compiling", None)
+    return bool(is_compiling and is_compiling())
 
 
 def _conv_bn_forward(x, conv, bn, stride, padding, training):

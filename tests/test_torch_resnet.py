@@ -144,3 +144,26 @@ def test_other_layouts_keep_the_stock_layers():
         use_pre_activation=False, image_shape=(SIZE, SIZE, 3))
     assert not torch_resnet.install(bottleneck)
     assert "call" not in vars(bottleneck)
+
+
+def test_torch_compile_and_float16_get_the_layers_one_by_one(twins, monkeypatch):
+    import keras_hub
+    import torch
+
+    stock, fast = twins
+
+    def fail(*args):
+        raise AssertionError("the one-function path ran")
+
+    monkeypatch.setattr(torch_resnet, "_conv_bn_forward", fail)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    _assert_close([stock.predict(_images(), verbose=0)], [fast.predict(_images(), verbose=0)], rtol=1e-5)
+
+    def small_backbone(dtype):
+        return keras_hub.models.ResNetBackbone(
+            input_conv_filters=[64], input_conv_kernel_sizes=[7], stackwise_num_filters=[64, 128],
+            stackwise_num_blocks=[1, 1], stackwise_num_strides=[1, 2], block_type="basic_block",
+            use_pre_activation=False, image_shape=(SIZE, SIZE, 3), dtype=dtype)
+
+    assert torch_resnet.install(small_backbone("float32"))  # any basic-block layout
+    assert not torch_resnet.install(small_backbone("mixed_float16"))
