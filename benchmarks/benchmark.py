@@ -27,7 +27,7 @@ GPU allocation, and the FLOP share is of the GPU's plain fp32 rate (torch
 runs convolutions in TF32 by default, so it can pass 100%).
 
     pip install -e ".[bench]"      # torchvision (here: torch 2.14.1)
-    python benchmarks/benchmark.py --batch-size 64 --image-size 224 --steps 6
+    python benchmarks/benchmark.py --batch-size 64 --image-size 224 --steps 10 --extra A-channels-last B-stock
 """
 
 import argparse

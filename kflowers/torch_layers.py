@@ -61,20 +61,28 @@ def torch_kernel(kernel):
     return kernel.reshape(h * w * i, o).t().contiguous().view(o, h, w, i).permute(0, 3, 1, 2)
 
 
+def versions(*tensors):
+    """A key that changes when any of `tensors` is written to or replaced.
+
+    torch counts in-place writes in `_version`; Keras's `assign` and its
+    optimizers' updates are in place.
+    """
+    return tuple((t.data_ptr(), t._version, t.device) for t in tensors)
+
+
 def reordered_kernel(layer, kernel):
     """`torch_kernel(kernel)` for `layer`, kept while `kernel` is unchanged.
 
     Reordering a 3x3x512x512 kernel is a strided copy of 9 MB (about as
     long as that layer's convolution of 8 small images); without gradients
     to carry (inference, frozen layers) the reordered kernel is kept until
-    the variable changes (torch counts in-place writes in `_version`;
-    `assign` and optimizer updates are in-place).
+    the variable changes (`versions`).
     """
     import torch
 
     if kernel.requires_grad and torch.is_grad_enabled():
         return torch_kernel(kernel)
-    key = (kernel.data_ptr(), kernel._version, kernel.device)
+    key = versions(kernel)
     cached = _REORDERED_KERNELS.get(layer)
     if cached is None or cached[0] != key:
         cached = _REORDERED_KERNELS[layer] = (key, torch_kernel(kernel.detach()))

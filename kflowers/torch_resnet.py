@@ -82,17 +82,17 @@ def uninstall(backbone):
 
 
 def _plan(backbone):
-    """The backbone's layers in execution order, or `None` if it isn't ResNet18's layout."""
+    """The stem's and each block's (conv, bn, stride, padding), or `None` if
+    `backbone` isn't ResNet18's layout."""
     config = backbone.get_config()
     if (config.get("block_type") != "basic_block" or config.get("use_pre_activation")
             or getattr(backbone, "data_format", "channels_last") != "channels_last"
             or len(config.get("input_conv_filters", [])) != 1):
         return None
     try:
-        layer = backbone.get_layer
-        stem = (_conv_bn(layer, "conv1", config["input_conv_kernel_sizes"][0], 2,
-                         (config["input_conv_kernel_sizes"][0] - 1) // 2),
-                _pool(layer("pool1_pad"), layer("pool1_pool")))
+        stem_kernel = config["input_conv_kernel_sizes"][0]
+        stem = _conv_bn(backbone, "conv1", stem_kernel, 2, (stem_kernel - 1) // 2)
+        _check_pool(_layer(backbone, "pool1_pad"), _layer(backbone, "pool1_pool"))
         blocks = []
         channels = config["input_conv_filters"][0]
         for s, (filters, count, stride) in enumerate(zip(
@@ -101,19 +101,20 @@ def _plan(backbone):
             for b in range(count):
                 name = f"stack{s}_block{b}"
                 block_stride = stride if b == 0 else 1
-                shortcut = None
-                if _has(backbone, f"{name}_0_conv"):
-                    shortcut = _conv_bn(layer, f"{name}_0", 1, block_stride, 0)
-                elif block_stride != 1 or channels != filters:
-                    return None
-                first = _conv_bn(layer, f"{name}_1", 3, block_stride, 1)
-                second = _conv_bn(layer, f"{name}_2", 3, 1, 1)
-                if not (_is(layer(f"{name}_add"), keras.layers.Add)
-                        and _is_relu(layer(f"{name}_1_relu")) and _is_relu(layer(f"{name}_out"))):
-                    return None
+                if _layer(backbone, f"{name}_0_conv", optional=True):
+                    shortcut = _conv_bn(backbone, f"{name}_0", 1, block_stride, 0)
+                elif block_stride == 1 and channels == filters:
+                    shortcut = None
+                else:
+                    raise _NotResNet
+                first = _conv_bn(backbone, f"{name}_1", 3, block_stride, 1)
+                second = _conv_bn(backbone, f"{name}_2", 3, 1, 1)
+                _check(_is(_layer(backbone, f"{name}_add"), keras.layers.Add)
+                       and _is_relu(_layer(backbone, f"{name}_1_relu"))
+                       and _is_relu(_layer(backbone, f"{name}_out")))
                 blocks.append((shortcut, first, second))
                 channels = filters
-    except (ValueError, _NotResNet):
+    except _NotResNet:
         return None
     return stem, blocks
 
@@ -122,8 +123,17 @@ class _NotResNet(Exception):
     pass
 
 
-def _has(model, name):
-    return any(layer.name == name for layer in model.layers)
+def _check(condition):
+    if not condition:
+        raise _NotResNet
+
+
+def _layer(backbone, name, optional=False):
+    for layer in backbone.layers:
+        if layer.name == name:
+            return layer
+    _check(optional)
+    return None
 
 
 def _is(layer, cls):
@@ -134,37 +144,33 @@ def _is_relu(layer):
     return _is(layer, keras.layers.Activation) and layer.activation is keras.activations.relu
 
 
-def _conv_bn(layer, prefix, kernel_size, stride, padding):
-    """(conv, bn, stride, padding) for `prefix`_conv / `prefix`_bn, checked."""
-    conv, bn = layer(f"{prefix}_conv"), layer(f"{prefix}_bn")
-    try:
-        pad = layer(f"{prefix}_pad")
-    except ValueError:
-        pad = None
+def _conv_bn(backbone, prefix, kernel_size, stride, padding):
+    """(conv, bn, stride, padding) for `prefix`_conv / `prefix`_bn, checked.
+
+    keras-hub pads explicitly (`prefix`_pad, then a "valid" conv) before a
+    strided convolution, and uses "same" padding otherwise.
+    """
+    conv, bn = _layer(backbone, f"{prefix}_conv"), _layer(backbone, f"{prefix}_bn")
+    pad = _layer(backbone, f"{prefix}_pad", optional=True)
     if pad is not None:
-        if not _is(pad, keras.layers.ZeroPadding2D) or pad.padding != ((padding,) * 2,) * 2:
-            raise _NotResNet
-        conv_padding = "valid"
-    else:
-        conv_padding = "same" if padding else "valid"
-    if not (_is(conv, keras.layers.Conv2D) and _is(bn, keras.layers.BatchNormalization)
-            and tuple(conv.kernel_size) == (kernel_size,) * 2 and tuple(conv.strides) == (stride,) * 2
-            and conv.padding == conv_padding and not conv.use_bias and conv.groups == 1
-            and tuple(conv.dilation_rate) == (1, 1) and conv.activation is keras.activations.linear
-            and conv.data_format == "channels_last"
-            and bn.axis in (-1, 3) and bn.center and bn.scale and not bn.renorm
-            and not bn.synchronized):
-        raise _NotResNet
+        _check(_is(pad, keras.layers.ZeroPadding2D) and pad.padding == ((padding,) * 2,) * 2)
+    conv_padding = "same" if padding and pad is None else "valid"
+    _check(_is(conv, keras.layers.Conv2D) and _is(bn, keras.layers.BatchNormalization)
+           and tuple(conv.kernel_size) == (kernel_size,) * 2 and tuple(conv.strides) == (stride,) * 2
+           and conv.padding == conv_padding and not conv.use_bias and conv.groups == 1
+           and tuple(conv.dilation_rate) == (1, 1) and conv.activation is keras.activations.linear
+           and conv.data_format == "channels_last"
+           and bn.axis in (-1, 3) and bn.center and bn.scale and not bn.renorm
+           and not bn.synchronized)
     return conv, bn, stride, padding
 
 
-def _pool(pad, pool):
-    if not (_is(pad, keras.layers.ZeroPadding2D) and pad.padding == ((1, 1), (1, 1))
-            and _is(pool, keras.layers.MaxPooling2D) and pool.padding == "valid"
-            and tuple(pool.pool_size) == (3, 3) and tuple(pool.strides) == (2, 2)
-            and pool.data_format == "channels_last"):
-        raise _NotResNet
-    return 1
+def _check_pool(pad, pool):
+    """The stem's max pool: zero padding 1, then a 3x3 "valid" pool of stride 2."""
+    _check(_is(pad, keras.layers.ZeroPadding2D) and pad.padding == ((1, 1), (1, 1))
+           and _is(pool, keras.layers.MaxPooling2D) and pool.padding == "valid"
+           and tuple(pool.pool_size) == (3, 3) and tuple(pool.strides) == (2, 2)
+           and pool.data_format == "channels_last")
 
 
 def _call(self, inputs, training=None, mask=None):
@@ -173,10 +179,11 @@ def _call(self, inputs, training=None, mask=None):
     if (mask is not None or not isinstance(inputs, torch.Tensor) or inputs.device.type == "meta"
             or not torch_layers._torch_fast_path(inputs) or _compiling()):
         return type(self).call(self, inputs, training=training, mask=mask)
-    (stem, pool_padding), blocks = self._torch_plan
+    stem, blocks = self._torch_plan
     x = torch_layers._to_nchw(inputs).contiguous(memory_format=torch.channels_last)
     x = _conv_bn_forward(x, *stem, training).relu_()
-    x = torch.nn.functional.max_pool2d(x, 3, 2, padding=pool_padding)
+    # After a ReLU, torch's -inf padding gives the same maximum as keras-hub's zeros.
+    x = torch.nn.functional.max_pool2d(x, 3, 2, padding=1)
     for shortcut, first, second in blocks:
         identity = x if shortcut is None else _conv_bn_forward(x, *shortcut, training)
         y = _conv_bn_forward(x, *first, training).relu_()
@@ -217,7 +224,7 @@ def _folded(conv, bn):
     import torch
 
     variables = [v.value for v in (conv.kernel, bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance)]
-    key = tuple((v.data_ptr(), v._version, v.device) for v in variables)
+    key = torch_layers.versions(*variables)
     cached = _FOLDED.get(conv)
     if cached is None or cached[0] != key:
         kernel, gamma, beta, mean, var = (v.detach() for v in variables)
