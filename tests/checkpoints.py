@@ -63,21 +63,23 @@ def _preprocess(images_uint8, dtype):
     return (x - mean) / std
 
 
-def _pooled_features(x, t, bn):
-    """ResNet18's pooled features of `x` with weights `t` (torchvision keys); `bn(x, key)` is the BatchNorm."""
+def _pooled_features(x, t, bn, relu=None):
+    """ResNet18's pooled features of `x` with weights `t` (torchvision keys); `bn(x, key)` is the
+    BatchNorm, `relu(x, key)` the ReLU (default `F.relu`)."""
     import torch.nn.functional as F
 
-    x = F.relu(bn(F.conv2d(x, t["conv1.weight"], stride=2, padding=3), "bn1"))
+    relu = relu or (lambda x, key: F.relu(x))
+    x = relu(bn(F.conv2d(x, t["conv1.weight"], stride=2, padding=3), "bn1"), "relu")
     x = F.max_pool2d(x, 3, stride=2, padding=1)
     for stage, (_, stride) in enumerate(STAGES, start=1):
         for block in range(2):
             p = f"layer{stage}.{block}"
             s = stride if block == 0 else 1
-            out = F.relu(bn(F.conv2d(x, t[p + ".conv1.weight"], stride=s, padding=1), p + ".bn1"))
+            out = relu(bn(F.conv2d(x, t[p + ".conv1.weight"], stride=s, padding=1), p + ".bn1"), p + ".relu1")
             out = bn(F.conv2d(out, t[p + ".conv2.weight"], stride=1, padding=1), p + ".bn2")
             if p + ".downsample.0.weight" in t:
                 x = bn(F.conv2d(x, t[p + ".downsample.0.weight"], stride=s), p + ".downsample.1")
-            x = F.relu(out + x)
+            x = relu(out + x, p + ".relu2")
     return x.mean(dim=(2, 3))
 
 
@@ -99,13 +101,18 @@ def torch_features(state, images_uint8):
         return _pooled_features(_preprocess(images_uint8, torch.float32), t, bn).numpy()
 
 
-def torch_training_step(state, head_kernel, head_bias, images_uint8, labels, lr):
+def torch_training_step(state, head_kernel, head_bias, images_uint8, labels, lr, relu_inputs=None,
+                        relu_decisions=None):
     """One SGD step of the whole classifier in plain float64 torch, with Keras's BN semantics.
 
     Returns `(new_state, new_head_kernel, new_head_bias)`: the backbone's
     weights after the step and its BatchNorm running statistics updated as
     `keras.layers.BatchNormalization(momentum=0.9)` does (biased batch
-    variance), in torchvision's key layout.
+    variance), in torchvision's key layout. `relu_inputs`, a dict, receives
+    every ReLU's input (NCHW) by name. `relu_decisions` maps a ReLU's name to
+    `(where, keep)` boolean arrays of its input's shape: at `where`, the ReLU
+    passes its input iff `keep` (how another implementation decided values
+    within rounding of zero), elsewhere iff the input is positive.
     """
     import torch
     import torch.nn.functional as F
@@ -128,7 +135,15 @@ def torch_training_step(state, head_kernel, head_bias, images_uint8, labels, lr)
         x = (x - batch_mean.view(shape)) / torch.sqrt(batch_var.view(shape) + 1e-5)
         return x * t[key + ".weight"].view(shape) + t[key + ".bias"].view(shape)
 
-    logits = _pooled_features(_preprocess(images_uint8, torch.float64), t, bn) @ kernel + bias
+    def relu(x, key):
+        if relu_inputs is not None:
+            relu_inputs[key] = x.detach().numpy().copy()
+        if relu_decisions and key in relu_decisions:
+            where, keep = (torch.from_numpy(a) for a in relu_decisions[key])
+            return x * torch.where(where, keep, x > 0).to(x.dtype)
+        return F.relu(x)
+
+    logits = _pooled_features(_preprocess(images_uint8, torch.float64), t, bn, relu) @ kernel + bias
     loss = F.cross_entropy(logits, torch.as_tensor(np.asarray(labels), dtype=torch.long))
     loss.backward()
     with torch.no_grad():
