@@ -27,19 +27,23 @@ _EXPORTS = {
     "DataError": "kflowers.data",
     "read_image": "kflowers.images",
     "UnreadableImage": "kflowers.images",
-    "freeze_backbone": "kflowers.training",
-    "unfreeze_backbone": "kflowers.training",
+    "model_parts": "kflowers.parts",
+    "train": "kflowers.training",
     "discriminative_optimizer": "kflowers.training",
     "STRATEGIES": "kflowers.training",
     "compile_for": "kflowers.training",
 }
 
-__all__ = sorted(_EXPORTS) + ["callbacks"]
+# Submodules reachable as attributes (`kflowers.training.train(...)`), imported on first use.
+_SUBMODULES = ["backup", "callbacks", "data", "distributed", "feature_cache", "images", "lr_find", "model",
+               "parts", "reports", "run_loop", "runs", "torch_layers", "torch_resnet", "training"]
+
+__all__ = sorted(_EXPORTS) + _SUBMODULES
 
 
 def __getattr__(name):
-    if name == "callbacks":
-        return importlib.import_module("kflowers.callbacks")
+    if name in _SUBMODULES:
+        return importlib.import_module(f"kflowers.{name}")
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'kflowers' has no attribute {name!r}")

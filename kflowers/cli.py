@@ -81,7 +81,7 @@ def build_parser():
     p.add_argument("--model", required=True, help="a model.keras file")
     p.add_argument("--data", required=True)
     p.add_argument("--image-size", type=_positive_int, help="default: the model's")
-    p.add_argument("--out", help="write confusion.png here (default: beside the model)")
+    p.add_argument("--out", help="write confusion.png into this folder (default: write no file)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = commands.add_parser("predict", help="classify images")
@@ -277,9 +277,10 @@ def cmd_evaluate(args):
     size = args.image_size or model.input_shape[1] or 224
     dataset = FlowerDataset(folder.paths, labels, batch_size=128, image_size=size)
     results = evaluate_model(model, dataset, model.class_names)
-    out = args.out or os.path.dirname(os.path.abspath(args.model))
-    confusion_path = plot_confusion(results["confusion"], model.class_names,
-                                    os.path.join(out, "confusion.png"))
+    confusion_path = None
+    if args.out:  # never into the model's run directory unless asked to
+        confusion_path = plot_confusion(results["confusion"], model.class_names,
+                                        os.path.join(args.out, "confusion.png"))
     if args.json:
         print(json.dumps({"accuracy": results["accuracy"], "per_class": results["per_class"],
                           "confusion": results["confusion"], "classes": model.class_names}))
@@ -287,7 +288,8 @@ def cmd_evaluate(args):
     print(f"accuracy: {results['accuracy']:.4f} on {len(folder)} images")
     rows = [{"class": name, **values} for name, values in results["per_class"].items()]
     print(markdown_table(rows, ["class", "precision", "recall", "f1", "support"]))
-    print(f"confusion matrix: {confusion_path}")
+    if confusion_path:
+        print(f"confusion matrix: {confusion_path}")
 
 
 def cmd_predict(args):

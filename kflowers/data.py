@@ -383,10 +383,6 @@ class FlowerDataset(_pydataset_base()):
     def __len__(self):
         return self._global_batches()[0]
 
-    @property
-    def num_batches(self):
-        return len(self)
-
     def set_epoch(self, epoch):
         """Use the shuffle order and augmentations of `epoch`."""
         self.epoch = int(epoch)
@@ -422,13 +418,25 @@ class FlowerDataset(_pydataset_base()):
             return np.arange(len(self.paths))
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.paths))
 
-    def __getitem__(self, index):
+    def batch_indices(self, index, epoch=None):
+        """The sample indices (into `paths`) of batch `index` of `epoch`, this shard's part."""
         if not 0 <= index < len(self):
             raise IndexError(f"batch {index} out of range (0..{len(self) - 1})")
-        epoch = self.epoch
         count, size = self._global_batches()
         end = (index + 1) * size if index < count - 1 else len(self.paths)
-        chosen = self.order(epoch)[index * size:end][self.shard_index::self.num_shards]
+        return self.order(epoch)[index * size:end][self.shard_index::self.num_shards]
+
+    def unsharded(self):
+        """This dataset with every sample in every batch (undoes `shard`)."""
+        import copy
+
+        whole = copy.copy(self)
+        whole.shard_index, whole.num_shards = 0, 1
+        return whole
+
+    def __getitem__(self, index):
+        epoch = self.epoch
+        chosen = self.batch_indices(index, epoch)
         images = np.stack([self.load(int(i), epoch) for i in chosen])
         return images, self.labels[chosen]
 

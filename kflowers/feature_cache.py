@@ -1,49 +1,92 @@
 """Frozen training on cached features: one backbone pass instead of one per epoch.
 
 With the backbone frozen and no train-time augmentation, the backbone maps
-each image to the same 512-d vector in every epoch. `fit_head_on_features`
-computes those vectors once for the training and test images, fits the
-model's own `head` layer on them, and leaves the full model with the trained
-head. No backbone activations are kept for backpropagation, and the head sees
+each image to the same 512-d vector in every epoch. `FeatureCache` computes
+those vectors once for the training and test images and serves them in the
+batches the images would have come in; the model's own `head` layer trains
+on them (`head_model`), so the full model ends with the trained head. No
+backbone activations are kept for backpropagation, and the head sees
 exactly what it would see in the full model (BatchNorm in inference mode).
 """
 
 import numpy as np
 
+from kflowers.parts import model_parts
+
 
 def pooled_features(model, dataset, verbose=0):
-    """The `pool` layer's outputs for every image of `dataset`, in `paths` order."""
+    """The pooled features of every image of `dataset`, in `paths` order."""
     import keras
 
-    extractor = keras.Model(model.input, model.get_layer("pool").output)
+    parts = model_parts(model)
+    extractor = keras.Model(model.input, parts.features)
     if hasattr(dataset, "in_order"):
-        dataset = dataset.in_order()
+        dataset = dataset.unsharded().in_order()
     return extractor.predict(dataset, verbose=verbose)
 
 
-class _FeatureBatches:
-    """Shuffled batches of cached features, in the same order as `FlowerDataset`'s."""
+class FeatureCache:
+    """A model's pooled features of a `FlowerDataset`'s images, computed once.
 
-    def __init__(self, features, dataset):
+    Args:
+        model: a model from `build_model` whose backbone is frozen.
+        train_data: a `FlowerDataset` without augmentation (sharded or not).
+        test_data: an optional `FlowerDataset`.
+        verbose: Keras's progress bar setting for the feature pass.
+
+    Attributes:
+        head_model: a `keras.Model` from features to logits made of the
+            model's own `head` layer (training it trains the model's head).
+        batches: a `keras.utils.PyDataset` of `(features, labels)` batches,
+            the same samples in the same order as `train_data`'s batches in
+            the epoch `fit` is in (`follow_epochs` keeps it there).
+        validation: `(test features, test labels)` or `None`.
+    """
+
+    def __init__(self, model, train_data, test_data=None, verbose=0):
         import keras
 
-        outer = self
+        parts = model_parts(model)
+        if parts.backbone.trainable:
+            raise ValueError("the feature cache needs a frozen backbone")
+        if getattr(train_data, "augment", False):
+            raise ValueError("the feature cache needs a FlowerDataset without augmentation")
+        if verbose:
+            print(f"Caching backbone features of {len(train_data.paths)} training images"
+                  + (f" and {len(test_data.paths)} test images" if test_data is not None else ""))
+        features = pooled_features(model, train_data, verbose=verbose)
+        self.validation = None
+        if test_data is not None:
+            self.validation = (pooled_features(model, test_data, verbose=verbose),
+                               np.asarray(test_data.labels))
+        inputs = keras.Input(shape=features.shape[1:], name="features")
+        self.head_model = keras.Model(inputs, parts.head(inputs), name="head_on_features")
+        self.epoch = 0
+        cache = self
 
         class Batches(keras.utils.PyDataset):
             def __len__(self):
-                return len(dataset)
+                return len(train_data)
 
             def __getitem__(self, index):
-                chosen = dataset.order(outer.epoch)[index * dataset.batch_size:(index + 1) * dataset.batch_size]
-                return features[chosen], dataset.labels[chosen]
+                chosen = train_data.batch_indices(index, cache.epoch)
+                return features[chosen], train_data.labels[chosen]
 
-        self.epoch = 0
+        class FollowEpochs(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                cache.epoch = epoch
+
         self.batches = Batches()
+        self.follow_epochs = FollowEpochs()
+
+    @property
+    def test_features(self):
+        return None if self.validation is None else self.validation[0]
 
 
 def fit_head_on_features(model, train_data, test_data=None, epochs=5, optimizer=None, callbacks=(),
                          verbose=1, initial_epoch=0):
-    """Fit `model`'s head on cached backbone features.
+    """Fit `model`'s head on cached backbone features (see `FeatureCache`).
 
     Args:
         model: a compiled model from `build_model` whose backbone is frozen.
@@ -56,36 +99,12 @@ def fit_head_on_features(model, train_data, test_data=None, epochs=5, optimizer=
         verbose: Keras's progress bar setting.
 
     Returns:
-        The `keras.callbacks.History` of the head's training; its
-        `test_features` attribute holds the cached test features (or `None`).
+        The `keras.callbacks.History` of the head's training.
     """
-    import keras
-
-    if model.get_layer("backbone").trainable:
-        raise ValueError("the feature cache needs a frozen backbone")
-    if getattr(train_data, "augment", False):
-        raise ValueError("the feature cache can't be used with train-time augmentation")
-    if verbose:
-        print(f"Caching backbone features of {len(train_data.paths)} training images"
-              + (f" and {len(test_data.paths)} test images" if test_data is not None else ""))
-    train_features = pooled_features(model, train_data, verbose=verbose)
-    validation = None
-    if test_data is not None:
-        validation = (pooled_features(model, test_data, verbose=verbose), np.asarray(test_data.labels))
-
-    inputs = keras.Input(shape=train_features.shape[1:], name="features")
-    head_model = keras.Model(inputs, model.get_layer("head")(inputs), name="head_on_features")
+    cache = FeatureCache(model, train_data, test_data, verbose=verbose)
     if optimizer is None:
         optimizer = type(model.optimizer).from_config(model.optimizer.get_config())
-    head_model.compile(optimizer=optimizer, loss=model.loss, metrics=["accuracy"])
-    batches = _FeatureBatches(train_features, train_data)
-
-    class FollowEpochs(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            batches.epoch = epoch
-
-    history = head_model.fit(batches.batches, validation_data=validation, epochs=epochs,
-                             initial_epoch=initial_epoch, shuffle=False, verbose=verbose,
-                             callbacks=[FollowEpochs(), *callbacks])
-    history.test_features = None if validation is None else validation[0]
-    return history
+    cache.head_model.compile(optimizer=optimizer, loss=model.loss, metrics=["accuracy"])
+    return cache.head_model.fit(cache.batches, validation_data=cache.validation, epochs=epochs,
+                                initial_epoch=initial_epoch, shuffle=False, verbose=verbose,
+                                callbacks=[cache.follow_epochs, *callbacks])

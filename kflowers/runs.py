@@ -54,13 +54,13 @@ class RunOptions:
 
 
 def evaluate_model(model, dataset, class_names, features=None):
-    """Accuracy, per-class precision/recall/F1 and the confusion matrix.
+    """Accuracy, loss, per-class precision/recall/F1 and the confusion matrix.
 
     `features`: the `pool` outputs of `dataset`'s images, when already known
     (the feature cache): then only the head runs.
 
     Returns:
-        `{"accuracy", "per_class": {name: {precision, recall, f1, support}},
+        `{"accuracy", "loss", "per_class": {name: {precision, recall, f1, support}},
         "confusion": [[...]], "predictions", "labels"}`.
     """
     from sklearn.metrics import classification_report
@@ -78,6 +78,10 @@ def evaluate_model(model, dataset, class_names, features=None):
         logits = model.predict(dataset, verbose=0)
     predictions = np.argmax(logits, axis=-1)
     labels = np.asarray(dataset.labels)
+    logits64 = np.asarray(logits, "float64")
+    shifted = logits64 - logits64.max(axis=-1, keepdims=True)
+    log_probabilities = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    loss = float(-np.mean(log_probabilities[np.arange(len(labels)), labels])) if len(labels) else None
     indices = list(range(len(class_names)))
     report = classification_report(labels, predictions, labels=indices, target_names=class_names,
                                    output_dict=True, zero_division=0)
@@ -88,6 +92,7 @@ def evaluate_model(model, dataset, class_names, features=None):
     }
     return {
         "accuracy": float(np.mean(predictions == labels)),
+        "loss": loss,
         "per_class": per_class,
         "confusion": confusion_matrix(labels, predictions, labels=indices).tolist(),
         "predictions": predictions,
@@ -96,27 +101,23 @@ def evaluate_model(model, dataset, class_names, features=None):
     }
 
 
-class _StopOnInterrupt:
-    """Ctrl-C during `fit`: finish the current batch, then stop and save."""
+class StopOnInterrupt:
+    """Ctrl-C while training: finish the current batch, then stop and save.
+
+    A context manager whose `event` (a `threading.Event`) is set by the first
+    Ctrl-C; pass it to `training.train(stop=...)`. A second Ctrl-C stops at once.
+    """
 
     def __init__(self):
-        import keras
+        import threading
 
-        outer = self
-
-        class Callback(keras.callbacks.Callback):
-            def on_train_batch_end(self, batch, logs=None):
-                if outer.interrupted:
-                    self.model.stop_training = True
-
-        self.callback = Callback()
-        self.interrupted = False
+        self.event = threading.Event()
 
     def __enter__(self):
         def handler(signum, frame):
-            if self.interrupted:  # a second Ctrl-C stops at once
+            if self.event.is_set():
                 raise KeyboardInterrupt
-            self.interrupted = True
+            self.event.set()
             print("\nInterrupted: stopping after this batch and saving the run "
                   "(Ctrl-C again to abort).", flush=True)
 
@@ -125,6 +126,18 @@ class _StopOnInterrupt:
 
     def __exit__(self, *exc):
         signal.signal(signal.SIGINT, self._previous)
+
+
+def finished_metrics(out):
+    """`metrics.json` of a run in `out` that finished (no backup left to resume), or `None`."""
+    import json
+
+    path = os.path.join(out, "metrics.json")
+    if os.path.exists(os.path.join(out, "backup")) or not os.path.exists(path):
+        return None
+    with open(path) as f:
+        metrics = json.load(f)
+    return None if metrics.get("interrupted") else metrics
 
 
 def train_run(options, folder=None, split=None):
@@ -154,6 +167,11 @@ def train_run(options, folder=None, split=None):
 
     started = time.perf_counter()
     out = options.out
+    if options.resume:
+        done = finished_metrics(out)
+        if done is not None:
+            print(f"{out} holds a finished run; nothing to resume (its files are unchanged)")
+            return done
     backend = keras.backend.backend()
     rank, processes = distributed.init_torch_distributed() if backend == "torch" else (0, 1)
     main_process = rank == 0
@@ -167,6 +185,9 @@ def train_run(options, folder=None, split=None):
     if main_process:
         _write_setup(out, options, strategy, folder, train_split, test_split, processes)
 
+    if strategy.freeze and _weights(options, strategy) is None:
+        log.warning("%s starts with a frozen backbone, but --weights none leaves it random: only the "
+                    "head will learn, from random features", strategy.name)
     keras.utils.set_random_seed(options.seed)
     model = build_model(num_classes=len(folder.class_names), weights=_weights(options, strategy),
                         image_size=options.image_size)
@@ -180,29 +201,23 @@ def train_run(options, folder=None, split=None):
     backup = os.path.join(out, "backup") if processes == 1 else os.path.join(out, "backup", f"rank{rank}")
     if not options.resume and os.path.exists(backup):
         shutil.rmtree(backup)
-    # double_checkpoint: a crash while the backup is written falls back to the one before.
-    callbacks = [keras.callbacks.BackupAndRestore(backup, delete_checkpoint=False, double_checkpoint=True)]
-    if options.early_stopping:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=3,
-                                                       restore_best_weights=True))
-    interrupt = _StopOnInterrupt()
-    callbacks.append(interrupt.callback)
+    callbacks = []
     feature_cache = options.feature_cache
     if processes > 1:
         train_ds = train_ds.shard(rank, processes)
         callbacks.append(distributed.SyncReplicas())
         feature_cache = False
     verbose = 0 if options.quiet or not main_process else 2 if _not_a_terminal() else 1
-    with interrupt:
-        history = train(model, strategy, train_ds, test_ds, learning_rate=options.lr,
-                        callbacks=callbacks, verbose=verbose,
-                        history_path=os.path.join(backup, "history.json"),
-                        feature_cache=feature_cache)
+    with StopOnInterrupt() as interrupt:
+        result = train(model, strategy, train_ds, test_ds, learning_rate=options.lr,
+                       callbacks=callbacks, verbose=verbose, feature_cache=feature_cache,
+                       backup_dir=backup, early_stopping=options.early_stopping, stop=interrupt.event)
     if not main_process:
         return None
-    rows = history.rows
+    rows = result.rows
 
-    results = evaluate_model(model, test_ds, folder.class_names, features=history.test_features)
+    # Every figure in metrics.json is of the model saved beside it.
+    results = evaluate_model(model, test_ds, folder.class_names, features=result.test_features)
     save_model(model, os.path.join(out, "model.keras"), folder.class_names)
     _write_history_csv(os.path.join(out, "history.csv"), rows)
     columns = {key: [row.get(key) for row in rows] for key in rows[0]} if rows else {}
@@ -214,14 +229,18 @@ def train_run(options, folder=None, split=None):
         "strategy": strategy.name,
         "test_accuracy": results["accuracy"],
         "best_test_accuracy": max(test_accuracies + [results["accuracy"]]),
-        "test_loss": rows[-1].get("test_loss") if rows else None,
+        "test_loss": results["loss"],
         "per_class": results["per_class"],
         "confusion": results["confusion"],
         "epochs": len(rows),
-        "interrupted": interrupt.interrupted,
+        "interrupted": result.interrupted,
+        "stopped_early": result.stopped_early,
+        "best_epoch": result.best_epoch,
         "wall_seconds": time.perf_counter() - started,
     }
     write_json(os.path.join(out, "metrics.json"), metrics)
+    if result.finished and os.path.isdir(os.path.join(out, "backup")):
+        shutil.rmtree(os.path.join(out, "backup"))  # only an interrupted run needs it
     return metrics
 
 

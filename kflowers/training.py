@@ -79,16 +79,6 @@ def get_strategy(name):
     return STRATEGIES[key]
 
 
-def freeze_backbone(model, layer="backbone"):
-    """Freeze the backbone: no gradient updates, BatchNorm in inference mode."""
-    model.get_layer(layer).trainable = False
-
-
-def unfreeze_backbone(model, layer="backbone"):
-    """Make the backbone trainable again (compile afterwards)."""
-    model.get_layer(layer).trainable = True
-
-
 def make_optimizer(name, learning_rate):
     """`keras.optimizers.SGD` or `Adam` at `learning_rate`."""
     optimizers = {"sgd": keras.optimizers.SGD, "adam": keras.optimizers.Adam}
@@ -108,7 +98,9 @@ def discriminative_optimizer(model, backbone_learning_rate=1e-4, head_learning_r
     Example:
     >>> model.compile(discriminative_optimizer(model, 1e-4, 1e-3), loss, ["accuracy"])
     """
-    backbone = model.get_layer(layer)
+    from kflowers.parts import model_parts
+
+    backbone = model.get_layer(layer) if layer != "backbone" else model_parts(model).backbone
     prefixes = sorted({v.path.split("/")[0] for v in backbone.variables})
     pattern = "(" + "|".join(re.escape(p) for p in prefixes) + ")/.*"
     optimizer_map = keras.optimizers.OptimizerMap(
@@ -135,7 +127,9 @@ def compile_for(model, strategy, learning_rate=None):
 
     strategy = get_strategy(strategy) if isinstance(strategy, str) else strategy
     rate = learning_rate if learning_rate is not None else strategy.learning_rate
-    model.get_layer("backbone").trainable = not strategy.freeze
+    from kflowers.parts import model_parts
+
+    model_parts(model).backbone.trainable = not strategy.freeze
     if strategy.backbone_learning_rate is not None:
         optimizer = discriminative_optimizer(
             model, strategy.backbone_learning_rate, rate, optimizer=strategy.optimizer
@@ -163,59 +157,48 @@ def build_training_state(model, dataset):
     model.evaluate(images[:2], labels[:2], verbose=0)
 
 
-class EpochHistory(keras.callbacks.Callback):
-    """Per-epoch metrics with the lesson's names (`test_*`, not `val_*`) and wall time.
+class TrainingResult:
+    """What `train` leaves behind, besides the trained model.
 
-    Args:
-        path: optional JSON file kept up to date after every epoch. Rows
-            already there for earlier epochs are kept, so a resumed run's
-            history includes the epochs before the interruption.
+    Attributes:
+        rows: one dict per finished epoch (`epoch`, `loss`, `accuracy`,
+            `test_loss`, `test_accuracy`, `seconds`); an epoch cut short by
+            an interruption is not among them.
+        interrupted: Ctrl-C (or `stop.set()`) ended the run early.
+        stopped_early: early stopping ended the run.
+        best_epoch: with early stopping, the epoch whose weights the model
+            holds at the end (1-based), else `None`.
+        test_features: the test images' pooled features, when the backbone
+            never changed (a run that trained on cached features only).
     """
 
-    def __init__(self, path=None):
-        super().__init__()
-        self.path = path
-        self.rows = []
-        self.test_features = None  # set when the whole run trained on cached features
-        if path and os.path.exists(path):
-            with open(path) as f:
-                self.rows = json.load(f)
+    def __init__(self, rows=(), interrupted=False, stopped_early=False, best_epoch=None,
+                 test_features=None):
+        self.rows = list(rows)
+        self.interrupted = interrupted
+        self.stopped_early = stopped_early
+        self.best_epoch = best_epoch
+        self.test_features = test_features
 
-    def on_train_begin(self, logs=None):
-        resumed_at = getattr(self.model, "_initial_epoch", None)  # set by BackupAndRestore
-        if resumed_at is not None:
-            self.rows = [row for row in self.rows if row["epoch"] <= resumed_at]
-
-    def on_epoch_begin(self, epoch, logs=None):
-        import time
-
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        import time
-
-        row = {"epoch": epoch + 1}
-        for key, value in (logs or {}).items():
-            name = "test_" + key[4:] if key.startswith("val_") else key
-            row[name] = float(value)
-        row["seconds"] = time.perf_counter() - self._start
-        self.rows = [r for r in self.rows if r["epoch"] < row["epoch"]] + [row]
-        if self.path:
-            from kflowers.files import write_json
-
-            write_json(self.path, self.rows)
-
-    def columns(self):
-        history = {}
-        for row in self.rows:
-            for key, value in row.items():
-                history.setdefault(key, []).append(value)
-        return history
+    @property
+    def finished(self):
+        """Every epoch ran, or early stopping ended the run."""
+        return not self.interrupted
 
 
 def train(model, strategy, train_data, test_data=None, epochs=None, learning_rate=None,
-          callbacks=(), verbose=1, history_path=None, feature_cache=None):
-    """Compile `model` for `strategy` and fit it: the lesson's run, in Keras.
+          callbacks=(), verbose=1, feature_cache=None, backup_dir=None, early_stopping=False,
+          patience=3, stop=None):
+    """Compile `model` for `strategy` and train it: the lesson's run, in Keras.
+
+    This is the one owner of a run's lifecycle. It splits the run into
+    stages (frozen on cached features, frozen through the network,
+    unfrozen), runs each as an ordinary `fit`, and after every finished
+    epoch records the history row and, with `backup_dir`, writes everything
+    a resumed run needs (see `kflowers.backup`). An epoch cut short by an
+    interruption is not recorded; with `backup_dir`, calling `train` again
+    with the same arguments continues from the last finished epoch and ends
+    with the same weights and history as an uninterrupted run.
 
     Args:
         model: a model from `build_model` (with the strategy's weights).
@@ -224,74 +207,33 @@ def train(model, strategy, train_data, test_data=None, epochs=None, learning_rat
         test_data: evaluated after every epoch (`validation_data`).
         epochs: overrides the strategy's number of epochs.
         learning_rate: overrides the strategy's learning rate.
-        callbacks: more Keras callbacks.
+        callbacks: more Keras callbacks, passed to every stage's `fit`.
         verbose: Keras's progress bar setting.
-        history_path: keep the per-epoch rows in this JSON file (see
-            `EpochHistory`).
         feature_cache: train the frozen epochs (all of `frozen`, the first
             stage of `two-stage`) on backbone features computed once
             (`kflowers.feature_cache`). Default: whenever the backbone starts
             frozen and `train_data` is a `FlowerDataset` without augmentation.
+        backup_dir: keep the run's state here after every epoch, and resume
+            from it when it holds one.
+        early_stopping: stop once the test loss has not improved for
+            `patience` epochs, and end with the best epoch's weights.
+        patience: epochs without improvement before early stopping.
+        stop: a `threading.Event`; once set, training stops after the current
+            batch (the CLI sets it on Ctrl-C).
 
     Returns:
-        An `EpochHistory`: `.rows` (one dict per epoch) and `.columns()`.
+        A `TrainingResult`.
 
     Example:
     >>> model = build_model(weights="imagenet")
-    >>> history = train(model, "two-stage", train_ds, test_ds)
-    >>> history.rows[-1]["test_accuracy"]
+    >>> result = train(model, "two-stage", train_ds, test_ds)
+    >>> result.rows[-1]["test_accuracy"]
     """
-    from kflowers.callbacks import SetDatasetEpoch
-    from kflowers.data import FlowerDataset
+    from kflowers.run_loop import RunLoop
 
     strategy = get_strategy(strategy) if isinstance(strategy, str) else strategy
     strategy = strategy.with_epochs(epochs)
-    extra = compile_for(model, strategy, learning_rate=learning_rate)
-    history = EpochHistory(history_path)
-    is_flower_data = isinstance(train_data, FlowerDataset)
-    cacheable = strategy.freeze and is_flower_data and not train_data.augment
-    if feature_cache is None:
-        feature_cache = cacheable
-    elif feature_cache and not cacheable:
-        raise ValueError("the feature cache needs a strategy with a frozen backbone and a "
-                         "FlowerDataset without augmentation")
-
-    frozen_epochs = 0
-    if feature_cache:
-        from kflowers.feature_cache import fit_head_on_features
-
-        frozen_epochs = min(strategy.unfreeze_epoch or strategy.epochs, strategy.epochs)
-        cached = fit_head_on_features(model, train_data, test_data, epochs=frozen_epochs,
-                                      optimizer=model.optimizer, verbose=verbose,
-                                      callbacks=[history, *_cache_safe(callbacks)])
-        if frozen_epochs >= strategy.epochs:
-            # The backbone never changed: the test features still hold.
-            history.test_features = cached.test_features
-            return history
-    all_callbacks = list(extra) + list(callbacks) + [history]
-    if is_flower_data:
-        all_callbacks.insert(0, SetDatasetEpoch(train_data))
-    if frozen_epochs:
-        # The head was trained above; the full model continues from here.
-        model.get_layer("backbone").trainable = True
-        from kflowers.callbacks import rebuilt_optimizer
-
-        model.compile(optimizer=rebuilt_optimizer(model.optimizer, model.trainable_variables,
-                                                  strategy.unfreeze_learning_rate),
-                      loss=model.loss, metrics=["accuracy"])
-        all_callbacks = [c for c in all_callbacks if not type(c).__name__ == "UnfreezeBackbone"]
-    if is_flower_data:
-        build_training_state(model, train_data)
-    model.fit(train_data, validation_data=test_data, epochs=strategy.epochs, initial_epoch=frozen_epochs,
-              shuffle=False, callbacks=all_callbacks, verbose=verbose)
-    return history
-
-
-def _cache_safe(callbacks):
-    """Callbacks that also make sense on the head-only model of the cache.
-
-    Backups and checkpoints would save the head alone; the cached epochs are
-    cheap to redo, so they are left out there.
-    """
-    file_writers = (keras.callbacks.BackupAndRestore, keras.callbacks.ModelCheckpoint)
-    return [c for c in callbacks if not isinstance(c, file_writers)]
+    loop = RunLoop(model, strategy, train_data, test_data, learning_rate=learning_rate,
+                   callbacks=callbacks, verbose=verbose, feature_cache=feature_cache,
+                   backup_dir=backup_dir, early_stopping=early_stopping, patience=patience, stop=stop)
+    return loop.run()

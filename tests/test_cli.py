@@ -266,14 +266,34 @@ def test_sigint_stops_cleanly_and_saves(flowers_dir, tmp_path):
     assert kf.load_model(out / "model.keras").class_names[0] == "daisy"
 
 
-@pytest.mark.slow
-def test_backup_broken_mid_write_falls_back_to_the_previous_epoch(flowers_dir, tmp_path):
-    out = tmp_path / "run"
-    flags = ["train", "--data", flowers_dir, "--strategy", "scratch", "--epochs", "2", "--out", out, *TRAIN_FLAGS]
-    kflowers(*flags, "--quiet")
-    latest = out / "backup" / "latest.weights.h5"
-    assert (out / "backup" / "latest.weights.h5.bkp").exists()
-    latest.write_bytes(latest.read_bytes()[:1000])  # as if killed while writing epoch 2's backup
-    result = kflowers(*flags, "--resume")
-    assert "Epoch 2/2" in result.stdout and "Epoch 1/2" not in result.stdout
-    assert json.load(open(out / "metrics.json"))["epochs"] == 2
+def run_files(run):
+    return {name: open(os.path.join(run, name), "rb").read() for name in sorted(os.listdir(run))}
+
+
+def test_a_finished_run_keeps_no_backup_and_resuming_it_changes_nothing(run, flowers_dir, resnet18_pth):
+    assert not os.path.exists(os.path.join(run, "backup"))  # only an interrupted run needs one
+    before = run_files(run)
+    result = kflowers("train", "--data", flowers_dir, "--strategy", "frozen", "--epochs", "2",
+                      "--weights", resnet18_pth, "--out", run, *TRAIN_FLAGS, "--resume")
+    assert "nothing to resume" in result.stdout
+    assert run_files(run) == before
+
+
+def test_evaluate_writes_nothing_into_the_run_unless_told(run, flowers_dir):
+    before = run_files(run)
+    result = kflowers("evaluate", "--model", os.path.join(run, "model.keras"), "--data", flowers_dir)
+    assert "accuracy:" in result.stdout and "confusion matrix:" not in result.stdout
+    assert run_files(run) == before
+
+
+def test_metrics_describe_the_saved_model(run):
+    import kflowers as kf
+
+    metrics = json.load(open(os.path.join(run, "metrics.json")))
+    split = json.load(open(os.path.join(run, "split.json")))
+    model = kf.load_model(os.path.join(run, "model.keras"))
+    labels = [split["classes"].index(os.path.basename(os.path.dirname(p))) for p in split["test"]]
+    dataset = kf.FlowerDataset(split["test"], labels, batch_size=64, image_size=32)
+    loss, accuracy = model.evaluate(dataset, verbose=0)
+    assert metrics["test_loss"] == pytest.approx(loss, rel=1e-4)
+    assert metrics["test_accuracy"] == pytest.approx(accuracy, abs=1e-6)

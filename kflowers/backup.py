@@ -1,0 +1,93 @@
+"""A training run's state on disk: what `--resume` needs to continue exactly.
+
+One file, `state.npz`, written atomically after every finished epoch: the
+model's weights, the optimizer's variables (with the stage they belong to,
+since freezing and unfreezing change the set of variables an optimizer
+updates), early stopping's best weights and counters, the history rows, and
+a fingerprint of the run's arguments. A process killed while writing leaves
+the previous epoch's file in place.
+"""
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+from kflowers.files import atomic_path
+
+FILE_NAME = "state.npz"
+
+
+class BackupMismatch(ValueError):
+    """A backup that belongs to another run (other data, split or arguments)."""
+
+
+@dataclasses.dataclass
+class RunState:
+    """Everything a resumed run restores.
+
+    Attributes:
+        epoch: epochs finished (the next epoch's 0-based index).
+        stage: the name of the stage the optimizer's variables belong to.
+        rows: the history rows of the finished epochs.
+        early_stopping: `{"best", "wait", "best_epoch"}` or `None`.
+        weights: the model's weights (`model.get_weights()` order).
+        optimizer: the optimizer's variables (`optimizer.variables` order).
+        best_weights: early stopping's best weights, or `None`.
+        fingerprint: what identifies the run (see `kflowers.run_loop`).
+    """
+
+    epoch: int
+    stage: str
+    rows: list
+    early_stopping: object
+    weights: list
+    optimizer: list
+    best_weights: object
+    fingerprint: dict
+
+
+def save(folder, state):
+    """Write `state` to `folder/state.npz` atomically."""
+    meta = {"epoch": state.epoch, "stage": state.stage, "rows": state.rows,
+            "early_stopping": state.early_stopping, "fingerprint": state.fingerprint,
+            "weights": len(state.weights), "optimizer": len(state.optimizer),
+            "best_weights": None if state.best_weights is None else len(state.best_weights)}
+    arrays = {"meta": np.array(json.dumps(meta))}
+    arrays.update({f"weights_{i}": w for i, w in enumerate(state.weights)})
+    arrays.update({f"optimizer_{i}": w for i, w in enumerate(state.optimizer)})
+    arrays.update({f"best_{i}": w for i, w in enumerate(state.best_weights or [])})
+    os.makedirs(folder, exist_ok=True)
+    with atomic_path(os.path.join(folder, FILE_NAME), suffix=".npz") as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def load(folder):
+    """The `RunState` in `folder`, or `None` when there is none."""
+    path = os.path.join(folder, FILE_NAME)
+    if not os.path.exists(path):
+        return None
+    with np.load(path, allow_pickle=False) as data:
+        meta = json.loads(str(data["meta"]))
+        best = meta["best_weights"]
+        return RunState(
+            epoch=meta["epoch"], stage=meta["stage"], rows=meta["rows"],
+            early_stopping=meta["early_stopping"], fingerprint=meta["fingerprint"],
+            weights=[data[f"weights_{i}"] for i in range(meta["weights"])],
+            optimizer=[data[f"optimizer_{i}"] for i in range(meta["optimizer"])],
+            best_weights=None if best is None else [data[f"best_{i}"] for i in range(best)],
+        )
+
+
+def assign(variables, values, what):
+    """Assign `values` to `variables` after checking that they fit one to one."""
+    shapes = [tuple(v.shape) for v in variables]
+    if shapes != [tuple(np.shape(v)) for v in values]:
+        raise BackupMismatch(f"the backup's {what} ({len(values)} arrays) do not fit this run's "
+                             f"({len(variables)} variables)")
+    for variable, value in zip(variables, values):
+        variable.assign(value)

@@ -1,0 +1,286 @@
+"""The one owner of a training run's lifecycle (used by `kflowers.training.train`).
+
+A run is a list of stages, each an ordinary `fit` over a range of epochs:
+
+    cached     frozen backbone, the head trained on features computed once
+    frozen     frozen backbone, trained through the network
+    unfrozen   everything trains (two-stage's second stage: a fresh optimizer
+               of the same kind at the new learning rate, step count carried)
+    trainable  the strategy's own compile (scratch, finetune, discriminative)
+
+After every finished epoch `RunLoop` records the history row, updates early
+stopping and writes the backup (`kflowers.backup`). An epoch cut short by a
+stop request is neither recorded nor backed up, so resuming repeats it from
+its start. A stop request or early stopping ends the whole run, whatever
+stage it is in. With early stopping the model ends with the best epoch's
+weights.
+"""
+
+import dataclasses
+import logging
+import time
+
+import keras
+import numpy as np
+
+from kflowers import backup
+from kflowers.parts import model_parts
+
+log = logging.getLogger("kflowers")
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """A range of epochs `[start, end)` trained one way (`name`, see the module)."""
+
+    name: str
+    start: int
+    end: int
+
+
+def plan_stages(strategy, cached):
+    """The stages of `strategy`; the first frozen one is `cached` when the cache serves it."""
+    total = strategy.epochs
+    if not strategy.freeze:
+        return [Stage("trainable", 0, total)]
+    switch = total if strategy.unfreeze_epoch is None else min(strategy.unfreeze_epoch, total)
+    stages = [Stage("cached" if cached else "frozen", 0, switch)]
+    if switch < total:
+        stages.append(Stage("unfrozen", switch, total))
+    return stages
+
+
+class EarlyStopping:
+    """Stop once the monitored loss has not improved for `patience` epochs; keep the best weights."""
+
+    def __init__(self, patience=3):
+        self.patience = patience
+        self.best, self.wait, self.best_epoch, self.best_weights = np.inf, 0, None, None
+
+    def update(self, epoch, value, model):
+        """Record epoch `epoch`'s (0-based) `value`; return whether to stop."""
+        if value < self.best:
+            self.best, self.wait, self.best_epoch = float(value), 0, epoch + 1
+            self.best_weights = model.get_weights()
+        else:
+            self.wait += 1
+        return self.wait >= self.patience
+
+    def state(self):
+        return {"best": self.best if np.isfinite(self.best) else None, "wait": self.wait,
+                "best_epoch": self.best_epoch}
+
+    def restore_state(self, state, best_weights):
+        self.best = np.inf if state["best"] is None else state["best"]
+        self.wait, self.best_epoch, self.best_weights = state["wait"], state["best_epoch"], best_weights
+
+
+class RunLoop:
+    """Runs one strategy's stages; see `kflowers.training.train` for the arguments."""
+
+    def __init__(self, model, strategy, train_data, test_data=None, learning_rate=None, callbacks=(),
+                 verbose=1, feature_cache=None, backup_dir=None, early_stopping=False, patience=3,
+                 stop=None):
+        from kflowers.data import FlowerDataset
+
+        self.model, self.strategy = model, strategy
+        self.parts = model_parts(model)
+        self.train_data, self.test_data = train_data, test_data
+        self.learning_rate = learning_rate
+        self.callbacks = list(callbacks)
+        self.verbose = verbose
+        self.backup_dir = backup_dir
+        self.early = EarlyStopping(patience) if early_stopping else None
+        self.stop = stop
+        self.is_flower_data = isinstance(train_data, FlowerDataset)
+        cacheable = strategy.freeze and self.is_flower_data and not train_data.augment
+        if feature_cache is None:
+            feature_cache = cacheable
+        elif feature_cache and not cacheable:
+            raise ValueError("the feature cache needs a strategy with a frozen backbone and a "
+                             "FlowerDataset without augmentation")
+        self.stages = plan_stages(strategy, feature_cache)
+        if strategy.unfreeze_epoch is not None and len(self.stages) == 1:
+            log.warning("%s over %d epoch(s) never unfreezes the backbone (it unfreezes after epoch "
+                        "%d): this run trains as 'frozen'", strategy.name, strategy.epochs,
+                        strategy.unfreeze_epoch)
+        self.cache = None
+        self.rows = []
+        self.optimizer = None  # the optimizer of the stage being trained
+        self.stopped_early = False
+
+    # ------------------------------------------------------------ stages
+
+    def _enter(self, stage):
+        from kflowers.training import classification_loss
+        from kflowers.training import compile_for
+
+        previous = self.optimizer
+        if stage.name == "unfrozen":
+            from kflowers.callbacks import rebuilt_optimizer
+
+            if previous is None:  # resuming in this stage: start from the strategy's optimizer
+                compile_for(self.model, self.strategy, learning_rate=self.learning_rate)
+                previous = self.model.optimizer
+            self.parts.backbone.trainable = True
+            optimizer = rebuilt_optimizer(previous, self.model.trainable_variables,
+                                          self.strategy.unfreeze_learning_rate)
+            self.model.compile(optimizer=optimizer, loss=classification_loss(), metrics=["accuracy"])
+            self.optimizer = self.model.optimizer
+            if self.verbose:
+                print(f"Epoch {stage.start + 1}: backbone unfrozen, learning rate "
+                      f"{self.strategy.unfreeze_learning_rate:g}")
+            return
+        compile_for(self.model, self.strategy, learning_rate=self.learning_rate)
+        if stage.name == "cached":
+            from kflowers.feature_cache import FeatureCache
+
+            self.cache = FeatureCache(self.model, self.train_data, self.test_data, verbose=self.verbose)
+            optimizer = type(self.model.optimizer).from_config(self.model.optimizer.get_config())
+            self.cache.head_model.compile(optimizer=optimizer, loss=classification_loss(),
+                                          metrics=["accuracy"])
+            self.optimizer = self.cache.head_model.optimizer
+            self.optimizer.build(self.cache.head_model.trainable_variables)
+        else:
+            self.optimizer = self.model.optimizer
+            self.optimizer.build(self.model.trainable_variables)
+
+    def _fit(self, stage, first_epoch):
+        from kflowers.callbacks import SetDatasetEpoch
+
+        recorder = _Recorder(self)
+        if stage.name == "cached":
+            file_writers = (keras.callbacks.BackupAndRestore, keras.callbacks.ModelCheckpoint)
+            callbacks = [self.cache.follow_epochs, *[c for c in self.callbacks if not isinstance(c, file_writers)],
+                         recorder]
+            self.cache.head_model.fit(self.cache.batches, validation_data=self.cache.validation,
+                                      initial_epoch=first_epoch, epochs=stage.end, shuffle=False,
+                                      verbose=self.verbose, callbacks=callbacks)
+            return
+        callbacks = [*self.callbacks, recorder]
+        if self.is_flower_data:
+            from kflowers.training import build_training_state
+
+            callbacks.insert(0, SetDatasetEpoch(self.train_data))
+            build_training_state(self.model, self.train_data)
+        self.model.fit(self.train_data, validation_data=self.test_data, initial_epoch=first_epoch,
+                       epochs=stage.end, shuffle=False, verbose=self.verbose, callbacks=callbacks)
+
+    # ------------------------------------------------------------ backup
+
+    def fingerprint(self):
+        """What a backup must agree with to be resumed by this run."""
+        import json
+
+        s = self.strategy
+        return json.loads(json.dumps({"strategy": s.name, "epochs": s.epochs, "learning_rate": self.learning_rate,
+                "stages": [dataclasses.astuple(stage) for stage in self.stages],
+                "train_samples": len(getattr(self.train_data, "paths", [])),
+                "batch_size": getattr(self.train_data, "batch_size", None),
+                "image_size": getattr(self.train_data, "image_size", None),
+                "seed": getattr(self.train_data, "seed", None),
+                "early_stopping": self.early is not None}))
+
+    def _save(self, epoch, stage):
+        if not self.backup_dir:
+            return
+        backup.save(self.backup_dir, backup.RunState(
+            epoch=epoch, stage=stage.name, rows=self.rows,
+            early_stopping=self.early.state() if self.early else None,
+            weights=self.model.get_weights(),
+            optimizer=[keras.ops.convert_to_numpy(v) for v in self.optimizer.variables],
+            best_weights=self.early.best_weights if self.early else None,
+            fingerprint=self.fingerprint()))
+
+    def _restore(self, state):
+        if state.fingerprint != self.fingerprint():
+            theirs, ours = state.fingerprint, self.fingerprint()
+            different = [k for k in ours if theirs.get(k) != ours[k]]
+            raise backup.BackupMismatch(
+                f"the backup in {self.backup_dir} is of another run ({', '.join(different)} differ); "
+                "start afresh without --resume or use another --out")
+        stage = next(s for s in self.stages if s.name == state.stage)
+        self._enter(stage)
+        self.model.set_weights(state.weights)
+        backup.assign(self.optimizer.variables, state.optimizer, "optimizer variables")
+        self.rows = list(state.rows)
+        if self.early:
+            self.early.restore_state(state.early_stopping, state.best_weights)
+        return stage
+
+    # ------------------------------------------------------------ the run
+
+    def run(self):
+        from kflowers.training import TrainingResult
+
+        state = backup.load(self.backup_dir) if self.backup_dir else None
+        first_epoch, current = 0, None
+        if state is not None:
+            current = self._restore(state)
+            first_epoch = state.epoch
+            if self.verbose and first_epoch:
+                print(f"Resuming after epoch {first_epoch} of {self.strategy.epochs}")
+        stopped = self.early is not None and self.early.wait >= self.early.patience
+        for stage in self.stages:
+            if stage.end <= first_epoch or stopped:
+                continue
+            if stage != current:
+                self._enter(stage)
+                current = stage
+            self._fit(stage, max(first_epoch, stage.start))
+            if self._stop_requested() or self.stopped_early:
+                break
+        interrupted = self._stop_requested()
+        if self.early is not None and self.early.best_weights is not None and not interrupted:
+            self.model.set_weights(self.early.best_weights)
+        test_features = None
+        if self.cache is not None and all(s.name == "cached" for s in self.stages):
+            test_features = self.cache.test_features
+        return TrainingResult(self.rows, interrupted=interrupted,
+                              stopped_early=self.stopped_early or stopped,
+                              best_epoch=self.early.best_epoch if self.early else None,
+                              test_features=test_features)
+
+    def _stop_requested(self):
+        return self.stop is not None and self.stop.is_set()
+
+    def on_epoch_end(self, model, epoch, logs):
+        """Called by `_Recorder` after a whole epoch; returns whether to stop."""
+        row = {"epoch": epoch + 1}
+        for key, value in (logs or {}).items():
+            row["test_" + key[4:] if key.startswith("val_") else key] = float(value)
+        self.rows = [r for r in self.rows if r["epoch"] <= epoch] + [row]
+        stop = False
+        if self.early is not None:
+            monitored = row.get("test_loss", row.get("loss"))
+            stop = self.early.update(epoch, monitored, self.model)
+            if stop:
+                self.stopped_early = True
+                if self.verbose:
+                    print(f"Early stopping after epoch {epoch + 1}: best test loss "
+                          f"{self.early.best:.4f} at epoch {self.early.best_epoch}")
+        stage = next(s for s in self.stages if s.start <= epoch < s.end)
+        self._save(epoch + 1, stage)
+        return stop
+
+
+class _Recorder(keras.callbacks.Callback):
+    """Times epochs, stops after the batch when asked to, and hands whole epochs to the `RunLoop`."""
+
+    def __init__(self, loop):
+        super().__init__()
+        self.loop = loop
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.loop._stop_requested():
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.loop._stop_requested():
+            return  # cut short: not a finished epoch
+        logs = dict(logs or {}, seconds=time.perf_counter() - self._start)
+        if self.loop.on_epoch_end(self.model, epoch, logs):
+            self.model.stop_training = True
