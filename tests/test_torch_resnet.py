@@ -30,6 +30,7 @@ def weights(tmp_path_factory):
 @pytest.fixture
 def twins(weights):
     """(layer by layer, one torch function) with the same weights."""
+    keras.utils.set_random_seed(0)  # the heads start random: the same ones whatever ran before
     stock = kflowers.build_model(weights=weights, image_size=SIZE)
     assert torch_resnet.uninstall(stock.get_layer("backbone"))
     fast = kflowers.build_model(weights=weights, image_size=SIZE)
@@ -101,14 +102,15 @@ def test_predict_folds_batch_norm_and_follows_every_weight_change(twins):
         getattr(stock_bn, name).assign(value)
         getattr(fast_bn, name).assign(value)
         _assert_close([stock.predict(images, verbose=0)], [fast.predict(images, verbose=0)], rtol=1e-5)
-    # ... and so must an optimizer step.
+    # ... and so must an optimizer step. (The stock twin takes the stepped weights: two separate
+    # steps of a random model at this rate differ by their float32 rounding, amplified.)
     before = fast.predict(images, verbose=0)
-    for model in twins:
-        model.compile(keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        model.fit(images, np.arange(4) % 5, batch_size=4, epochs=1, verbose=0)
+    fast.compile(keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    fast.fit(images, np.arange(4) % 5, batch_size=4, epochs=1, verbose=0)
     after = fast.predict(images, verbose=0)
     assert np.abs(after - before).max() > 1e-3
-    _assert_close([stock.predict(images, verbose=0)], [after], rtol=1e-4)
+    stock.set_weights(fast.get_weights())
+    _assert_close([stock.predict(images, verbose=0)], [after], rtol=1e-5)
 
 
 def test_frozen_fit_moves_only_the_head(twins):
