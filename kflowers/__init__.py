@@ -29,14 +29,14 @@ _EXPORTS = {
     "UnreadableImage": "kflowers.images",
     "model_parts": "kflowers.parts",
     "train": "kflowers.training",
-    "discriminative_optimizer": "kflowers.training",
-    "STRATEGIES": "kflowers.training",
-    "compile_for": "kflowers.training",
+    "discriminative_optimizer": "kflowers.strategies",
+    "STRATEGIES": "kflowers.strategies",
+    "compile_for": "kflowers.strategies",
 }
 
 # Submodules reachable as attributes (`kflowers.training.train(...)`), imported on first use.
 _SUBMODULES = ["backup", "callbacks", "data", "distributed", "feature_cache", "images", "lr_find", "model",
-               "parts", "reports", "run_loop", "runs", "torch_layers", "torch_resnet", "training"]
+               "parts", "reports", "runs", "strategies", "torch_layers", "torch_resnet", "training"]
 
 __all__ = sorted(_EXPORTS) + _SUBMODULES
 

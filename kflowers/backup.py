@@ -15,12 +15,9 @@ import os
 import numpy as np
 
 from kflowers.files import atomic_path
+from kflowers.errors import BackupMismatch
 
 FILE_NAME = "state.npz"
-
-
-class BackupMismatch(ValueError):
-    """A backup that belongs to another run (other data, split or arguments)."""
 
 
 @dataclasses.dataclass
@@ -35,7 +32,7 @@ class RunState:
         weights: the model's weights (`model.get_weights()` order).
         optimizer: the optimizer's variables (`optimizer.variables` order).
         best_weights: early stopping's best weights, or `None`.
-        fingerprint: what identifies the run (see `kflowers.run_loop`).
+        fingerprint: what identifies the run (see `kflowers.training`).
     """
 
     epoch: int

@@ -11,14 +11,11 @@ import json
 import logging
 import os
 import sys
+from kflowers.errors import KflowersError as UserError
 
 log = logging.getLogger("kflowers")
 
 STRATEGY_NAMES = ["scratch", "frozen", "finetune", "two-stage", "discriminative"]
-
-
-class UserError(Exception):
-    """Something the user can fix; printed as one line."""
 
 
 def _positive_int(text):
@@ -135,10 +132,7 @@ def main(argv=None):
 
 
 def _is_user_error(error):
-    from kflowers.images import UnreadableImage
-
-    names = {"DataError", "WeightsError", "UserError"}
-    return type(error).__name__ in names or isinstance(error, (UnreadableImage, UserError, FileNotFoundError))
+    return isinstance(error, (UserError, FileNotFoundError))
 
 
 # What each command imports; Keras and keras-hub load TensorFlow when it is installed.

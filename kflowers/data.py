@@ -21,6 +21,7 @@ import numpy as np
 from kflowers.images import UnreadableImage
 from kflowers.images import is_image_file
 from kflowers.images import read_image
+from kflowers.errors import DataError
 
 log = logging.getLogger("kflowers")
 
@@ -29,10 +30,6 @@ FLOWERS_URL = (
 )
 FLOWERS_ZIP_BYTES = 235_962_103
 CLASS_NAMES = ("daisy", "dandelion", "rose", "sunflower", "tulip")
-
-
-class DataError(ValueError):
-    """A dataset that can't be used; the message says why and what to do."""
 
 
 # ---------------------------------------------------------------- download

@@ -18,6 +18,8 @@ from PIL import ImageOps
 from skimage import color
 from skimage import util
 
+from kflowers.errors import KflowersError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 # Pillow's own guard against decompression bombs warns at ~89 Mpx and raises at
@@ -25,7 +27,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".
 MAX_PIXELS = 64_000_000
 
 
-class UnreadableImage(ValueError):
+class UnreadableImage(KflowersError, ValueError):
     """A file that is not a usable image; the message says why."""
 
 

@@ -42,8 +42,8 @@ def lr_find(data, strategy="finetune", weights="default", batch_size=64, image_s
     from kflowers.data import scan_folder
     from kflowers.data import split_dataset
     from kflowers.model import build_model
-    from kflowers.training import compile_for
-    from kflowers.training import get_strategy
+    from kflowers.strategies import compile_for
+    from kflowers.strategies import get_strategy
 
     strategy = get_strategy(strategy)
     keras.utils.set_random_seed(seed)

@@ -21,6 +21,7 @@ import re
 import zipfile
 
 import numpy as np
+from kflowers.errors import WeightsError
 
 log = logging.getLogger("kflowers")
 
@@ -43,10 +44,6 @@ RESNET18_CONFIG = dict(
 
 # Keys of a torchvision/timm ResNet18 state dict that the backbone ignores.
 _IGNORED_KEYS = re.compile(r"(^fc\.(weight|bias)$)|(\.num_batches_tracked$)")
-
-
-class WeightsError(ValueError):
-    """Weights that can't be loaded; the message names the problem."""
 
 
 def build_model(num_classes=5, weights="imagenet", image_size=224, name="kflowers_resnet18",

@@ -25,6 +25,7 @@ import time
 
 import numpy as np
 
+from kflowers import backup
 from kflowers.files import write_json
 from kflowers.files import write_text
 
@@ -162,7 +163,7 @@ def train_run(options, folder=None, split=None):
     from kflowers.data import split_dataset
     from kflowers.model import build_model
     from kflowers.model import save_model
-    from kflowers.training import get_strategy
+    from kflowers.strategies import get_strategy
     from kflowers.training import train
 
     started = time.perf_counter()
@@ -182,7 +183,12 @@ def train_run(options, folder=None, split=None):
     if folder is None:
         folder = scan_folder(options.data)
     train_split, test_split = split or split_dataset(folder, test_size=options.test_size, seed=options.seed)
-    if main_process:
+    # Each process keeps its own backup (they are identical); rank 0 alone writes the run.
+    backup_dir = os.path.join(out, "backup") if processes == 1 else os.path.join(out, "backup", f"rank{rank}")
+    resuming = options.resume and os.path.exists(os.path.join(backup_dir, backup.FILE_NAME))
+    if not options.resume and os.path.exists(backup_dir):
+        shutil.rmtree(backup_dir)
+    if main_process and not resuming:  # a resumed run keeps the setup files it started with
         _write_setup(out, options, strategy, folder, train_split, test_split, processes)
 
     if strategy.freeze and _weights(options, strategy) is None:
@@ -197,10 +203,6 @@ def train_run(options, folder=None, split=None):
                                          workers=options.workers)
     test_ds = FlowerDataset.from_folder(test_split, batch_size=256, image_size=options.image_size,
                                         workers=options.workers)
-    # Each process keeps its own backup (they are identical); rank 0 alone writes the run.
-    backup = os.path.join(out, "backup") if processes == 1 else os.path.join(out, "backup", f"rank{rank}")
-    if not options.resume and os.path.exists(backup):
-        shutil.rmtree(backup)
     callbacks = []
     feature_cache = options.feature_cache
     if processes > 1:
@@ -211,7 +213,7 @@ def train_run(options, folder=None, split=None):
     with StopOnInterrupt() as interrupt:
         result = train(model, strategy, train_ds, test_ds, learning_rate=options.lr,
                        callbacks=callbacks, verbose=verbose, feature_cache=feature_cache,
-                       backup_dir=backup, early_stopping=options.early_stopping, stop=interrupt.event)
+                       backup_dir=backup_dir, early_stopping=options.early_stopping, stop=interrupt.event)
     if not main_process:
         return None
     rows = result.rows

@@ -1,10 +1,22 @@
-"""Training strategies: from scratch, frozen, fine-tune, two-stage, discriminative.
+"""Training a strategy: one owner of a run's lifecycle.
 
-Every strategy is an ordinary `compile` + `fit`; what differs is which weights
-start pretrained, which are trainable, the optimizer, and (two-stage) a
-callback. `STRATEGIES` holds the lesson's hyper-parameters; `train` runs one.
+`train(model, strategy, train_data, test_data)` runs a strategy
+(`kflowers.strategies`) as a list of stages, each an ordinary `fit` over a
+range of epochs:
 
-Freezing is `model.get_layer("backbone").trainable = False`. In Keras a
+    cached     frozen backbone, the head trained on features computed once
+    frozen     frozen backbone, trained through the network
+    unfrozen   everything trains (two-stage's second stage: a fresh optimizer
+               of the same kind at the new learning rate, step count carried)
+    trainable  the strategy's own compile (scratch, finetune, discriminative)
+
+After every finished epoch it records the history row, updates early stopping
+and writes the backup (`kflowers.backup`). An epoch cut short by a stop
+request is neither recorded nor backed up, so resuming repeats it from its
+start. A stop request or early stopping ends the whole run, whatever stage it
+is in. With early stopping the model ends with the best epoch's weights.
+
+Freezing is `model_parts(model).backbone.trainable = False`. In Keras a
 non-trainable BatchNormalization layer also runs in inference mode: it
 normalises with its stored statistics and leaves them untouched. (The PyTorch
 lesson set `requires_grad=False` but kept `model.train()`, so its "frozen"
@@ -12,149 +24,20 @@ backbone still drifted its BatchNorm statistics towards the flowers.)
 """
 
 import dataclasses
-import json
-import os
-import re
+import hashlib
+import logging
+import time
 
 import keras
+import numpy as np
 
+from kflowers import backup
+from kflowers.parts import model_parts
+from kflowers.strategies import classification_loss
+from kflowers.strategies import compile_for
+from kflowers.strategies import get_strategy
 
-@dataclasses.dataclass(frozen=True)
-class Strategy:
-    """How to train: the lesson's recipe for one run.
-
-    Attributes:
-        name: the strategy's name.
-        weights: backbone initialisation, `"imagenet"` or `None`.
-        epochs: epochs in all.
-        learning_rate: the optimizer's learning rate (the head's, for
-            `discriminative`).
-        optimizer: `"sgd"` or `"adam"`.
-        freeze: start with a frozen backbone.
-        unfreeze_epoch: two-stage: the 0-based epoch at which the backbone is
-            unfrozen.
-        unfreeze_learning_rate: two-stage: the learning rate after that.
-        backbone_learning_rate: discriminative: the backbone's learning rate.
-    """
-
-    name: str
-    weights: object = "imagenet"
-    epochs: int = 5
-    learning_rate: float = 1e-2
-    optimizer: str = "sgd"
-    freeze: bool = False
-    unfreeze_epoch: object = None
-    unfreeze_learning_rate: object = None
-    backbone_learning_rate: object = None
-
-    def with_epochs(self, epochs):
-        """This strategy over `epochs` epochs (two-stage keeps its split in half)."""
-        if epochs is None:
-            return self
-        changes = {"epochs": epochs}
-        if self.unfreeze_epoch is not None:
-            changes["unfreeze_epoch"] = max(1, epochs // 2) if epochs > 1 else 1
-        return dataclasses.replace(self, **changes)
-
-
-STRATEGIES = {
-    s.name: s
-    for s in [
-        Strategy("scratch", weights=None, epochs=15),
-        Strategy("frozen", freeze=True),
-        Strategy("finetune"),
-        Strategy("two-stage", epochs=10, freeze=True, unfreeze_epoch=5,
-                 unfreeze_learning_rate=1e-4),
-        Strategy("discriminative", optimizer="adam", learning_rate=1e-3,
-                 backbone_learning_rate=1e-4),
-    ]
-}
-
-
-def get_strategy(name):
-    """The `Strategy` called `name` (`"fine-tune"` and `"finetune"` both work)."""
-    key = {"fine-tune": "finetune", "fine_tune": "finetune", "two_stage": "two-stage"}.get(name, name)
-    if key not in STRATEGIES:
-        raise ValueError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
-    return STRATEGIES[key]
-
-
-def make_optimizer(name, learning_rate):
-    """`keras.optimizers.SGD` or `Adam` at `learning_rate`."""
-    optimizers = {"sgd": keras.optimizers.SGD, "adam": keras.optimizers.Adam}
-    if name not in optimizers:
-        raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(optimizers)}")
-    return optimizers[name](learning_rate=learning_rate)
-
-
-def discriminative_optimizer(model, backbone_learning_rate=1e-4, head_learning_rate=1e-3,
-                             optimizer="adam", layer="backbone"):
-    """One optimizer, two learning rates: slow for the backbone, fast elsewhere.
-
-    A `keras.optimizers.MultiOptimizer` whose map sends every variable of the
-    backbone to an optimizer at `backbone_learning_rate` and everything else
-    (the head, and any layer you add) to one at `head_learning_rate`.
-
-    Example:
-    >>> model.compile(discriminative_optimizer(model, 1e-4, 1e-3), loss, ["accuracy"])
-    """
-    from kflowers.parts import model_parts
-
-    backbone = model.get_layer(layer) if layer != "backbone" else model_parts(model).backbone
-    prefixes = sorted({v.path.split("/")[0] for v in backbone.variables})
-    pattern = "(" + "|".join(re.escape(p) for p in prefixes) + ")/.*"
-    optimizer_map = keras.optimizers.OptimizerMap(
-        default_optimizer=make_optimizer(optimizer, head_learning_rate),
-        optimizer_map={pattern: make_optimizer(optimizer, backbone_learning_rate)},
-    )
-    return keras.optimizers.MultiOptimizer(optimizer_map)
-
-
-def classification_loss():
-    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-
-
-def compile_for(model, strategy, learning_rate=None):
-    """Freeze (or not) and compile `model` for `strategy`; return the callbacks it needs.
-
-    Args:
-        model: a model from `build_model`.
-        strategy: a `Strategy` or its name.
-        learning_rate: overrides the strategy's (the head's, for
-            discriminative).
-    """
-    from kflowers.callbacks import UnfreezeBackbone
-
-    strategy = get_strategy(strategy) if isinstance(strategy, str) else strategy
-    rate = learning_rate if learning_rate is not None else strategy.learning_rate
-    from kflowers.parts import model_parts
-
-    model_parts(model).backbone.trainable = not strategy.freeze
-    if strategy.backbone_learning_rate is not None:
-        optimizer = discriminative_optimizer(
-            model, strategy.backbone_learning_rate, rate, optimizer=strategy.optimizer
-        )
-    else:
-        optimizer = make_optimizer(strategy.optimizer, rate)
-    model.compile(optimizer=optimizer, loss=classification_loss(), metrics=["accuracy"])
-    callbacks = []
-    if strategy.unfreeze_epoch is not None and strategy.unfreeze_epoch < strategy.epochs:
-        callbacks.append(UnfreezeBackbone(strategy.unfreeze_epoch, strategy.unfreeze_learning_rate))
-    return callbacks
-
-
-def build_training_state(model, dataset):
-    """Create the optimizer's, loss's and metrics' state before `fit`.
-
-    Left unbuilt, `fit` builds them from a batch it reads ahead of the first
-    epoch; with `workers > 1` that read-ahead keeps prefetching in the
-    background and the first epoch then trains on batches in an order that
-    depends on timing. Built here, from two samples of the first batch, every
-    run with the same seed trains on the same batches.
-    """
-    model.optimizer.build(model.trainable_variables)
-    images, labels = dataset[0]
-    model.evaluate(images[:2], labels[:2], verbose=0)
+log = logging.getLogger("kflowers")
 
 
 class TrainingResult:
@@ -229,11 +112,276 @@ def train(model, strategy, train_data, test_data=None, epochs=None, learning_rat
     >>> result = train(model, "two-stage", train_ds, test_ds)
     >>> result.rows[-1]["test_accuracy"]
     """
-    from kflowers.run_loop import RunLoop
-
     strategy = get_strategy(strategy) if isinstance(strategy, str) else strategy
     strategy = strategy.with_epochs(epochs)
     loop = RunLoop(model, strategy, train_data, test_data, learning_rate=learning_rate,
                    callbacks=callbacks, verbose=verbose, feature_cache=feature_cache,
                    backup_dir=backup_dir, early_stopping=early_stopping, patience=patience, stop=stop)
     return loop.run()
+
+
+def build_training_state(model, dataset):
+    """Create the optimizer's, loss's and metrics' state before `fit`.
+
+    Left unbuilt, `fit` builds them from a batch it reads ahead of the first
+    epoch; with `workers > 1` that read-ahead keeps prefetching in the
+    background and the first epoch then trains on batches in an order that
+    depends on timing. Built here, from two samples of the first batch, every
+    run with the same seed trains on the same batches.
+    """
+    model.optimizer.build(model.trainable_variables)
+    images, labels = dataset[0]
+    model.evaluate(images[:2], labels[:2], verbose=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """A range of epochs `[start, end)` trained one way (`name`, see the module)."""
+
+    name: str
+    start: int
+    end: int
+
+
+def plan_stages(strategy, cached):
+    """The stages of `strategy`; the first frozen one is `cached` when the cache serves it."""
+    total = strategy.epochs
+    if not strategy.freeze:
+        return [Stage("trainable", 0, total)]
+    switch = total if strategy.unfreeze_epoch is None else min(strategy.unfreeze_epoch, total)
+    stages = [Stage("cached" if cached else "frozen", 0, switch)]
+    if switch < total:
+        stages.append(Stage("unfrozen", switch, total))
+    return stages
+
+
+class EarlyStopping:
+    """Stop once the monitored loss has not improved for `patience` epochs; keep the best weights."""
+
+    def __init__(self, patience=3):
+        self.patience = patience
+        self.best, self.wait, self.best_epoch, self.best_weights = np.inf, 0, None, None
+
+    def update(self, epoch, value, model):
+        """Record epoch `epoch`'s (0-based) `value`; return whether to stop."""
+        if value < self.best:
+            self.best, self.wait, self.best_epoch = float(value), 0, epoch + 1
+            self.best_weights = model.get_weights()
+        else:
+            self.wait += 1
+        return self.wait >= self.patience
+
+    def state(self):
+        return {"best": self.best if np.isfinite(self.best) else None, "wait": self.wait,
+                "best_epoch": self.best_epoch}
+
+    def restore_state(self, state, best_weights):
+        self.best = np.inf if state["best"] is None else state["best"]
+        self.wait, self.best_epoch, self.best_weights = state["wait"], state["best_epoch"], best_weights
+
+
+class RunLoop:
+    """Runs one strategy's stages; see `train` for the arguments."""
+
+    def __init__(self, model, strategy, train_data, test_data=None, learning_rate=None, callbacks=(),
+                 verbose=1, feature_cache=None, backup_dir=None, early_stopping=False, patience=3,
+                 stop=None):
+        from kflowers.data import FlowerDataset
+
+        self.model, self.strategy = model, strategy
+        self.parts = model_parts(model)
+        self.train_data, self.test_data = train_data, test_data
+        self.learning_rate = learning_rate
+        self.callbacks = list(callbacks)
+        self.verbose = verbose
+        self.backup_dir = backup_dir
+        self.early = EarlyStopping(patience) if early_stopping else None
+        self.stop = stop
+        self.is_flower_data = isinstance(train_data, FlowerDataset)
+        cacheable = strategy.freeze and self.is_flower_data and not train_data.augment
+        if feature_cache is None:
+            feature_cache = cacheable
+        elif feature_cache and not cacheable:
+            raise ValueError("the feature cache needs a strategy with a frozen backbone and a "
+                             "FlowerDataset without augmentation")
+        self.stages = plan_stages(strategy, feature_cache)
+        if strategy.unfreeze_epoch is not None and len(self.stages) == 1:
+            log.warning("%s over %d epoch(s) never unfreezes the backbone (it unfreezes after epoch "
+                        "%d): this run trains as 'frozen'", strategy.name, strategy.epochs,
+                        strategy.unfreeze_epoch)
+        self.cache = None
+        self.rows = []
+        self.optimizer = None  # the optimizer of the stage being trained
+        self.stopped_early = False
+
+    # ------------------------------------------------------------ stages
+
+    def _enter(self, stage):
+        previous = self.optimizer
+        if stage.name == "unfrozen":
+            from kflowers.callbacks import rebuilt_optimizer
+
+            if previous is None:  # resuming in this stage: start from the strategy's optimizer
+                compile_for(self.model, self.strategy, learning_rate=self.learning_rate)
+                previous = self.model.optimizer
+            self.parts.backbone.trainable = True
+            optimizer = rebuilt_optimizer(previous, self.model.trainable_variables,
+                                          self.strategy.unfreeze_learning_rate)
+            self.model.compile(optimizer=optimizer, loss=classification_loss(), metrics=["accuracy"])
+            self.optimizer = self.model.optimizer
+            if self.verbose:
+                print(f"Epoch {stage.start + 1}: backbone unfrozen, learning rate "
+                      f"{self.strategy.unfreeze_learning_rate:g}")
+            return
+        compile_for(self.model, self.strategy, learning_rate=self.learning_rate)
+        if stage.name == "cached":
+            from kflowers.feature_cache import FeatureCache
+
+            self.cache = FeatureCache(self.model, self.train_data, self.test_data, verbose=self.verbose)
+            optimizer = type(self.model.optimizer).from_config(self.model.optimizer.get_config())
+            self.cache.head_model.compile(optimizer=optimizer, loss=classification_loss(),
+                                          metrics=["accuracy"])
+            self.optimizer = self.cache.head_model.optimizer
+            self.optimizer.build(self.cache.head_model.trainable_variables)
+        else:
+            self.optimizer = self.model.optimizer
+            self.optimizer.build(self.model.trainable_variables)
+
+    def _fit(self, stage, first_epoch):
+        from kflowers.callbacks import SetDatasetEpoch
+
+        recorder = _Recorder(self)
+        if stage.name == "cached":
+            file_writers = (keras.callbacks.BackupAndRestore, keras.callbacks.ModelCheckpoint)
+            callbacks = [self.cache.follow_epochs, *[c for c in self.callbacks if not isinstance(c, file_writers)],
+                         recorder]
+            self.cache.head_model.fit(self.cache.batches, validation_data=self.cache.validation,
+                                      initial_epoch=first_epoch, epochs=stage.end, shuffle=False,
+                                      verbose=self.verbose, callbacks=callbacks)
+            return
+        callbacks = [*self.callbacks, recorder]
+        if self.is_flower_data:
+            callbacks.insert(0, SetDatasetEpoch(self.train_data))
+            build_training_state(self.model, self.train_data)
+        self.model.fit(self.train_data, validation_data=self.test_data, initial_epoch=first_epoch,
+                       epochs=stage.end, shuffle=False, verbose=self.verbose, callbacks=callbacks)
+
+    # ------------------------------------------------------------ backup
+
+    def fingerprint(self):
+        """What a backup must agree with to be resumed by this run (JSON values)."""
+        data = self.train_data
+        return {"strategy": self.strategy.name, "epochs": self.strategy.epochs,
+                "learning_rate": self.learning_rate,
+                "stages": [[stage.name, stage.start, stage.end] for stage in self.stages],
+                "train_images": _digest(getattr(data, "paths", [])),
+                "batch_size": getattr(data, "batch_size", None),
+                "image_size": getattr(data, "image_size", None),
+                "seed": getattr(data, "seed", None),
+                "early_stopping": self.early is not None}
+
+    def _save(self, epoch, stage):
+        if not self.backup_dir:
+            return
+        backup.save(self.backup_dir, backup.RunState(
+            epoch=epoch, stage=stage.name, rows=self.rows,
+            early_stopping=self.early.state() if self.early else None,
+            weights=self.model.get_weights(),
+            optimizer=[keras.ops.convert_to_numpy(v) for v in self.optimizer.variables],
+            best_weights=self.early.best_weights if self.early else None,
+            fingerprint=self.fingerprint()))
+
+    def _restore(self, state):
+        if state.fingerprint != self.fingerprint():
+            theirs, ours = state.fingerprint, self.fingerprint()
+            different = [k for k in ours if theirs.get(k) != ours[k]]
+            raise backup.BackupMismatch(
+                f"the backup in {self.backup_dir} is of another run ({', '.join(different)} differ); "
+                "start afresh without --resume or use another --out")
+        stage = next(s for s in self.stages if s.name == state.stage)
+        self._enter(stage)
+        self.model.set_weights(state.weights)
+        backup.assign(self.optimizer.variables, state.optimizer, "optimizer variables")
+        self.rows = list(state.rows)
+        if self.early:
+            self.early.restore_state(state.early_stopping, state.best_weights)
+        return stage
+
+    # ------------------------------------------------------------ the run
+
+    def run(self):
+        state = backup.load(self.backup_dir) if self.backup_dir else None
+        first_epoch, current = 0, None
+        if state is not None:
+            current = self._restore(state)
+            first_epoch = state.epoch
+            if self.verbose and first_epoch:
+                print(f"Resuming after epoch {first_epoch} of {self.strategy.epochs}")
+        stopped = self.early is not None and self.early.wait >= self.early.patience
+        for stage in self.stages:
+            if stage.end <= first_epoch or stopped:
+                continue
+            if stage != current:
+                self._enter(stage)
+                current = stage
+            self._fit(stage, max(first_epoch, stage.start))
+            if self._stop_requested() or self.stopped_early:
+                break
+        interrupted = self._stop_requested()
+        if self.early is not None and self.early.best_weights is not None and not interrupted:
+            self.model.set_weights(self.early.best_weights)
+        test_features = None
+        if self.cache is not None and all(s.name == "cached" for s in self.stages):
+            test_features = self.cache.test_features
+        return TrainingResult(self.rows, interrupted=interrupted,
+                              stopped_early=self.stopped_early or stopped,
+                              best_epoch=self.early.best_epoch if self.early else None,
+                              test_features=test_features)
+
+    def _stop_requested(self):
+        return self.stop is not None and self.stop.is_set()
+
+    def on_epoch_end(self, epoch, logs):
+        """Called by `_Recorder` after a whole epoch; returns whether to stop."""
+        row = {"epoch": epoch + 1}
+        for key, value in (logs or {}).items():
+            row["test_" + key[4:] if key.startswith("val_") else key] = float(value)
+        self.rows = [r for r in self.rows if r["epoch"] <= epoch] + [row]
+        stop = False
+        if self.early is not None:
+            monitored = row.get("test_loss", row.get("loss"))
+            stop = self.early.update(epoch, monitored, self.model)
+            if stop:
+                self.stopped_early = True
+                if self.verbose:
+                    print(f"Early stopping after epoch {epoch + 1}: best test loss "
+                          f"{self.early.best:.4f} at epoch {self.early.best_epoch}")
+        stage = next(s for s in self.stages if s.start <= epoch < s.end)
+        self._save(epoch + 1, stage)
+        return stop
+
+
+def _digest(paths):
+    return hashlib.sha256("\n".join(map(str, paths)).encode()).hexdigest()[:16]
+
+
+class _Recorder(keras.callbacks.Callback):
+    """Times epochs, stops after the batch when asked to, and hands whole epochs to the `RunLoop`."""
+
+    def __init__(self, loop):
+        super().__init__()
+        self.loop = loop
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.loop._stop_requested():
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.loop._stop_requested():
+            return  # cut short: not a finished epoch
+        logs = dict(logs or {}, seconds=time.perf_counter() - self._start)
+        if self.loop.on_epoch_end(epoch, logs):
+            self.model.stop_training = True

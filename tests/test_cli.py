@@ -267,7 +267,9 @@ def test_sigint_stops_cleanly_and_saves(flowers_dir, tmp_path):
 
 
 def run_files(run):
-    return {name: open(os.path.join(run, name), "rb").read() for name in sorted(os.listdir(run))}
+    """Every file under `run`, by relative path, with its bytes."""
+    return {os.path.relpath(os.path.join(folder, name), run): open(os.path.join(folder, name), "rb").read()
+            for folder, _, names in os.walk(run) for name in names}
 
 
 def test_a_finished_run_keeps_no_backup_and_resuming_it_changes_nothing(run, flowers_dir, resnet18_pth):
@@ -297,3 +299,22 @@ def test_metrics_describe_the_saved_model(run):
     loss, accuracy = model.evaluate(dataset, verbose=0)
     assert metrics["test_loss"] == pytest.approx(loss, rel=1e-4)
     assert metrics["test_accuracy"] == pytest.approx(accuracy, abs=1e-6)
+
+
+def test_resume_with_other_arguments_is_one_line_and_touches_nothing(flowers_dir, resnet18_pth, tmp_path):
+    out = tmp_path / "run"
+    flags = ["train", "--data", flowers_dir, "--strategy", "finetune", "--epochs", "2", "--weights",
+             resnet18_pth, "--out", out, *TRAIN_FLAGS, "--quiet"]
+    process = subprocess.Popen([sys.executable, "-m", "kflowers", *map(str, flags[:-1])],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=ENV)
+    for line in process.stdout:  # epoch 1 is backed up once epoch 2 has begun
+        if line.startswith("Epoch 2/2"):
+            process.send_signal(signal.SIGKILL)
+            break
+    process.wait(timeout=60)
+    before = run_files(out)
+    result = kflowers(*flags[:-1], "--resume", "--lr", "0.5", check=False)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert "Traceback" not in result.stderr and "of another run (learning_rate differ)" in lines[-1]
+    assert run_files(out) == before

@@ -7,8 +7,8 @@ import pytest
 
 import kflowers
 from kflowers.callbacks import UnfreezeBackbone
-from kflowers.training import classification_loss
-from kflowers.training import discriminative_optimizer
+from kflowers.strategies import classification_loss
+from kflowers.strategies import discriminative_optimizer
 
 SIZE = 32
 
