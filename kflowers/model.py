@@ -99,7 +99,8 @@ def build_model(num_classes=5, weights="imagenet", image_size=224, name="kflower
                                                    data_format="channels_last", name="backbone")
     features = backbone(x)
     pooled = keras.layers.GlobalAveragePooling2D(name="pool")(features)
-    logits = keras.layers.Dense(num_classes, name="head")(pooled)
+    # float32 logits whatever the dtype policy, as keras.io recommends for mixed precision.
+    logits = keras.layers.Dense(num_classes, dtype="float32", name="head")(pooled)
     model = keras.Model(inputs, logits, name=name)
     if weights is not None and not is_preset:
         load_weights(model, weights)

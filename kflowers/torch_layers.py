@@ -26,9 +26,20 @@ Example:
 41
 """
 
+import logging
 import weakref
 
 import keras
+
+log = logging.getLogger("kflowers")
+_SAID = set()
+
+
+def say_once(message):
+    """Log `message` (why the torch fast path steps aside) once per process."""
+    if message not in _SAID:
+        _SAID.add(message)
+        log.info(message)
 
 # Conv2D layer -> (kernel version, kernel in torch's layout); see reordered_kernel.
 _REORDERED_KERNELS = weakref.WeakKeyDictionary()

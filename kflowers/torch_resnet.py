@@ -62,6 +62,10 @@ def install(backbone):
         return False
     plan = _plan(backbone)
     if plan is None:
+        policy = backbone.dtype_policy.name
+        reason = f"dtype policy {policy}" if policy != "float32" else "not ResNet18's layout"
+        torch_layers.say_once(f"the torch fast path does not serve {backbone.name} ({reason}); "
+                              "it runs Keras's layers one by one")
         return False
     backbone._torch_plan = plan
     backbone.call = types.MethodType(_call, backbone)
@@ -176,8 +180,12 @@ def _check_pool(pad, pool):
 def _call(self, inputs, training=None, mask=None):
     import torch
 
-    if (mask is not None or not isinstance(inputs, torch.Tensor) or inputs.device.type == "meta"
-            or not torch_layers._torch_fast_path(inputs) or _compiling()):
+    if mask is not None or not isinstance(inputs, torch.Tensor) or inputs.device.type == "meta":
+        return type(self).call(self, inputs, training=training, mask=mask)  # symbolic or masked: silently
+    if _compiling() or not torch_layers._torch_fast_path(inputs):
+        reason = ("torch.compile (jit_compile=True) compiles Keras's layers its own way" if _compiling()
+                  else f"{keras.backend.standardize_dtype(inputs.dtype)} inputs")
+        torch_layers.say_once(f"the torch fast path steps aside for {self.name}: {reason}")
         return type(self).call(self, inputs, training=training, mask=mask)
     stem, blocks = self._torch_plan
     x = torch_layers._to_nchw(inputs).contiguous(memory_format=torch.channels_last)

@@ -393,3 +393,34 @@ def test_saved_model_loads_with_plain_keras_and_keeps_class_names(images, tmp_pa
     assert _uses_torch_kernels(loaded) == torch_kernels
     np.testing.assert_allclose(loaded.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-5)
     assert [f for f in os.listdir(tmp_path) if f != "model.keras"] == []
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_trains_with_float32_logits_and_says_what_the_fast_path_does(policy, caplog):
+    import logging
+
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        with caplog.at_level(logging.INFO, logger="kflowers"):
+            model = kflowers.build_model(weights=None, image_size=32)
+        model.compile(keras.optimizers.SGD(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype("uint8")
+        backbone_before = [keras.ops.convert_to_numpy(v) for v in model.get_layer("backbone").trainable_variables]
+        # float16: Keras's dynamic loss scaling skips the first steps, whose gradients overflow.
+        losses = [float(model.train_on_batch(images, np.arange(4))) for _ in range(8)]
+        logits = model(images)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert np.all(np.isfinite(losses))
+    assert keras.backend.standardize_dtype(logits.dtype) == "float32"
+    if policy == "mixed_float16":
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert model.get_layer("backbone").compute_dtype == policy.removeprefix("mixed_")
+    assert all(v.dtype == "float32" for v in model.weights)  # variables stay float32
+    moved = [not np.array_equal(a, keras.ops.convert_to_numpy(v))
+             for a, v in zip(backbone_before, model.get_layer("backbone").trainable_variables)]
+    assert any(moved)
+    if keras.backend.backend() == "torch":
+        said = [r.getMessage() for r in caplog.records if "fast path" in r.getMessage()]
+        assert said == [f"the torch fast path does not serve backbone (dtype policy {policy}); "
+                        "it runs Keras's layers one by one"]
