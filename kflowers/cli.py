@@ -374,6 +374,9 @@ def cmd_lr_find(args):
                      image_size=args.image_size, steps=args.steps, min_lr=args.min_lr,
                      max_lr=args.max_lr, seed=args.seed, plot_path=args.out)
     print(f"suggested learning rate: {result['suggestion']:.2e} (steepest descent of the loss)")
+    if result["at_bound"]:
+        log.warning("the suggestion is at the edge of the sweep (%.1e to %.1e): widen it with --min-lr "
+                    "and --max-lr before trusting it", args.min_lr, args.max_lr)
     print(f"plot: {args.out}")
 
 

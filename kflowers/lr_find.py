@@ -3,7 +3,7 @@
 Train for a few dozen batches while the learning rate grows exponentially
 from `min_lr` to `max_lr`, record each batch's loss, stop once the loss
 explodes, and suggest the rate where the smoothed loss falls fastest. The
-model's weights are put back afterwards.
+model's weights and optimizer state are put back afterwards.
 """
 
 import numpy as np
@@ -29,12 +29,67 @@ def _smooth(values, beta):
     return np.asarray(out)
 
 
-def lr_find(data, strategy="finetune", weights="default", batch_size=64, image_size=224, steps=100,
-            min_lr=1e-7, max_lr=10.0, seed=0, plot_path=None):
-    """Run the range test on the training split of `data`.
+def find_learning_rate(model, dataset, steps=100, min_lr=1e-7, max_lr=10.0, verbose=1):
+    """The range test on a compiled `model`; the model is left as it was found.
+
+    The learning rate grows exponentially from `min_lr` to `max_lr` over
+    `steps` batches of `dataset`. With several optimizers (a
+    `MultiOptimizer`, as the discriminative strategy compiles), the swept
+    rate is the last optimizer's (the head's) and the others keep their
+    ratio to it. Afterwards the model's weights, the optimizer's variables
+    and its learning rates are put back.
 
     Returns:
-        `{"rates", "losses", "suggestion"}`; writes the plot to `plot_path`.
+        `{"rates", "losses", "suggestion", "at_bound"}`: `at_bound` is
+        true when the suggestion is the first or last rate tried, a sign to
+        widen the sweep.
+    """
+    import keras
+
+    optimizers = getattr(model.optimizer, "optimizers", None) or [model.optimizer]
+    model.optimizer.build(model.trainable_variables)
+    start_rates = [float(keras.ops.convert_to_numpy(o.learning_rate)) for o in optimizers]
+    ratios = [rate / start_rates[-1] for rate in start_rates]
+    weights = model.get_weights()
+    optimizer_state = [keras.ops.convert_to_numpy(v) for v in model.optimizer.variables]
+    rates = np.geomspace(min_lr, max_lr, steps)
+    progress = keras.utils.Progbar(steps, verbose=verbose, unit_name="batch")
+    tried, losses, best = [], [], np.inf
+
+    def batches():
+        while True:
+            for index in range(len(dataset)):
+                yield dataset[index]
+            dataset.on_epoch_end()
+
+    try:
+        for rate, (images, labels) in zip(rates, batches()):
+            for optimizer, ratio in zip(optimizers, ratios):
+                optimizer.learning_rate = rate * ratio
+            loss = float(model.train_on_batch(images, labels, return_dict=True)["loss"])
+            tried.append(float(rate))
+            losses.append(loss)
+            progress.update(len(tried), [("loss", loss)])
+            best = min(best, loss)
+            if not np.isfinite(loss) or loss > 4 * best:
+                break
+    finally:
+        model.set_weights(weights)
+        for variable, value in zip(model.optimizer.variables, optimizer_state):
+            variable.assign(value)
+        for optimizer, rate in zip(optimizers, start_rates):
+            optimizer.learning_rate = rate
+    suggestion = suggest_learning_rate(tried, losses)
+    return {"rates": tried, "losses": losses, "suggestion": suggestion,
+            "at_bound": suggestion in (tried[0], tried[-1])}
+
+
+def lr_find(data, strategy="finetune", weights="default", batch_size=64, image_size=224, steps=100,
+            min_lr=1e-7, max_lr=10.0, seed=0, plot_path=None, verbose=1):
+    """Run the range test for `strategy` on the training split of `data`.
+
+    Returns:
+        `find_learning_rate`'s dict; writes the plot to `plot_path`.
     """
     import keras
 
@@ -54,31 +109,10 @@ def lr_find(data, strategy="finetune", weights="default", batch_size=64, image_s
     model = build_model(len(folder.class_names), strategy.weights if weights == "default" else weights,
                         image_size=image_size)
     compile_for(model, strategy)
-    optimizers = getattr(model.optimizer, "optimizers", None) or [model.optimizer]
-    rates = np.geomspace(min_lr, max_lr, steps)
-    tried, losses = [], []
-    best = np.inf
-    step = 0
-    while step < steps:
-        for index in range(len(dataset)):
-            if step >= steps:
-                break
-            for optimizer in optimizers:
-                optimizer.learning_rate = rates[step]
-            images, labels = dataset[index]
-            loss = float(model.train_on_batch(images, labels, return_dict=True)["loss"])
-            tried.append(float(rates[step]))
-            losses.append(loss)
-            step += 1
-            best = min(best, loss)
-            if not np.isfinite(loss) or loss > 4 * best:
-                step = steps
-                break
-        dataset.on_epoch_end()
-    suggestion = suggest_learning_rate(tried, losses)
+    result = find_learning_rate(model, dataset, steps=steps, min_lr=min_lr, max_lr=max_lr, verbose=verbose)
     if plot_path:
-        _plot(tried, losses, suggestion, plot_path)
-    return {"rates": tried, "losses": losses, "suggestion": suggestion}
+        _plot(result["rates"], result["losses"], result["suggestion"], plot_path)
+    return result
 
 
 def _plot(rates, losses, suggestion, path):

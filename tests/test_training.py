@@ -140,3 +140,40 @@ def test_strategies_compile_as_the_lesson_says():
     assert isinstance(model.optimizer, keras.optimizers.MultiOptimizer)
     with pytest.raises(ValueError, match="unknown strategy"):
         kflowers.compile_for(model, "magic")
+
+
+def test_lr_find_keeps_the_discriminative_ratio_and_leaves_the_model_as_found():
+    from kflowers.lr_find import find_learning_rate
+    from kflowers.strategies import compile_for
+
+    keras.utils.set_random_seed(0)
+    model = kflowers.build_model(weights=None, image_size=SIZE)
+    compile_for(model, "discriminative")  # backbone 1e-4, head 1e-3
+    seen = []
+
+    class Dataset:
+        images, labels = data(16)
+
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, index):
+            backbone_opt, head_opt = model.optimizer.optimizers
+            seen.append((float(keras.ops.convert_to_numpy(backbone_opt.learning_rate)),
+                         float(keras.ops.convert_to_numpy(head_opt.learning_rate))))
+            return self.images[index * 8:(index + 1) * 8], self.labels[index * 8:(index + 1) * 8]
+
+        def on_epoch_end(self):
+            pass
+
+    weights = model.get_weights()
+    result = find_learning_rate(model, Dataset(), steps=5, min_lr=1e-5, max_lr=1e-3, verbose=0)
+    assert result["rates"] == pytest.approx(list(np.geomspace(1e-5, 1e-3, 5)))
+    # The rates were set before each batch was read for the next step: compare from the second on.
+    for (backbone_rate, head_rate), rate in zip(seen[1:], result["rates"][:-1]):
+        assert head_rate == pytest.approx(rate) and backbone_rate == pytest.approx(rate / 10)
+    for before, after in zip(weights, model.get_weights()):
+        np.testing.assert_array_equal(before, after)
+    rates = [float(keras.ops.convert_to_numpy(o.learning_rate)) for o in model.optimizer.optimizers]
+    assert rates == pytest.approx([1e-4, 1e-3])
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 0
