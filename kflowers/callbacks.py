@@ -9,11 +9,20 @@ class UnfreezeBackbone(keras.callbacks.Callback):
     Keras fixes a model's trainable variables, and the variables its optimizer
     updates, when training starts: flipping `trainable` from a callback is not
     enough. At the switch this callback makes the backbone trainable (its
-    BatchNorm layers then switch from inference to training mode), gives the
-    model a fresh optimizer of the same kind and configuration, built for the
-    new set of trainable variables and set to `learning_rate`, carries over
-    the step counter, and rebuilds the training step. This is what the
+    BatchNorm layers then switch from inference to training mode), starts the
+    optimizer afresh (its moments and other slots as a new optimizer of the
+    same kind and configuration has them, at `learning_rate`, the step
+    counter carried on) and rebuilds the training step. This is what the
     PyTorch lesson does between its two stages, without a second `fit`.
+
+    On the torch and tensorflow backends the optimizer is built, from the
+    start of `fit`, for every variable that trains after the switch, so its
+    variables never change: `keras.callbacks.BackupAndRestore` saves and
+    restores them across the switch like any others (a run resumed after the
+    switch keeps its moments and step count). jax's optimizers update exactly
+    the variables they were built for, so there the optimizer is rebuilt at
+    the switch, and a backup from after the switch restores the weights but
+    not the optimizer's moments.
 
     Args:
         epoch: 0-based index of the first epoch with a trainable backbone
@@ -23,7 +32,7 @@ class UnfreezeBackbone(keras.callbacks.Callback):
         layer: name of the backbone layer.
 
     Example:
-    >>> model.get_layer("backbone").trainable = False
+    >>> kflowers.model_parts(model).backbone.trainable = False
     >>> model.compile(keras.optimizers.SGD(1e-2), loss, metrics=["accuracy"])
     >>> model.fit(train_ds, epochs=10,
     ...           callbacks=[UnfreezeBackbone(epoch=5, learning_rate=1e-4)])
@@ -37,19 +46,46 @@ class UnfreezeBackbone(keras.callbacks.Callback):
         self.learning_rate = learning_rate
         self.layer = layer
         self.verbose = verbose
+        self._prepared = None  # the optimizer this callback built for the variables after the switch
+
+    def set_model(self, model):
+        # Called when fit gathers its callbacks: after fit has built the optimizer,
+        # before any callback's on_train_begin (BackupAndRestore loads there).
+        super().set_model(model)
+        backbone = model.get_layer(self.layer)
+        if backbone.trainable or keras.backend.backend() == "jax" or model.optimizer is None:
+            return
+        if model.optimizer is self._prepared:
+            return
+        backbone.trainable = True
+        after_switch = model.trainable_variables
+        backbone.trainable = False
+        model.optimizer = self._prepared = rebuilt_optimizer(model.optimizer, after_switch)
 
     def on_epoch_begin(self, epoch, logs=None):
         backbone = self.model.get_layer(self.layer)
         if epoch < self.epoch or backbone.trainable:
             return
         backbone.trainable = True
-        self.model.optimizer = rebuilt_optimizer(
-            self.model.optimizer, self.model.trainable_variables, self.learning_rate
-        )
+        if keras.backend.backend() == "jax":
+            self.model.optimizer = rebuilt_optimizer(
+                self.model.optimizer, self.model.trainable_variables, self.learning_rate)
+        elif epoch == self.epoch:
+            # The switch itself; an epoch past it is a run resumed from a backup that holds
+            # the optimizer's state after the switch.
+            restart_optimizer(self.model.optimizer, self.model.trainable_variables, self.learning_rate)
         self.model.make_train_function(force=True)
         if self.verbose:
             rate = "" if self.learning_rate is None else f", learning rate {self.learning_rate:g}"
             print(f"\nEpoch {epoch + 1}: backbone unfrozen{rate}")
+
+
+def restart_optimizer(optimizer, variables, learning_rate=None):
+    """Give `optimizer`, built for `variables`, a new one's state (at `learning_rate`), keeping its step count."""
+    fresh = rebuilt_optimizer(optimizer, variables, learning_rate)
+    for variable, value in zip(optimizer.variables, fresh.variables):
+        if variable is not optimizer.iterations:
+            variable.assign(value)
 
 
 def rebuilt_optimizer(optimizer, variables, learning_rate=None):
