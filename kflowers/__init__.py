@@ -17,7 +17,7 @@ _EXPORTS = {
     "load_weights": "kflowers.model",
     "save_model": "kflowers.model",
     "load_model": "kflowers.model",
-    "use_torch_kernels": "kflowers.torch_layers",
+    "use_torch_kernels": "kflowers.torch_kernels",
     "WeightsError": "kflowers.model",
     "download_flowers": "kflowers.data",
     "scan_folder": "kflowers.data",
@@ -36,7 +36,8 @@ _EXPORTS = {
 
 # Submodules reachable as attributes (`kflowers.training.train(...)`), imported on first use.
 _SUBMODULES = ["backup", "callbacks", "data", "distributed", "feature_cache", "images", "lr_find", "model",
-               "parts", "reports", "runs", "strategies", "torch_layers", "torch_resnet", "training"]
+               "parts", "reports", "runs", "strategies", "torch_kernels", "torch_layers", "torch_resnet",
+               "training"]
 
 __all__ = sorted(_EXPORTS) + _SUBMODULES
 

@@ -66,8 +66,8 @@ def build_model(num_classes=5, weights="imagenet", image_size=224, name="kflower
         torch_kernels: on the torch backend, run the backbone on torch's
             channels-last kernels (`kflowers.torch_layers`) as one torch
             function (`kflowers.torch_resnet`); same weights, config and
-            results, 1.9-2.7x faster than the stock layers. `False` keeps
-            Keras's stock layers. Other backends ignore it.
+            results, faster (see the README's Performance table). `False`
+            keeps Keras's stock layers. Other backends ignore it.
 
     Returns:
         A `keras.Model` from `(batch, S, S, 3)` pixels in 0-255 (uint8 or
@@ -105,7 +105,7 @@ def build_model(num_classes=5, weights="imagenet", image_size=224, name="kflower
     if weights is not None and not is_preset:
         load_weights(model, weights)
     if torch_kernels:
-        from kflowers.torch_layers import use_torch_kernels
+        from kflowers.torch_kernels import use_torch_kernels
 
         use_torch_kernels(model)
     return model
@@ -377,7 +377,7 @@ def load_model(path, torch_kernels=True):
     except Exception as error:
         raise WeightsError(f"cannot load {path}: {_first_line(error)}") from None
     if torch_kernels:
-        from kflowers.torch_layers import use_torch_kernels
+        from kflowers.torch_kernels import use_torch_kernels
 
         use_torch_kernels(model)
     names = read_class_names(path)

@@ -11,22 +11,25 @@ Keras layers with only that changed: same weights, same config, same
 results (to float32 rounding; tested against the stock layers and, for a
 whole ResNet18 training step, against plain torch).
 
-`use_torch_kernels(model)` switches a model's layers over in place by
-changing the class of each matching layer to the subclass here (which adds
-no state). Unlike `keras.models.clone_model`, that keeps the model as it
-is: keras-hub's `ResNetBackbone` stays a `ResNetBackbone`, still saves as
-its config, and a saved model is made of stock layers that load without
-kflowers. On other backends, and wherever the fast path does not apply
-(masks, float16, channels-first, asymmetric padding), the layers run the
-stock Keras code.
+`switch(layer)` gives one stock layer the fast path in place: it sets the
+layer's `convolution_op` (Conv2D) or `call` (BatchNormalization,
+MaxPooling2D) on the instance, so the layer stays of its stock class, with
+its config, weights and saved form unchanged (`keras.models.save_model` and
+`load_model` need no kflowers). On other backends, and wherever the fast
+path does not apply (masks, float16, channels-first, asymmetric padding,
+`torch.compile`), the layer runs the stock Keras code; where a reason other
+than the layer's own settings stops it, it says so once in the log.
+`kflowers.use_torch_kernels(model)` switches a whole model
+(`kflowers.torch_kernels`).
 
 Example:
->>> model = kflowers.build_model(weights=None, torch_kernels=False)
->>> kflowers.use_torch_kernels(model)   # what build_model does by default
-41
+>>> conv = keras.layers.Conv2D(64, 3, padding="same")
+>>> kflowers.torch_layers.switch(conv)
+True
 """
 
 import logging
+import types
 import weakref
 
 import keras
@@ -41,26 +44,46 @@ def say_once(message):
         _SAID.add(message)
         log.info(message)
 
+
 # Conv2D layer -> (kernel version, kernel in torch's layout); see reordered_kernel.
 _REORDERED_KERNELS = weakref.WeakKeyDictionary()
 
 
-def _torch_fast_path(inputs, channels_last=True):
-    """Whether 4D channels-last `inputs` can take the torch fast path."""
-    return (
-        channels_last
-        and keras.backend.backend() == "torch"
-        and len(inputs.shape) == 4
-        and keras.backend.standardize_dtype(inputs.dtype) == "float32"
-    )
+def compiling():
+    """Whether torch.compile (`jit_compile=True`) is tracing: it compiles Keras's own layers its own way."""
+    import torch
+
+    is_compiling = getattr(torch.compiler, "is_compiling", None)
+    return bool(is_compiling and is_compiling())
 
 
-def _to_nchw(x):
-    # A contiguous NHWC tensor seen as NCHW: torch's channels_last format.
+def fast_path_applies(inputs, channels_last=True):
+    """Whether 4D channels-last `inputs` can take the torch fast path.
+
+    Inputs that are not float32 and torch.compile's tracing are said once in
+    the log, since they come from the user's settings (mixed precision,
+    `jit_compile=True`) rather than the layer's.
+    """
+    if not (channels_last and keras.backend.backend() == "torch" and len(inputs.shape) == 4):
+        return False
+    dtype = keras.backend.standardize_dtype(inputs.dtype)
+    if dtype != "float32":
+        say_once(f"the torch fast path steps aside for {dtype} inputs: Keras's layers run them")
+        return False
+    if compiling():
+        say_once("the torch fast path steps aside under torch.compile (jit_compile=True): "
+                 "it compiles Keras's layers its own way")
+        return False
+    return True
+
+
+def to_nchw(x):
+    """An NHWC torch tensor as NCHW: a view, in torch's channels_last memory format when contiguous."""
     return x.permute(0, 3, 1, 2)
 
 
-def _to_nhwc(x):
+def to_nhwc(x):
+    """The inverse of `to_nchw`."""
     return x.permute(0, 2, 3, 1)
 
 
@@ -126,111 +149,84 @@ def batch_norm_training(layer, x):
     return outputs
 
 
-@keras.saving.register_keras_serializable(package="kflowers")
-class Conv2D(keras.layers.Conv2D):
-    """`keras.layers.Conv2D` that calls `torch.nn.functional.conv2d` on channels-last memory."""
+def _conv_convolution_op(self, inputs, kernel):
+    """Conv2D: `torch.nn.functional.conv2d` on channels-last memory."""
+    padding = _torch_padding(self)
+    if padding is None or not fast_path_applies(inputs, self.data_format == "channels_last"):
+        return type(self).convolution_op(self, inputs, kernel)
+    import torch
 
-    def convolution_op(self, inputs, kernel):
-        padding = self._torch_padding()
-        if padding is None or not _torch_fast_path(inputs, self.data_format == "channels_last"):
-            return super().convolution_op(inputs, kernel)
-        import torch
-
-        weight = reordered_kernel(self, keras.ops.convert_to_tensor(kernel))
-        x = _to_nchw(inputs).contiguous(memory_format=torch.channels_last)
-        outputs = torch.nn.functional.conv2d(
-            x, weight, stride=self.strides, padding=padding, dilation=self.dilation_rate,
-            groups=self.groups,
-        )
-        return _to_nhwc(outputs)
-
-    def _torch_padding(self):
-        """torch's `padding` for this layer, or `None` when it has no symmetric equivalent."""
-        if self.padding == "valid":
-            return 0
-        if all(s == 1 and k % 2 == 1 for s, k in zip(self.strides, self.kernel_size)):
-            return tuple((k - 1) // 2 * d for k, d in zip(self.kernel_size, self.dilation_rate))
-        return None
+    weight = reordered_kernel(self, keras.ops.convert_to_tensor(kernel))
+    x = to_nchw(inputs).contiguous(memory_format=torch.channels_last)
+    outputs = torch.nn.functional.conv2d(x, weight, stride=self.strides, padding=padding,
+                                         dilation=self.dilation_rate, groups=self.groups)
+    return to_nhwc(outputs)
 
 
-@keras.saving.register_keras_serializable(package="kflowers")
-class BatchNormalization(keras.layers.BatchNormalization):
-    """`keras.layers.BatchNormalization` computed by torch's fused batch norm.
-
-    The statistics are Keras's: the moving variance is updated with the
-    biased batch variance, as the stock layer does (torch's own
-    `BatchNorm2d` uses the unbiased one).
-    """
-
-    def call(self, inputs, training=None, mask=None):
-        if (mask is not None or self.renorm or self.synchronized
-                or not _torch_fast_path(inputs, self.axis in (-1, 3))):
-            return super().call(inputs, training=training, mask=mask)
-        import torch
-
-        x = _to_nchw(inputs).contiguous(memory_format=torch.channels_last)
-        if training and self.trainable:
-            outputs = batch_norm_training(self, x)
-        else:
-            outputs = torch.nn.functional.batch_norm(
-                x, self.moving_mean.value, self.moving_variance.value,
-                self.gamma.value if self.scale else None, self.beta.value if self.center else None,
-                training=False, eps=self.epsilon)
-        return _to_nhwc(outputs)
+def _torch_padding(conv):
+    """torch's `padding` for `conv`, or `None` when it has no symmetric equivalent."""
+    if conv.padding == "valid":
+        return 0
+    if all(s == 1 and k % 2 == 1 for s, k in zip(conv.strides, conv.kernel_size)):
+        return tuple((k - 1) // 2 * d for k, d in zip(conv.kernel_size, conv.dilation_rate))
+    return None
 
 
-@keras.saving.register_keras_serializable(package="kflowers")
-class MaxPooling2D(keras.layers.MaxPooling2D):
-    """`keras.layers.MaxPooling2D` on channels-last memory (only `"valid"` padding)."""
+def _batch_norm_call(self, inputs, training=None, mask=None):
+    """BatchNormalization: torch's fused batch norm, with Keras's statistics rule
+    (the moving variance follows the biased batch variance, not torch's unbiased one)."""
+    if (mask is not None or self.renorm or self.synchronized
+            or not fast_path_applies(inputs, self.axis in (-1, 3))):
+        return type(self).call(self, inputs, training=training, mask=mask)
+    import torch
 
-    def call(self, inputs):
-        if self.padding != "valid" or not _torch_fast_path(inputs, self.data_format == "channels_last"):
-            return super().call(inputs)
-        import torch
+    x = to_nchw(inputs).contiguous(memory_format=torch.channels_last)
+    if training and self.trainable:
+        outputs = batch_norm_training(self, x)
+    else:
+        outputs = torch.nn.functional.batch_norm(
+            x, self.moving_mean.value, self.moving_variance.value,
+            self.gamma.value if self.scale else None, self.beta.value if self.center else None,
+            training=False, eps=self.epsilon)
+    return to_nhwc(outputs)
 
-        x = _to_nchw(inputs).contiguous(memory_format=torch.channels_last)
-        return _to_nhwc(torch.nn.functional.max_pool2d(x, self.pool_size, self.strides))
+
+def _max_pooling_call(self, inputs):
+    """MaxPooling2D ("valid" padding only): torch's max pooling on channels-last memory."""
+    if self.padding != "valid" or not fast_path_applies(inputs, self.data_format == "channels_last"):
+        return type(self).call(self, inputs)
+    import torch
+
+    x = to_nchw(inputs).contiguous(memory_format=torch.channels_last)
+    return to_nhwc(torch.nn.functional.max_pool2d(x, self.pool_size, self.strides))
 
 
-_FAST_CLASSES = {
-    keras.layers.Conv2D: Conv2D,
-    keras.layers.BatchNormalization: BatchNormalization,
-    keras.layers.MaxPooling2D: MaxPooling2D,
+# Stock class -> (the method the fast path replaces, its replacement).
+_FAST_METHODS = {
+    keras.layers.Conv2D: ("convolution_op", _conv_convolution_op),
+    keras.layers.BatchNormalization: ("call", _batch_norm_call),
+    keras.layers.MaxPooling2D: ("call", _max_pooling_call),
 }
 
 
-def use_torch_kernels(model):
-    """Switch `model`'s stock Conv2D/BatchNormalization/MaxPooling2D layers to the ones here.
+def is_switched(layer):
+    """Whether `switch` gave `layer` the fast path."""
+    name = _FAST_METHODS.get(type(layer), (None,))[0]
+    return name is not None and name in vars(layer)
 
-    Nested models are included, and a keras-hub `ResNetBackbone` with
-    ResNet18's layout also runs as one torch function
-    (`kflowers.torch_resnet`). Does nothing on backends other than torch.
+
+def switch(layer):
+    """Give a stock Conv2D, BatchNormalization or MaxPooling2D layer the fast path, in place.
 
     Args:
-        model: a built `keras.Model`.
+        layer: any Keras layer; other classes (subclasses too) are left alone.
 
     Returns:
-        The number of layers switched.
+        Whether `layer` was switched now (`False` when it is not one of the
+        three, already switched, or the backend is not torch).
     """
-    if keras.backend.backend() != "torch":
-        return 0
-    from keras_hub.models import ResNetBackbone
-
-    from kflowers import torch_resnet
-
-    switched = 0
-    for layer in [model, *_all_layers(model)]:
-        fast = _FAST_CLASSES.get(type(layer))
-        if fast is not None:
-            layer.__class__ = fast
-            switched += 1
-        elif isinstance(layer, ResNetBackbone):
-            torch_resnet.install(layer)
-    return switched
-
-
-def _all_layers(model):
-    for layer in model.layers:
-        yield layer
-        if hasattr(layer, "layers"):
-            yield from _all_layers(layer)
+    if keras.backend.backend() != "torch" or type(layer) not in _FAST_METHODS or is_switched(layer):
+        return False
+    name, method = _FAST_METHODS[type(layer)]
+    setattr(layer, name, types.MethodType(method, layer))
+    return True

@@ -33,7 +33,7 @@ and, for a whole training step, against plain torch.
 
 Example:
 >>> backbone = model.get_layer("backbone")
->>> kflowers.torch_resnet.install(backbone)   # done by use_torch_kernels
+>>> kflowers.torch_resnet.install(backbone)   # done by kflowers.use_torch_kernels
 True
 """
 
@@ -182,13 +182,10 @@ def _call(self, inputs, training=None, mask=None):
 
     if mask is not None or not isinstance(inputs, torch.Tensor) or inputs.device.type == "meta":
         return type(self).call(self, inputs, training=training, mask=mask)  # symbolic or masked: silently
-    if _compiling() or not torch_layers._torch_fast_path(inputs):
-        reason = ("torch.compile (jit_compile=True) compiles Keras's layers its own way" if _compiling()
-                  else f"{keras.backend.standardize_dtype(inputs.dtype)} inputs")
-        torch_layers.say_once(f"the torch fast path steps aside for {self.name}: {reason}")
+    if not torch_layers.fast_path_applies(inputs):  # says why, once
         return type(self).call(self, inputs, training=training, mask=mask)
     stem, blocks = self._torch_plan
-    x = torch_layers._to_nchw(inputs).contiguous(memory_format=torch.channels_last)
+    x = torch_layers.to_nchw(inputs).contiguous(memory_format=torch.channels_last)
     x = _conv_bn_forward(x, *stem, training).relu_()
     # After a ReLU, torch's -inf padding gives the same maximum as keras-hub's zeros.
     x = torch.nn.functional.max_pool2d(x, 3, 2, padding=1)
@@ -196,17 +193,7 @@ def _call(self, inputs, training=None, mask=None):
         identity = x if shortcut is None else _conv_bn_forward(x, *shortcut, training)
         y = _conv_bn_forward(x, *first, training).relu_()
         x = _conv_bn_forward(y, *second, training).add_(identity).relu_()
-    return torch_layers._to_nhwc(x)
-
-
-def _compiling():
-    # Under torch.compile (`jit_compile=True`) the compiler gets the plain
-    # layer graph to fuse its own way; the weight caches here would only
-    # break its graph.
-    import torch
-
-    is_compiling = getattr(torch.compiler, "is_compiling", None)
-    return bool(is_compiling and is_compiling())
+    return torch_layers.to_nhwc(x)
 
 
 def _conv_bn_forward(x, conv, bn, stride, padding, training):

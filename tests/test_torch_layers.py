@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from kflowers import torch_layers
-from kflowers.torch_layers import use_torch_kernels
+from kflowers.torch_kernels import use_torch_kernels
 
 on_torch = keras.backend.backend() == "torch"
 _np = keras.ops.convert_to_numpy
@@ -18,7 +18,8 @@ def _pair(stock_class, config, shape, seed=0):
     """A stock layer and its kflowers twin with the same weights, built for `shape`."""
     stock = stock_class(**config)
     stock.build(shape)
-    fast = getattr(torch_layers, stock_class.__name__).from_config(stock.get_config())
+    fast = stock_class.from_config(stock.get_config())
+    assert torch_layers.switch(fast)
     fast.build(shape)
     rng = np.random.default_rng(seed)
     weights = [rng.uniform(0.5, 1.5, w.shape).astype("float32") for w in stock.get_weights()]
@@ -93,7 +94,8 @@ def test_channels_first_and_float16_take_the_stock_path():
     _assert_same(stock, fast, x)
     stock, fast = _pair(keras.layers.BatchNormalization, dict(axis=1), (2, 6, 9, 10))
     _assert_same(stock, fast, x, training=True)
-    half = torch_layers.BatchNormalization(dtype="float16")
+    half = keras.layers.BatchNormalization(dtype="float16")
+    torch_layers.switch(half)
     assert keras.backend.standardize_dtype(half(x.astype("float16"), training=True).dtype) == "float16"
 
 
@@ -107,7 +109,8 @@ def test_use_torch_kernels_keeps_config_and_weights():
     configs = {layer.name: layer.get_config() for layer in model.layers}
     weights = model.get_weights()
     assert use_torch_kernels(model) == 3
-    assert isinstance(model.get_layer("conv"), torch_layers.Conv2D)
+    assert torch_layers.is_switched(model.get_layer("conv"))
+    assert type(model.get_layer("conv")) is keras.layers.Conv2D  # the class stays Keras's
     assert type(model.get_layer("dense")) is keras.layers.Dense
     assert {layer.name: layer.get_config() for layer in model.layers} == configs
     for w, b in zip(model.get_weights(), weights):
@@ -149,3 +152,46 @@ def test_conv2d_kernel_cache_follows_every_weight_change():
         stock.kernel.assign(fast.kernel.numpy())
         np.testing.assert_allclose(after, _np(stock(x)), rtol=1e-5, atol=1e-4)
     assert np.abs(after - before).max() > 1e-3
+
+
+@torch_only
+def test_a_switched_generic_model_saves_and_loads_with_plain_keras(tmp_path):
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.MaxPooling2D(name="pool")(x)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="dense")(keras.layers.Flatten()(x)))
+    assert use_torch_kernels(model) == 3
+    path = tmp_path / "generic.keras"
+    model.save(path)
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        assert "kflowers" not in archive.read("config.json").decode()  # loads without kflowers
+    loaded = keras.models.load_model(path)
+    assert not any(torch_layers.is_switched(layer) for layer in loaded.layers)  # stock layers
+    x = _images((2, 8, 8, 3))
+    np.testing.assert_allclose(_np(loaded(x)), _np(model(x)), rtol=1e-5, atol=1e-5)
+
+
+@torch_only
+@pytest.mark.slow
+def test_jit_compile_trains_the_default_model(caplog):
+    """torch.compile on build_model's model: the fast path steps aside (and says so) for Keras's layers."""
+    import logging
+
+    import kflowers
+
+    keras.utils.set_random_seed(0)
+    model = kflowers.build_model(weights=None, image_size=32)
+    model.compile(keras.optimizers.SGD(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  jit_compile=True)
+    images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype("uint8")
+    torch_layers._SAID.discard("the torch fast path steps aside under torch.compile (jit_compile=True): "
+                               "it compiles Keras's layers its own way")
+    before = [np.array(_np(v)) for v in model.trainable_variables]
+    with caplog.at_level(logging.INFO, logger="kflowers"):
+        losses = [float(model.train_on_batch(images, np.arange(4))) for _ in range(2)]
+    assert np.all(np.isfinite(losses))
+    assert all(not np.array_equal(a, _np(v)) for a, v in zip(before, model.trainable_variables))
+    assert any("torch.compile" in r.getMessage() for r in caplog.records)
