@@ -214,20 +214,22 @@ def _run_options(args, strategy, out):
 
 
 def _data_root(args):
-    """`--data`, or the flowers dataset, downloaded (once) when it is not given."""
+    """`--data`, or the flowers dataset, downloaded (once, by rank 0 under torchrun) when it is not given."""
     if args.data:
         return args.data
     from kflowers.data import download_flowers
+    from kflowers.distributed import main_process_first
 
-    return download_flowers()
+    return main_process_first(download_flowers)
 
 
 def cmd_train(args):
     from kflowers.data import scan_folder
+    from kflowers.distributed import is_main_process
     from kflowers.runs import train_run
 
     args.data = _data_root(args)
-    main_process = os.environ.get("RANK", "0") == "0"  # torchrun starts one process per device
+    main_process = is_main_process()  # torchrun starts one process per device
     folder = scan_folder(args.data)
     if main_process:
         _print_counts(folder)

@@ -46,6 +46,27 @@ def init_torch_distributed():
     return rank, size
 
 
+def main_process_first(function):
+    """`function()` on rank 0 first; the other processes call it once rank 0 is done.
+
+    For work that fills a shared cache, such as downloading the dataset: under
+    torchrun only rank 0 downloads and extracts, and the others then find the
+    cache complete. A single process just calls `function()`.
+    """
+    rank, size = world()
+    if size == 1:
+        return function()
+    import torch.distributed as dist
+
+    init_torch_distributed()
+    if rank == 0:
+        result = function()
+        dist.barrier()
+        return result
+    dist.barrier()
+    return function()
+
+
 def enable_jax_data_parallel():
     """Spread every batch over all JAX devices; return how many there are."""
     devices = keras.distribution.list_devices()

@@ -123,3 +123,15 @@ def test_jax_data_parallel_over_two_host_devices(flowers_dir, tmp_path):
         runs[name] = json.load(open(out / "metrics.json"))
         assert json.load(open(out / "config.json"))["devices"] == (2 if name == "two" else 1)
     assert runs["two"]["test_loss"] == pytest.approx(runs["one"]["test_loss"], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_under_torchrun_rank_0_fills_a_shared_cache_before_the_others(tmp_path):
+    pytest.importorskip("torch")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=3",
+               os.path.join(HERE, "ddp_main_first.py"), str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=TORCH_ENV)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = sorted(line for line in result.stdout.splitlines() if line.startswith("rank "))
+    assert lines == ["rank 0 filled the cache", "rank 1 found the cache", "rank 2 found the cache"]
+    assert (tmp_path / ".complete").read_text() == "0"

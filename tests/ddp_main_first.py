@@ -1,0 +1,23 @@
+"""Run by test_distributed.py under torchrun: rank 0 fills a cache first, the others find it full."""
+
+import os
+import sys
+
+os.environ["KERAS_BACKEND"] = "torch"
+
+from kflowers.distributed import main_process_first  # noqa: E402
+
+cache = sys.argv[1]
+rank = os.environ["RANK"]
+
+
+def fill_or_find():
+    marker = os.path.join(cache, ".complete")
+    if os.path.exists(marker):
+        return f"rank {rank} found the cache"
+    with open(marker, "w") as f:  # a second writer would find the marker above
+        f.write(rank)
+    return f"rank {rank} filled the cache"
+
+
+print(main_process_first(fill_or_find), flush=True)
