@@ -24,6 +24,19 @@ def kflowers(*args, check=True, timeout=600):
     return result
 
 
+def kill_when(command, line_start):
+    """Run `python -m COMMAND...` and SIGKILL it once a line of its output starts with `line_start`
+    ("Epoch 2/N": epoch 1 is backed up once epoch 2 has begun)."""
+    process = subprocess.Popen([sys.executable, "-m", *map(str, command)], stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True, env=ENV)
+    for line in process.stdout:
+        if line.startswith(line_start):
+            process.send_signal(signal.SIGKILL)
+            break
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+
+
 def assert_png_not_blank(path):
     image = np.asarray(Image.open(path).convert("L"), dtype=float)
     assert image.shape[0] > 100 and image.std() > 5, f"{path} looks blank"
@@ -230,14 +243,7 @@ def test_kill_and_resume_gives_the_same_metrics(flowers_dir, tmp_path):
     flags = ["train", "--data", flowers_dir, "--strategy", "scratch", "--epochs", "3", *TRAIN_FLAGS]
     kflowers(*flags, "--out", tmp_path / "straight", "--quiet")
     interrupted = tmp_path / "interrupted"
-    process = subprocess.Popen([sys.executable, "-m", "kflowers", *map(str, flags), "--out", str(interrupted)],
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=ENV)
-    for line in process.stdout:  # epoch 1 is backed up once epoch 2 has begun
-        if line.startswith("Epoch 2/3"):
-            process.send_signal(signal.SIGKILL)
-            break
-    process.wait(timeout=60)
-    assert process.returncode == -signal.SIGKILL
+    kill_when(["kflowers", *flags, "--out", interrupted], "Epoch 2/3")
     assert not (interrupted / "metrics.json").exists()
     result = kflowers(*flags, "--out", interrupted, "--resume")
     assert "Epoch 2/3" in result.stdout and "Epoch 1/3" not in result.stdout
@@ -305,13 +311,7 @@ def test_resume_with_other_arguments_is_one_line_and_touches_nothing(flowers_dir
     out = tmp_path / "run"
     flags = ["train", "--data", flowers_dir, "--strategy", "finetune", "--epochs", "2", "--weights",
              resnet18_pth, "--out", out, *TRAIN_FLAGS, "--quiet"]
-    process = subprocess.Popen([sys.executable, "-m", "kflowers", *map(str, flags[:-1])],
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=ENV)
-    for line in process.stdout:  # epoch 1 is backed up once epoch 2 has begun
-        if line.startswith("Epoch 2/2"):
-            process.send_signal(signal.SIGKILL)
-            break
-    process.wait(timeout=60)
+    kill_when(["kflowers", *flags[:-1]], "Epoch 2/2")
     before = run_files(out)
     result = kflowers(*flags[:-1], "--resume", "--lr", "0.5", check=False)
     assert result.returncode == 2
