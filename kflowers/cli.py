@@ -9,9 +9,12 @@ one line on stderr and exit status 2; no traceback.
 import argparse
 import json
 import logging
+import math
 import os
 import sys
+
 from kflowers.errors import KflowersError as UserError
+from kflowers.errors import user_message
 
 log = logging.getLogger("kflowers")
 
@@ -27,8 +30,25 @@ def _positive_int(text):
 
 def _positive_float(text):
     value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a finite positive number, got {text}")
+    return value
+
+
+def _seed(text):
+    value = int(text)
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 2**32 - 1, got {text}")
+    return value
+
+
+MIN_IMAGE_SIZE = 8  # ResNet18 halves the image five times
+
+
+def _image_size(text):
+    value = int(text)
+    if value < MIN_IMAGE_SIZE:
+        raise argparse.ArgumentTypeError(f"must be at least {MIN_IMAGE_SIZE} pixels, got {text}")
     return value
 
 
@@ -38,12 +58,12 @@ def _add_training_flags(parser, strategy_default="two-stage"):
     parser.add_argument("--epochs", type=_positive_int, help="default: the strategy's (lesson's)")
     parser.add_argument("--lr", type=_positive_float, help="learning rate (the head's, for discriminative)")
     parser.add_argument("--batch-size", type=_positive_int, default=64)
-    parser.add_argument("--image-size", type=_positive_int, default=224)
+    parser.add_argument("--image-size", type=_image_size, default=224)
     parser.add_argument("--weights", default="default",
                         help="imagenet, a keras-hub preset, a .pth/.safetensors/.weights.h5 file, or none "
                              "(default: the strategy's: none for scratch, imagenet otherwise)")
     parser.add_argument("--augment", action="store_true", help="random crops and flips while training")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=_seed, default=0)
     parser.add_argument("--workers", type=_positive_int, default=1, help="data loading threads")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--no-feature-cache", dest="feature_cache", action="store_const", const=False,
@@ -51,8 +71,15 @@ def _add_training_flags(parser, strategy_default="two-stage"):
                                            "backbone features computed once")
 
 
+class _Parser(argparse.ArgumentParser):
+    """An `ArgumentParser` whose errors are one line on stderr (exit status 2)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="kflowers",
         description="ResNet18 transfer learning on the flowers dataset, in Keras 3.",
     )
@@ -65,7 +92,7 @@ def build_parser():
     p = commands.add_parser("show", help="sample grid and per-class counts of a dataset")
     p.add_argument("--data", required=True)
     p.add_argument("--out", default="grid.png")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
 
     p = commands.add_parser("train", help="train one strategy into a run directory")
     _add_training_flags(p)
@@ -77,7 +104,7 @@ def build_parser():
     p = commands.add_parser("evaluate", help="accuracy, per-class report and confusion matrix")
     p.add_argument("--model", required=True, help="a model.keras file")
     p.add_argument("--data", required=True)
-    p.add_argument("--image-size", type=_positive_int, help="default: the model's")
+    p.add_argument("--image-size", type=_image_size, help="default: the model's")
     p.add_argument("--out", help="write confusion.png into this folder (default: write no file)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -98,11 +125,11 @@ def build_parser():
     p.add_argument("--strategy", choices=STRATEGY_NAMES, default="finetune")
     p.add_argument("--weights", default="default")
     p.add_argument("--batch-size", type=_positive_int, default=64)
-    p.add_argument("--image-size", type=_positive_int, default=224)
+    p.add_argument("--image-size", type=_image_size, default=224)
     p.add_argument("--steps", type=_positive_int, default=100)
     p.add_argument("--min-lr", type=_positive_float, default=1e-7)
     p.add_argument("--max-lr", type=_positive_float, default=10.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", default="lr_find.png")
 
     p = commands.add_parser("demo", help="the whole pipeline, offline, on a generated dataset")
@@ -117,6 +144,9 @@ def main(argv=None):
     logging.basicConfig(format="%(levelname)s: %(message)s",
                         level=logging.INFO if args.verbose else logging.WARNING)
     logging.getLogger("kflowers").setLevel(logging.INFO)
+    if (getattr(args, "image_size", None) or 32) < 32:
+        log.warning("--image-size %d: below 32 px ResNet18's last stage sees a single pixel; expect "
+                    "poor accuracy", args.image_size)
     _quiet_tensorflow(args.verbose, HEAVY_IMPORTS.get(args.command, ()))
     try:
         return COMMANDS[args.command](args) or 0
@@ -124,15 +154,11 @@ def main(argv=None):
         print("kflowers: interrupted", file=sys.stderr)
         return 130
     except Exception as error:  # noqa: BLE001 - user errors become one line
-        if not _is_user_error(error):
+        text = user_message(error)
+        if text is None:
             raise
-        text = (str(error).strip() or type(error).__name__).splitlines()[0]
         print(f"kflowers {args.command}: error: {text}", file=sys.stderr)
         return 2
-
-
-def _is_user_error(error):
-    return isinstance(error, (UserError, FileNotFoundError))
 
 
 # What each command imports; Keras and keras-hub load TensorFlow when it is installed.
@@ -226,8 +252,10 @@ def _data_root(args):
 def cmd_train(args):
     from kflowers.data import scan_folder
     from kflowers.distributed import is_main_process
+    from kflowers.runs import check_out
     from kflowers.runs import train_run
 
+    check_out(args.out)
     args.data = _data_root(args)
     main_process = is_main_process()  # torchrun starts one process per device
     folder = scan_folder(args.data)
@@ -342,8 +370,10 @@ def cmd_compare(args):
     from kflowers.data import split_dataset
     from kflowers.files import write_json
     from kflowers.files import write_text
+    from kflowers.runs import check_out
     from kflowers.runs import train_run
 
+    check_out(args.out)
     args.data = _data_root(args)
     folder = scan_folder(args.data)
     _print_counts(folder)

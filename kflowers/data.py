@@ -22,6 +22,8 @@ from kflowers.images import UnreadableImage
 from kflowers.images import is_image_file
 from kflowers.images import read_image
 from kflowers.errors import DataError
+from kflowers.errors import display_name
+from kflowers.errors import first_line
 
 log = logging.getLogger("kflowers")
 
@@ -55,6 +57,12 @@ def download_flowers(cache_dir=None, url=FLOWERS_URL, expected_bytes=FLOWERS_ZIP
     """
     import keras
 
+    if cache_dir is not None:  # get_file would quietly fall back to /tmp/.keras
+        cache_dir = os.path.abspath(os.path.expanduser(cache_dir))
+        os.makedirs(os.path.join(cache_dir, "datasets"), exist_ok=True)
+        if not os.access(os.path.join(cache_dir, "datasets"), os.W_OK):
+            raise DataError(f"cannot write to {cache_dir}: choose a writable --dir")
+
     def fetch(force):
         return keras.utils.get_file(
             "flowers.zip", url, cache_dir=cache_dir, force_download=force
@@ -75,16 +83,61 @@ def download_flowers(cache_dir=None, url=FLOWERS_URL, expected_bytes=FLOWERS_ZIP
         if isinstance(error, DataError):
             raise
         raise DataError(
-            f"could not download the flowers dataset from {url} ({_first_line(error)}); "
+            f"could not download the flowers dataset from {url} ({first_line(error)}); "
             "without network, pass --data DIR with a folder of class subfolders"
         ) from None
     target = os.path.join(os.path.dirname(archive), "flowers_extracted")
     marker = os.path.join(target, ".complete")
-    if not os.path.exists(marker):
-        with zipfile.ZipFile(archive) as zf:
-            zf.extractall(target)
-        open(marker, "w").close()
+    stamp = _archive_stamp(archive)
+    if _read_text(marker) != stamp:  # not extracted, or from another archive
+        extract_archive(archive, target)
+        with open(marker, "w") as f:
+            f.write(stamp)
     return _find_class_root(target)
+
+
+MAX_EXPANSION = 50  # bytes extracted per byte of archive; JPEGs barely compress
+
+
+def extract_archive(archive, target):
+    """Extract a zip archive into `target`, after checking what it would write.
+
+    The archive's declared sizes must fit the free space (with 10% to spare)
+    and expand at most `MAX_EXPANSION` times its compressed size (a
+    decompression bomb expands thousands of times); member names stay inside
+    `target` (zipfile drops `..` and absolute parts).
+
+    Raises:
+        DataError: the archive would not fit, or expands implausibly.
+    """
+    import shutil
+
+    with zipfile.ZipFile(archive) as zf:
+        members = zf.infolist()
+        size = sum(m.file_size for m in members)
+        packed = sum(m.compress_size for m in members)
+        if size > MAX_EXPANSION * max(packed, 1) and size > 1 << 20:
+            raise DataError(f"{archive} would expand {size / max(packed, 1):.0f} times (to {size:,} bytes); "
+                            "refusing it as a likely decompression bomb")
+        os.makedirs(target, exist_ok=True)
+        free = shutil.disk_usage(target).free
+        if size * 1.1 > free:
+            raise DataError(f"{archive} needs {size / 1e6:,.0f} MB to extract and {target} has "
+                            f"{free / 1e6:,.0f} MB free: free some space or choose another --dir")
+        zf.extractall(target)
+
+
+def _archive_stamp(path):
+    stat = os.stat(path)
+    return f"{os.path.basename(path)} {stat.st_size} {stat.st_mtime_ns}"
+
+
+def _read_text(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
 
 
 def _archive_problem(path, expected_bytes):
@@ -107,9 +160,6 @@ def _find_class_root(path):
         return _find_class_root(os.path.join(path, entries[0]))
     return path
 
-
-def _first_line(error):
-    return (str(error).strip() or type(error).__name__).splitlines()[0]
 
 
 def sha256_of(path, chunk=1 << 20):
@@ -168,6 +218,14 @@ def scan_folder(root, classes=None, check_images=True, threads=4):
     left out with a warning, unless `classes` names it, in which case that is
     an error.
 
+    The dataset is what the folder says: hidden files and folders are left
+    out silently; symbolic links are followed only to places inside `root`
+    (others are skipped with a warning); an image reachable from two classes
+    through links is an error, and one reachable twice from the same class
+    counts once; an unreadable folder is named in a warning; fewer than two
+    classes is an error. Class names that are not valid UTF-8 get U+FFFD for
+    their bad bytes (the paths keep the bytes).
+
     Args:
         root: the dataset folder.
         classes: optional list of class names to use, in label order. Default:
@@ -180,7 +238,8 @@ def scan_folder(root, classes=None, check_images=True, threads=4):
         An `ImageFolder`.
 
     Raises:
-        DataError: the folder is missing, or holds no usable image.
+        DataError: the folder is missing, holds fewer than two classes with
+            images, or an image belongs to two classes.
 
     Example:
     >>> folder = scan_folder("flowers")
@@ -202,16 +261,20 @@ def scan_folder(root, classes=None, check_images=True, threads=4):
     if not found:
         raise DataError(f"no class folders in {root}: expected one subfolder per class")
 
+    real_root = os.path.realpath(root)
     skipped = []
     candidates = {}
     for name in found:
         files = []
-        for path in _walk_files(os.path.join(root, name)):
-            if is_image_file(path):
+        for path, problem in _walk_files(os.path.join(root, name), real_root):
+            if problem:
+                skipped.append((path, problem))
+            elif is_image_file(path):
                 files.append(path)
-            elif os.path.basename(path) not in (".DS_Store", "Thumbs.db", "desktop.ini"):
+            elif not os.path.basename(path).startswith(".") and os.path.basename(path) not in JUNK_FILES:
                 skipped.append((path, "not an image file (extension)"))
         candidates[name] = sorted(files)
+    _refuse_shared_images(candidates)
 
     if check_images:
         all_files = [p for files in candidates.values() for p in files]
@@ -223,34 +286,89 @@ def scan_folder(root, classes=None, check_images=True, threads=4):
 
     empty = [name for name, files in candidates.items() if not files]
     if empty and classes is not None:
-        raise DataError(f"no usable image in class folder(s): {', '.join(empty)}")
+        raise DataError(f"no usable image in class folder(s): {', '.join(map(display_name, empty))}")
     for name in empty:
-        log.warning("class folder %r has no usable image; it is left out", name)
+        log.warning("class folder %r has no usable image; it is left out", display_name(name))
     class_names = [name for name in found if candidates[name]]
     if not class_names:
         raise DataError(f"no usable image found in {root}")
+    if len(class_names) < 2:
+        raise DataError(f"{root} has one class with images ({display_name(class_names[0])}); a classifier "
+                        "needs at least 2 class folders")
 
     paths, labels = [], []
     for label, name in enumerate(class_names):
         paths += candidates[name]
         labels += [label] * len(candidates[name])
+    # Class names are text (printed, drawn, saved as JSON): bytes that are not UTF-8 become U+FFFD.
+    shown = [display_name(name) for name in class_names]
+    if len(set(shown)) < len(shown):
+        raise DataError(f"class folder names that differ only in bytes that are not UTF-8: {shown}; rename them")
+    class_names = shown
     skipped.sort()
     for path, reason in skipped:
-        log.warning("skipped %s: %s", path, reason)
+        log.warning("skipped %s: %s", display_name(path), reason)
     return ImageFolder(root, class_names, paths, labels, skipped)
 
 
-def _walk_files(folder):
+JUNK_FILES = ("Thumbs.db", "desktop.ini")
+
+
+def _walk_files(folder, real_root):
+    """Yield `(path, problem)` for every file under `folder`; `problem` is `None`
+    or why the file is left out. Hidden files and folders are left out silently;
+    symbolic links are followed only to places inside `real_root`."""
     seen = set()
-    for directory, subdirs, files in os.walk(folder, followlinks=True):
+    errors = []
+    for directory, subdirs, files in os.walk(folder, followlinks=True, onerror=errors.append):
+        for error in errors:
+            yield error.filename or directory, f"folder not readable ({error.strerror}); its images are left out"
+        errors.clear()
         real = os.path.realpath(directory)
         if real in seen:  # a symlink loop
             subdirs[:] = []
             continue
         seen.add(real)
-        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+        kept = []
+        for sub in sorted(subdirs):
+            if sub.startswith("."):
+                continue
+            if _outside(os.path.join(directory, sub), real_root):
+                yield os.path.join(directory, sub), "a link to a folder outside the dataset"
+            else:
+                kept.append(sub)
+        subdirs[:] = kept
         for name in files:
-            yield os.path.join(directory, name)
+            path = os.path.join(directory, name)
+            if name.startswith("."):
+                continue
+            yield path, ("a link to a file outside the dataset" if _outside(path, real_root) else None)
+    for error in errors:  # the class folder itself
+        yield error.filename or folder, f"folder not readable ({error.strerror}); its images are left out"
+
+
+def _outside(path, real_root):
+    if not os.path.islink(path):
+        return False
+    return os.path.commonpath([os.path.realpath(path), real_root]) != real_root
+
+
+def _refuse_shared_images(candidates):
+    """An image reachable from two class folders (through a link) has no one label;
+    one reachable twice from the same class is kept once."""
+    owner = {}
+    for name, files in candidates.items():
+        kept = {}
+        for path in files:
+            real = os.path.realpath(path)
+            other, other_path = owner.setdefault(real, (name, path))
+            if other != name:
+                raise DataError(
+                    f"{display_name(other_path)} and {display_name(path)} are the same image (a link), in "
+                    f"classes {display_name(other)} and {display_name(name)}: an image must belong to one "
+                    "class; remove the link")
+            kept.setdefault(real, path)
+        candidates[name] = sorted(kept.values())
 
 
 def _check_image(path):
@@ -260,7 +378,7 @@ def _check_image(path):
     except UnreadableImage as error:
         return str(error)
     except OSError as error:  # e.g. a dangling symlink
-        return _first_line(error)
+        return first_line(error)
 
 
 def split_dataset(folder, test_size=0.2, seed=0):
@@ -277,10 +395,19 @@ def split_dataset(folder, test_size=0.2, seed=0):
     from sklearn.model_selection import train_test_split
 
     indices = np.arange(len(folder))
-    counts = np.bincount(folder.labels)
+    counts = np.bincount(folder.labels, minlength=len(folder.class_names))
     if counts.min() < 2:
-        small = [folder.class_names[i] for i in np.flatnonzero(counts < 2)]
+        small = [display_name(folder.class_names[i]) for i in np.flatnonzero(counts < 2)]
         raise DataError(f"need at least 2 images per class to split; too few in: {', '.join(small)}")
+    # sklearn's stratified split needs room for one image of every class on each side.
+    n_test = math.ceil(test_size * len(folder))
+    classes = len(folder.class_names)
+    if n_test < classes or len(folder) - n_test < classes:
+        need = math.ceil(classes / min(test_size, 1 - test_size))
+        raise DataError(
+            f"{len(folder)} images are too few to give both the train and the test split one image of "
+            f"each of the {classes} classes (the test split takes {test_size:.0%}); add images "
+            f"(at least {need} in all)")
     train, test = train_test_split(
         indices, test_size=test_size, stratify=folder.labels, random_state=seed
     )

@@ -2,6 +2,7 @@
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 
@@ -39,5 +40,38 @@ def write_text(path, text):
 
 
 def write_json(path, data):
-    """Write `data` as indented JSON to `path` atomically."""
-    write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+    """Write `data` as strict, indented JSON to `path` atomically.
+
+    NaN and infinity (which `json` would write as the non-standard `NaN`,
+    `Infinity`) become `null`.
+    """
+    write_text(path, json.dumps(strict_json(data), indent=2, allow_nan=False) + "\n")
+
+
+def strict_json(data):
+    """`data` with every non-finite float replaced by `None` and numpy numbers made plain."""
+    if isinstance(data, dict):
+        return {key: strict_json(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [strict_json(value) for value in data]
+    if hasattr(data, "item") and getattr(data, "ndim", None) == 0:  # a numpy scalar
+        data = data.item()
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    return data
+
+
+def is_temporary(name):
+    """Whether `name` is one of `atomic_path`'s temporary files."""
+    return name.startswith(".") and ".tmp" in name
+
+
+def remove_stale_temporaries(folder):
+    """Remove temporary files that a killed process left in `folder` and its subfolders.
+
+    Call it only while no other process writes there (a run holds its lock).
+    """
+    for directory, _, files in os.walk(folder):
+        for name in files:
+            if is_temporary(name):
+                os.remove(os.path.join(directory, name))

@@ -22,6 +22,7 @@ import zipfile
 
 import numpy as np
 from kflowers.errors import WeightsError
+from kflowers.errors import first_line
 
 log = logging.getLogger("kflowers")
 
@@ -140,7 +141,7 @@ def load_weights(model, source):
         try:
             state = load_file(path)
         except Exception as error:
-            raise WeightsError(f"cannot read {path}: {_first_line(error)}") from None
+            raise WeightsError(f"cannot read {path}: {first_line(error)}") from None
         load_state_dict(backbone, state)
     elif lower.endswith(".h5"):
         _load_keras_weights(model, backbone, path)
@@ -162,7 +163,7 @@ def read_torch_state_dict(path):
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise WeightsError(f"cannot read {path}: {_first_line(error)}") from None
+        raise WeightsError(f"cannot read {path}: {first_line(error)}") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -250,7 +251,7 @@ def _load_keras_weights(model, backbone, path):
                 target.load_weights(path)
             return
         except Exception as error:  # Keras raises ValueError or KeyError here
-            errors.append(_first_line(error))
+            errors.append(first_line(error))
     raise WeightsError(
         f"{path} fits neither a ResNet18 backbone nor this model: {errors[-1]}"
     )
@@ -271,7 +272,7 @@ def _backbone_from_preset(preset, shape):
         backbone = keras_hub.models.ResNetBackbone.from_preset(preset, image_shape=shape,
                                                                data_format="channels_last", name="backbone")
     except Exception as error:
-        raise WeightsError(f"cannot load keras-hub preset {preset!r}: {_first_line(error)}") from None
+        raise WeightsError(f"cannot load keras-hub preset {preset!r}: {first_line(error)}") from None
     if backbone.block_type != "basic_block" or list(backbone.stackwise_num_blocks) != [2, 2, 2, 2]:
         raise WeightsError(
             f"preset {preset!r} is not a ResNet18 ({backbone.block_type}, blocks "
@@ -299,7 +300,7 @@ def fetch_imagenet_checkpoint(cache_dir=None, url=TORCHVISION_RESNET18_URL,
                                         force_download=attempt > 0)
         except Exception as error:
             raise WeightsError(
-                f"could not download the ImageNet weights from {url} ({_first_line(error)}); "
+                f"could not download the ImageNet weights from {url} ({first_line(error)}); "
                 "without network, pass --weights PATH (a .pth, .safetensors or .weights.h5 "
                 "file) or --weights none"
             ) from None
@@ -313,9 +314,6 @@ def fetch_imagenet_checkpoint(cache_dir=None, url=TORCHVISION_RESNET18_URL,
         f"the downloaded {fname} failed its hash check twice (sha256 should start with {sha256_prefix})"
     )
 
-
-def _first_line(error):
-    return (str(error).strip() or type(error).__name__).splitlines()[0]
 
 
 # ------------------------------------------------------------ save / load
@@ -345,18 +343,35 @@ def save_model(model, path, class_names):
 
 
 def read_class_names(path):
-    """The class names saved with a `.keras` model, or `None`."""
+    """The class names saved with a `.keras` model, or `None` when it has none.
+
+    Raises:
+        WeightsError: the names are there but damaged (not a list of distinct
+            strings).
+    """
     try:
         with zipfile.ZipFile(path) as archive:
-            if _CLASSES_ENTRY in archive.namelist():
-                return json.loads(archive.read(_CLASSES_ENTRY))["class_names"]
-    except (zipfile.BadZipFile, OSError, KeyError, ValueError):
+            if _CLASSES_ENTRY not in archive.namelist():
+                return None
+            names = json.loads(archive.read(_CLASSES_ENTRY))["class_names"]
+    except (zipfile.BadZipFile, OSError):
         return None
-    return None
+    except (KeyError, ValueError, TypeError):
+        names = None
+    if (not isinstance(names, list) or not all(isinstance(n, str) for n in names)
+            or len(set(names)) != len(names)):
+        raise WeightsError(f"{path}: its class names ({_CLASSES_ENTRY}) are damaged: expected a list of "
+                           "distinct strings")
+    return names
 
 
 def load_model(path, torch_kernels=True):
-    """Load a `.keras` model; `model.class_names` holds its class names.
+    """Load a kflowers `.keras` model; `model.class_names` holds its class names.
+
+    The file is checked: it must be a Keras archive (else "corrupt"), hold a
+    kflowers classifier (an image model ending in the `head` layer), and its
+    class names, when saved, must match the head's outputs. Keras loads it in
+    safe mode: a file with Lambda layers (arbitrary code) is refused.
 
     Args:
         path: a `.keras` file.
@@ -365,24 +380,45 @@ def load_model(path, torch_kernels=True):
             channels-last kernels.
 
     Raises:
-        WeightsError: the file is missing or is not a Keras model.
+        WeightsError: the file is missing, corrupt, not a kflowers classifier,
+            or its class names don't fit its outputs.
     """
     import keras
 
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise WeightsError(f"model file not found: {path}")
+    if not zipfile.is_zipfile(path):
+        raise WeightsError(f"{path} is corrupt or not a .keras model file (not a zip archive)")
+    names = read_class_names(path)
     try:
         model = keras.models.load_model(path)
     except Exception as error:
-        raise WeightsError(f"cannot load {path}: {_first_line(error)}") from None
+        raise WeightsError(f"cannot load {path}: corrupt or not a Keras model ({first_line(error)})") from None
+    if not _is_classifier(model):
+        raise WeightsError(f"{path} is a Keras model but not a kflowers classifier (an image input of "
+                           "shape (size, size, 3) and a final Dense layer named 'head')")
+    outputs = model.output_shape[-1]
+    if names is None:
+        names = [str(i) for i in range(outputs)]
+    elif len(names) != outputs:
+        raise WeightsError(f"{path}: its class names ({len(names)}) don't match its {outputs} outputs; "
+                           "the file was edited or damaged")
     if torch_kernels:
         from kflowers.torch_kernels import use_torch_kernels
 
         use_torch_kernels(model)
-    names = read_class_names(path)
-    if names is None:
-        outputs = model.output_shape[-1]
-        names = [str(i) for i in range(outputs)]
     model.class_names = names
     return model
+
+
+def _is_classifier(model):
+    import keras
+
+    try:
+        head = model.get_layer("head")
+        shape = model.input_shape
+    except (ValueError, AttributeError):
+        return False
+    return (isinstance(head, keras.layers.Dense) and len(shape) == 4 and shape[-1] == 3
+            and model.layers[-1] is head)

@@ -8,11 +8,20 @@
     RUN/split.json      classes, and the train and test image paths
     RUN/config.json     every argument, the backend, package versions
 
-Every file is written atomically. Training state is backed up after every
+A run directory belongs to one run. A lock (`RUN/.kflowers.lock`, held while
+the run lives and released by the operating system when it dies) makes a
+second run into the same directory stop at once. A new run replaces the
+previous run's files only once it has everything it needs (data scanned,
+split made, model built); a resumed run first checks that its arguments and
+split are the ones in `config.json` and `split.json`.
+
+Every file is written atomically; temporary files left by a killed process
+are removed when the next run starts. Training state is backed up after every
 epoch (`RUN/backup/`), so `--resume` continues a killed run from its last
-completed epoch.
+completed epoch; a finished run removes its backup.
 """
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -26,10 +35,18 @@ import time
 import numpy as np
 
 from kflowers import backup
+from kflowers.errors import BackupMismatch
+from kflowers.errors import KflowersError
+from kflowers.errors import RunDirectoryBusy
+from kflowers.files import remove_stale_temporaries
 from kflowers.files import write_json
 from kflowers.files import write_text
 
 log = logging.getLogger("kflowers")
+
+RUN_FILES = ("model.keras", "history.csv", "metrics.json", "curves.png", "confusion.png", "split.json",
+             "config.json")
+LOCK_FILE = ".kflowers.lock"
 
 
 @dataclasses.dataclass
@@ -129,6 +146,104 @@ class StopOnInterrupt:
         signal.signal(signal.SIGINT, self._previous)
 
 
+class RunLock:
+    """Hold `out/.kflowers.lock` while a run lives; one run per directory.
+
+    The lock is an advisory `flock`, so the operating system releases it
+    when the process ends, however it ends: a lock file left by a killed run
+    is simply taken over. The file names its holder (pid and host).
+
+    Raises:
+        RunDirectoryBusy: another live process holds the lock.
+    """
+
+    def __init__(self, out):
+        self.path = os.path.join(out, LOCK_FILE)
+        self.fd = None
+
+    def __enter__(self):
+        try:
+            import fcntl
+        except ImportError:  # no flock (Windows): no lock
+            return self
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 200).decode(errors="replace").strip() or "unknown process"
+                os.close(fd)
+                raise RunDirectoryBusy(
+                    f"{os.path.dirname(self.path)} is in use by another kflowers run ({holder}); wait "
+                    "for it to finish or choose another --out") from None
+            try:  # the file we locked must still be the one at self.path (see __exit__)
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {platform.node()}".encode())
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            os.remove(self.path)  # before unlocking, so no one locks a file about to vanish
+            os.close(self.fd)
+            self.fd = None
+
+
+def check_out(out):
+    """Refuse an `--out` that can't be a run directory, before any work."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise KflowersError(f"--out {out} is a file, not a folder: choose another --out")
+
+
+def check_resumable(out, options, strategy, train_split, test_split):
+    """Raise `BackupMismatch` unless the run in `out` was started with these
+    arguments and this split; called before a resumed run touches anything."""
+    import json
+
+    try:
+        with open(os.path.join(out, "config.json")) as f:
+            config = json.load(f)
+        with open(os.path.join(out, "split.json")) as f:
+            split = json.load(f)
+    except (OSError, ValueError):
+        raise BackupMismatch(f"{out} holds no readable config.json and split.json to resume from; "
+                             "start afresh without --resume") from None
+    ours = _identity(options, strategy)
+    theirs = {key: config.get(key) for key in ours}
+    theirs["data"] = os.path.abspath(str(config.get("data")))
+    different = [key for key in ours if ours[key] != theirs[key]]
+    if split.get("train") != train_split.paths or split.get("test") != test_split.paths:
+        different.append("split (the images in the data folder changed)")
+    if different:
+        raise BackupMismatch(
+            f"--resume: this run differs from the one in {out} in {', '.join(different)}; repeat its "
+            "arguments (see its config.json) or start afresh without --resume")
+
+
+def _identity(options, strategy):
+    """The arguments that make a run what it is (a resumed run must repeat them)."""
+    return {"data": os.path.abspath(options.data), "strategy": strategy.name, "epochs": strategy.epochs,
+            "lr": options.lr, "batch_size": options.batch_size, "image_size": options.image_size,
+            "weights": _weights(options, strategy), "augment": options.augment, "seed": options.seed,
+            "early_stopping": options.early_stopping, "test_size": options.test_size,
+            "feature_cache": options.feature_cache}
+
+
+def _replace_previous_run(out):
+    """Remove another run's files from `out` (a new run is about to write its own)."""
+    old = [name for name in RUN_FILES if os.path.exists(os.path.join(out, name))]
+    if old:
+        log.info("replacing the previous run in %s", out)
+    for name in old:
+        os.remove(os.path.join(out, name))
+
+
 def finished_metrics(out):
     """`metrics.json` of a run in `out` that finished (no backup left to resume), or `None`."""
     import json
@@ -157,17 +272,10 @@ def train_run(options, folder=None, split=None):
     import keras
 
     from kflowers import distributed
-    from kflowers import reports
-    from kflowers.data import FlowerDataset
-    from kflowers.data import scan_folder
-    from kflowers.data import split_dataset
-    from kflowers.model import build_model
-    from kflowers.model import save_model
-    from kflowers.strategies import get_strategy
-    from kflowers.training import train
 
     started = time.perf_counter()
     out = options.out
+    check_out(out)
     if options.resume:
         done = finished_metrics(out)
         if done is not None:
@@ -179,6 +287,26 @@ def train_run(options, folder=None, split=None):
     if backend == "jax":
         distributed.enable_jax_data_parallel()
     os.makedirs(out, exist_ok=True)
+    with RunLock(out) if main_process else contextlib.nullcontext():
+        return _train_locked(options, folder, split, started, rank, processes)
+
+
+def _train_locked(options, folder, split, started, rank, processes):
+    import keras
+
+    from kflowers import distributed
+    from kflowers import reports
+    from kflowers.data import FlowerDataset
+    from kflowers.data import scan_folder
+    from kflowers.data import split_dataset
+    from kflowers.model import build_model
+    from kflowers.model import save_model
+    from kflowers.strategies import get_strategy
+    from kflowers.training import train
+
+    out = options.out
+    main_process = rank == 0
+    remove_stale_temporaries(out)
     strategy = get_strategy(options.strategy).with_epochs(options.epochs)
     if folder is None:
         folder = scan_folder(options.data)
@@ -186,10 +314,8 @@ def train_run(options, folder=None, split=None):
     # Each process keeps its own backup (they are identical); rank 0 alone writes the run.
     backup_dir = os.path.join(out, "backup") if processes == 1 else os.path.join(out, "backup", f"rank{rank}")
     resuming = options.resume and os.path.exists(os.path.join(backup_dir, backup.FILE_NAME))
-    if not options.resume and os.path.exists(backup_dir):
-        shutil.rmtree(backup_dir)
-    if main_process and not resuming:  # a resumed run keeps the setup files it started with
-        _write_setup(out, options, strategy, folder, train_split, test_split, processes)
+    if resuming:
+        check_resumable(out, options, strategy, train_split, test_split)
 
     if strategy.freeze and _weights(options, strategy) is None:
         log.warning("%s starts with a frozen backbone, but --weights none leaves it random: only the "
@@ -203,6 +329,13 @@ def train_run(options, folder=None, split=None):
                                          workers=options.workers)
     test_ds = FlowerDataset.from_folder(test_split, batch_size=256, image_size=options.image_size,
                                         workers=options.workers)
+    # The run has everything it needs: it now owns the directory.
+    if not resuming:
+        if os.path.exists(backup_dir):
+            shutil.rmtree(backup_dir)
+        if main_process:  # a resumed run keeps the setup files it started with
+            _replace_previous_run(out)
+            _write_setup(out, options, strategy, folder, train_split, test_split, processes)
     callbacks = []
     feature_cache = options.feature_cache
     if processes > 1:

@@ -14,7 +14,9 @@ After every finished epoch it records the history row, updates early stopping
 and writes the backup (`kflowers.backup`). An epoch cut short by a stop
 request is neither recorded nor backed up, so resuming repeats it from its
 start. A stop request or early stopping ends the whole run, whatever stage it
-is in. With early stopping the model ends with the best epoch's weights.
+is in. With early stopping the model ends with the best epoch's weights. A
+loss that becomes NaN or infinite stops the run at that batch and raises
+`TrainingDiverged`; the backup keeps the last finished epoch.
 
 Freezing is `model_parts(model).backbone.trainable = False`. In Keras a
 non-trainable BatchNormalization layer also runs in inference mode: it
@@ -32,6 +34,7 @@ import keras
 import numpy as np
 
 from kflowers import backup
+from kflowers.errors import TrainingDiverged
 from kflowers.parts import model_parts
 from kflowers.strategies import classification_loss
 from kflowers.strategies import compile_for
@@ -106,6 +109,10 @@ def train(model, strategy, train_data, test_data=None, epochs=None, learning_rat
 
     Returns:
         A `TrainingResult`.
+
+    Raises:
+        TrainingDiverged: the loss became NaN or infinite.
+        BackupMismatch: `backup_dir` holds the backup of another run.
 
     Example:
     >>> model = build_model(weights="imagenet")
@@ -213,6 +220,7 @@ class RunLoop:
         self.rows = []
         self.optimizer = None  # the optimizer of the stage being trained
         self.stopped_early = False
+        self.diverged = None  # (epoch, batch, loss) once the loss is not finite
 
     # ------------------------------------------------------------ stages
 
@@ -325,6 +333,10 @@ class RunLoop:
                 self._enter(stage)
                 current = stage
             self._fit(stage, max(first_epoch, stage.start))
+            if self.diverged:
+                epoch, batch, loss = self.diverged
+                raise TrainingDiverged(f"training diverged: the loss became {loss} at epoch {epoch}, "
+                                       f"batch {batch}; try a lower learning rate (--lr)")
             if self._stop_requested() or self.stopped_early:
                 break
         interrupted = self._stop_requested()
@@ -374,13 +386,18 @@ class _Recorder(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
+        self._epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(float(loss)):
+            self.loop.diverged = (self._epoch + 1, batch + 1, float(loss))
+            self.model.stop_training = True
         if self.loop._stop_requested():
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.loop._stop_requested():
+        if self.loop._stop_requested() or self.loop.diverged:
             return  # cut short: not a finished epoch
         logs = dict(logs or {}, seconds=time.perf_counter() - self._start)
         if self.loop.on_epoch_end(epoch, logs):

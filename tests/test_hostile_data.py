@@ -59,7 +59,9 @@ def hostile(tmp_path_factory):
     (rose / "nested" / "deeper").mkdir(parents=True)
     base.save(rose / "nested" / "deeper" / "inner.JPEG"); keep(rose / "nested" / "deeper" / "inner.JPEG")
     base.save(tulip / "name with spaces ü 花.jpg"); keep(tulip / "name with spaces ü 花.jpg")
-    os.symlink(rose / "plain.jpg", tulip / "link.jpg"); keep(tulip / "link.jpg")
+    (root / ".store").mkdir()  # hidden: not a class, but inside the dataset
+    base.save(root / ".store" / "kept.jpg")
+    os.symlink(root / ".store" / "kept.jpg", tulip / "link.jpg"); keep(tulip / "link.jpg")
 
     (rose / "zero.jpg").write_bytes(b""); bad[str(rose / "zero.jpg")] = "empty file"
     whole = jpeg_bytes(base)
@@ -197,3 +199,124 @@ def test_mutated_headers_only_raise_unreadable_image(tmp_path, kind, cut, flips)
         data[position % len(data)] = value
     data = bytes(data[: len(data) - cut] if cut < len(data) else data)
     check_decode(tmp_path, data, "mutated." + ("jpg" if kind == "jpeg" else "png"))
+
+
+# ------------------------------------------------ the dataset is what the folder says
+
+
+def two_classes(root, per_class=3):
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(gradient()).save(root / name / f"{i}.png")
+    return root
+
+
+def link_to_other_class(root):
+    os.symlink(root / "b" / "0.png", root / "a" / "x.png")
+
+
+def link_to_filesystem_root(root):
+    os.symlink("/", root / "a" / "everything")
+
+
+def link_to_file_outside(root):
+    outside = root.parent / f"{root.name}-outside.png"
+    Image.fromarray(gradient()).save(outside)
+    os.symlink(outside, root / "a" / "outside.png")
+
+
+def same_image_twice_in_a_class(root):
+    os.symlink(root / "a" / "0.png", root / "a" / "again.png")
+
+
+def hidden_files(root):
+    Image.fromarray(gradient()).save(root / "a" / ".hidden.png")
+    (root / "a" / ".notes").write_text("x")
+
+
+def unreadable_subfolder(root):
+    (root / "a" / "locked").mkdir()
+    Image.fromarray(gradient()).save(root / "a" / "locked" / "9.png")
+    os.chmod(root / "a" / "locked", 0)
+
+
+def one_class(root):
+    import shutil
+
+    shutil.rmtree(root / "b")
+
+
+def non_utf8_class(root):
+    os.rename(root / "b", os.path.join(os.fsencode(root), b"b\xff"))
+
+
+# name, change, expected counts {class: images} or an error, text expected in a warning ("" for none)
+FOLDER_CASES = [
+    ("link to another class", link_to_other_class, "same image .* in classes a and b", ""),
+    ("link to /", link_to_filesystem_root, {"a": 3, "b": 3}, "a link to a folder outside the dataset"),
+    ("link to a file outside", link_to_file_outside, {"a": 3, "b": 3}, "a link to a file outside the dataset"),
+    ("same image twice", same_image_twice_in_a_class, {"a": 3, "b": 3}, ""),
+    ("hidden files", hidden_files, {"a": 3, "b": 3}, ""),
+    ("unreadable folder", unreadable_subfolder, {"a": 3, "b": 3}, "folder not readable"),
+    ("one class", one_class, "needs at least 2 class folders", ""),
+    ("class name not UTF-8", non_utf8_class, {"a": 3, "b\ufffd": 3}, ""),
+]
+
+
+@pytest.mark.parametrize("name, change, expected, warning", FOLDER_CASES, ids=[c[0] for c in FOLDER_CASES])
+def test_the_dataset_is_what_the_folder_says(tmp_path, caplog, name, change, expected, warning):
+    if change is unreadable_subfolder and os.geteuid() == 0:
+        pytest.skip("root reads every folder: see test_unreadable_folder_is_named_in_a_warning")
+    root = two_classes(tmp_path / "data")
+    change(root)
+    with caplog.at_level(logging.WARNING, logger="kflowers"):
+        if isinstance(expected, str):
+            with pytest.raises(kflowers.DataError, match=expected):
+                kflowers.scan_folder(root)
+            return
+        folder = kflowers.scan_folder(root)
+    assert folder.counts() == expected
+    messages = [r.getMessage() for r in caplog.records]
+    if warning:
+        assert any(warning in m for m in messages), messages
+    else:
+        assert messages == []
+
+
+def test_split_too_small_for_the_classes_is_one_clear_error(tmp_path):
+    from kflowers.data import split_dataset
+
+    root = tmp_path / "data"
+    for name in "abcde":
+        (root / name).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(gradient()).save(root / name / f"{i}.png")
+    with pytest.raises(kflowers.DataError, match=r"10 images are too few .* each of the 5 classes.*at least 25"):
+        split_dataset(kflowers.scan_folder(root))
+
+
+def test_unreadable_folder_is_named_in_a_warning(tmp_path):
+    """As an ordinary user (root reads every folder: drop to `nobody` in a child process)."""
+    import tempfile
+
+    if os.geteuid() != 0:
+        pytest.skip("covered by test_the_dataset_is_what_the_folder_says[unreadable folder]")
+    root = two_classes(__import__("pathlib").Path(tempfile.mkdtemp(dir="/tmp")) / "data")
+    unreadable_subfolder(root)
+    for directory in (root.parent, root, root / "a", root / "b"):
+        os.chmod(directory, 0o755)
+    for path in [*(root / "a").glob("*.png"), *(root / "b").glob("*.png")]:
+        os.chmod(path, 0o644)
+    code = ("import os, kflowers.data; os.setgid(65534); os.setuid(65534); f = kflowers.data.scan_folder(%r); "
+            "print(f.counts())" % str(root))
+    try:
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    finally:
+        import shutil
+
+        os.chmod(root / "a" / "locked", 0o755)
+        shutil.rmtree(root.parent)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "{'a': 3, 'b': 3}" in result.stdout
+    assert "locked: folder not readable (Permission denied)" in result.stderr
