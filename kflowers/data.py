@@ -222,8 +222,7 @@ def scan_folder(root, classes=None, check_images=True, threads=4):
     out silently; symbolic links are followed only to places inside `root`
     (others are skipped with a warning); an image reachable from two classes
     through links is an error, and one reachable twice from the same class
-    counts once; an unreadable folder is named in a warning; fewer than two
-    classes is an error. Class names that are not valid UTF-8 get U+FFFD for
+    counts once; an unreadable folder is named in a warning. Class names that are not valid UTF-8 get U+FFFD for
     their bad bytes (the paths keep the bytes).
 
     Args:
@@ -238,8 +237,8 @@ def scan_folder(root, classes=None, check_images=True, threads=4):
         An `ImageFolder`.
 
     Raises:
-        DataError: the folder is missing, holds fewer than two classes with
-            images, or an image belongs to two classes.
+        DataError: the folder is missing, holds no usable image, or an
+            image belongs to two classes.
 
     Example:
     >>> folder = scan_folder("flowers")
@@ -292,9 +291,6 @@ def scan_folder(root, classes=None, check_images=True, threads=4):
     class_names = [name for name in found if candidates[name]]
     if not class_names:
         raise DataError(f"no usable image found in {root}")
-    if len(class_names) < 2:
-        raise DataError(f"{root} has one class with images ({display_name(class_names[0])}); a classifier "
-                        "needs at least 2 class folders")
 
     paths, labels = [], []
     for label, name in enumerate(class_names):
@@ -389,11 +385,18 @@ def split_dataset(folder, test_size=0.2, seed=0):
         test_size: fraction of each class that goes to the test split.
         seed: the split's random seed; the same seed gives the same split.
 
+    Raises:
+        DataError: fewer than two classes, or too few images to give both
+            sides one image of each class.
+
     Example:
     >>> train, test = split_dataset(scan_folder("flowers"), seed=0)
     """
     from sklearn.model_selection import train_test_split
 
+    if len(folder.class_names) < 2:
+        raise DataError(f"{folder.root} has one class with images ({folder.class_names[0]}); a classifier "
+                        "needs at least 2 class folders to train on")
     indices = np.arange(len(folder))
     counts = np.bincount(folder.labels, minlength=len(folder.class_names))
     if counts.min() < 2:

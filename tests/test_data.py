@@ -133,6 +133,43 @@ def test_damaged_download_is_fetched_again_then_reported(flowers_dir, tmp_path):
     assert not os.path.exists(tmp_path / "cache" / "datasets" / "flowers.zip")
 
 
+def test_a_planted_extraction_marker_is_not_trusted(flowers_dir, tmp_path):
+    served = make_zip(flowers_dir, tmp_path / "flowers.zip")
+    cache = tmp_path / "cache"
+    planted = cache / "datasets" / "flowers_extracted"
+    planted.mkdir(parents=True)
+    (planted / ".complete").write_text("")  # someone else's "already extracted"
+    root = download_flowers(cache_dir=str(cache), url=served.as_uri(), expected_bytes=os.path.getsize(served))
+    assert kflowers.scan_folder(root).counts() == {name: 12 for name in CLASSES}
+
+
+def test_extraction_refuses_bombs_and_archives_that_do_not_fit(tmp_path, monkeypatch):
+    import shutil
+
+    from kflowers.data import extract_archive
+
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("flowers/rose/zeros.jpg", b"\0" * (20 << 20))
+    with pytest.raises(DataError, match="would expand .* times.*decompression bomb"):
+        extract_archive(bomb, tmp_path / "out")
+    assert not os.path.exists(tmp_path / "out" / "flowers")
+
+    plain = tmp_path / "plain.zip"
+    with zipfile.ZipFile(plain, "w") as zf:
+        zf.writestr("flowers/rose/a.jpg", os.urandom(2 << 20))
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=1 << 20))
+    with pytest.raises(DataError, match="needs 2 MB to extract .* has 1 MB free"):
+        extract_archive(plain, tmp_path / "out")
+
+
+def test_download_dir_that_cannot_be_written_is_an_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # root may write anywhere: pretend not
+    with pytest.raises(DataError, match="cannot write to .*: choose a writable --dir"):
+        download_flowers(cache_dir=str(tmp_path / "readonly"), url="file:///nothing.zip")
+
+
 def test_offline_download_says_how_to_use_local_data(tmp_path):
     with pytest.raises(DataError, match="--data DIR"):
         download_flowers(cache_dir=str(tmp_path), url=(tmp_path / "nothing.zip").as_uri())

@@ -259,7 +259,7 @@ FOLDER_CASES = [
     ("same image twice", same_image_twice_in_a_class, {"a": 3, "b": 3}, ""),
     ("hidden files", hidden_files, {"a": 3, "b": 3}, ""),
     ("unreadable folder", unreadable_subfolder, {"a": 3, "b": 3}, "folder not readable"),
-    ("one class", one_class, "needs at least 2 class folders", ""),
+    ("one class", one_class, {"a": 3}, ""),  # evaluating one class is fine; split_dataset refuses it
     ("class name not UTF-8", non_utf8_class, {"a": 3, "b\ufffd": 3}, ""),
 ]
 
@@ -286,6 +286,11 @@ def test_the_dataset_is_what_the_folder_says(tmp_path, caplog, name, change, exp
 
 def test_split_too_small_for_the_classes_is_one_clear_error(tmp_path):
     from kflowers.data import split_dataset
+
+    single = two_classes(tmp_path / "single")
+    one_class(single)
+    with pytest.raises(kflowers.DataError, match=r"one class with images \(a\); .* at least 2 class folders"):
+        split_dataset(kflowers.scan_folder(single))
 
     root = tmp_path / "data"
     for name in "abcde":

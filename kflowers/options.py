@@ -1,0 +1,124 @@
+"""The arguments of a training run, defined once for Python and the command line.
+
+`RunOptions` is what `kflowers.runs.train_run` takes; each field's metadata
+holds its command-line help, so `kflowers train --help` and this class can't
+disagree. Imports nothing heavy: the command line reads it before Keras loads.
+
+Example:
+>>> RunOptions(data="flowers", strategy="fine-tune", weights="none")
+RunOptions(data='flowers', strategy='finetune', ..., weights=None, ...)
+"""
+
+import argparse
+import dataclasses
+import math
+
+STRATEGY_NAMES = ("scratch", "frozen", "finetune", "two-stage", "discriminative")
+STRATEGY_ALIASES = {"fine-tune": "finetune", "fine_tune": "finetune", "two_stage": "two-stage",
+                    "twostage": "two-stage"}
+MIN_IMAGE_SIZE = 8  # ResNet18 halves the image five times
+
+
+def strategy_name(name):
+    """The canonical name of a strategy (`"fine-tune"` -> `"finetune"`).
+
+    Raises:
+        ValueError: not a strategy.
+    """
+    key = STRATEGY_ALIASES.get(name, name)
+    if key not in STRATEGY_NAMES:
+        raise ValueError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGY_NAMES)}")
+    return key
+
+
+def weights_value(weights):
+    """`--weights` as `build_model` takes it: the text "none" (any case) means `None`."""
+    return None if isinstance(weights, str) and weights.lower() == "none" else weights
+
+
+# ------------------------------------------------------------ flag types
+
+
+def positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def positive_float(text):
+    value = float(text)
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a finite positive number, got {text}")
+    return value
+
+
+def seed(text):
+    value = int(text)
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 2**32 - 1, got {text}")
+    return value
+
+
+def image_size(text):
+    value = int(text)
+    if value < MIN_IMAGE_SIZE:
+        raise argparse.ArgumentTypeError(f"must be at least {MIN_IMAGE_SIZE} pixels, got {text}")
+    return value
+
+
+def strategy(text):
+    try:
+        return strategy_name(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _flag(default, help, **argparse_kwargs):
+    return dataclasses.field(default=default, metadata={"help": help, **argparse_kwargs})
+
+
+@dataclasses.dataclass
+class RunOptions:
+    """The arguments of one training run (`kflowers train`); see `kflowers train --help`."""
+
+    data: object = _flag(None, "dataset folder, one subfolder per class (default: download the flowers dataset)")
+    strategy: str = _flag("two-stage", f"one of {', '.join(STRATEGY_NAMES)} (or fine-tune, two_stage)",
+                          type=strategy, metavar="STRATEGY")
+    out: str = _flag("runs/latest", "run directory")
+    epochs: object = _flag(None, "epochs in all (default: the strategy's, the lesson's)", type=positive_int)
+    lr: object = _flag(None, "learning rate, the head's for discriminative (default: the strategy's)",
+                       type=positive_float)
+    batch_size: int = _flag(64, "images per training step", type=positive_int)
+    image_size: int = _flag(224, "side of the square images the model sees, in pixels", type=image_size)
+    weights: object = _flag("default", "imagenet, a keras-hub preset, a .pth/.safetensors/.weights.h5 file, or "
+                                       "none (default: the strategy's: none for scratch, imagenet otherwise)")
+    augment: bool = _flag(False, "random crops and flips while training", action="store_true")
+    seed: int = _flag(0, "seed of the split, the shuffling, the augmentation and the head's initialisation",
+                      type=seed)
+    early_stopping: bool = _flag(False, "stop when the test loss stops improving; keep the best epoch's weights",
+                                 action="store_true")
+    resume: bool = _flag(False, "continue the interrupted run in --out (same arguments)", action="store_true")
+    feature_cache: object = _flag(None, "train frozen epochs through the whole network, not on backbone "
+                                        "features computed once", flag="--no-feature-cache",
+                                  action="store_const", const=False)
+    workers: int = _flag(1, "data loading threads", type=positive_int)
+    test_size: float = 0.2
+    quiet: bool = _flag(False, "no progress bars", action="store_true")
+
+    def __post_init__(self):
+        self.strategy = strategy_name(self.strategy)
+        self.weights = weights_value(self.weights)
+
+
+def add_flags(parser, names, **defaults):
+    """Add `RunOptions` fields `names` to an argparse `parser` as flags (`batch_size` -> `--batch-size`).
+
+    `defaults` overrides a field's default for this command.
+    """
+    fields = {f.name: f for f in dataclasses.fields(RunOptions)}
+    for name in names:
+        meta = dict(fields[name].metadata)
+        flag = meta.pop("flag", "--" + name.replace("_", "-"))
+        default = defaults.get(name, fields[name].default)
+        parser.add_argument(flag, dest=name, default=default, **meta)

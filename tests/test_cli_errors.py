@@ -1,0 +1,110 @@
+"""Every bad input is one line on stderr and a non-zero exit, and leaves the run directory as it was.
+
+One table: each row is an input a user (or an adversarial tester) gave the command line, the exit status
+and the one line it must produce, and what the run directory must hold afterwards.
+"""
+
+import json
+import os
+import shutil
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clitools import TRAIN_FLAGS
+from clitools import kflowers
+
+FAST = ["--strategy", "finetune", "--epochs", "1", "--weights", "none", "--quiet", *TRAIN_FLAGS[:4]]
+
+
+@pytest.fixture(scope="module")
+def place(tmp_path_factory, flowers_dir):
+    """Things the rows point at: a model, damaged copies of it, another Keras model, small datasets."""
+    import keras
+
+    import kflowers as kf
+
+    root = tmp_path_factory.mktemp("inputs")
+    model = kf.build_model(num_classes=5, weights=None, image_size=32)
+    kf.save_model(model, root / "model.keras", ["daisy", "dandelion", "rose", "sunflower", "tulip"])
+    data = (root / "model.keras").read_bytes()
+    (root / "truncated.keras").write_bytes(data[: len(data) // 2])
+    (root / "noise.keras").write_bytes(np.random.default_rng(0).bytes(5000))
+    for name, names in [("fewer", ["a", "b"]), ("string", "daisy"), ("repeated", ["a"] * 5)]:
+        edit_class_names(root / "model.keras", root / f"{name}.keras", names)
+    other = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    other.save(root / "other.keras")
+    (root / "file").write_text("not a folder")
+    tiny = root / "tiny"  # 2 images in each of 5 classes: too few for a 20% test split
+    for name in "abcde":
+        (tiny / name).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (40, 40), (50 * i, 40, 90)).save(tiny / name / f"{i}.png")
+    single = root / "single"
+    shutil.copytree(os.path.join(flowers_dir, "rose"), single / "rose")
+    image = sorted(os.listdir(single / "rose"))[0]
+    return {"root": str(root), "data": flowers_dir, "image": str(single / "rose" / image)}
+
+
+def edit_class_names(source, target, names):
+    with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w") as new:
+        for item in old.infolist():
+            body = old.read(item)
+            if item.filename == "kflowers.json":
+                body = json.dumps({"class_names": names})
+            new.writestr(item, body)
+
+
+# (id, arguments with {root}, {data}, {image} filled in, the one line's text)
+ROWS = [
+    ("out is a file", ["train", "--data", "{data}", "--out", "{root}/file", *FAST],
+     "--out {root}/file is a file, not a folder"),
+    ("out name too long", ["train", "--data", "{data}", "--out", "{root}/" + "x" * 300, *FAST],
+     "File name too long"),
+    ("too few images for the split", ["train", "--data", "{root}/tiny", "--out", "{root}/run", *FAST],
+     "10 images are too few"),
+    ("one class", ["train", "--data", "{root}/single", "--out", "{root}/run", *FAST],
+     "a classifier needs at least 2 class folders"),
+    ("negative seed", ["train", "--data", "{data}", "--seed", "-1"], "argument --seed: must be an integer"),
+    ("huge seed", ["train", "--data", "{data}", "--seed", "5000000000"], "argument --seed: must be an integer"),
+    ("infinite lr", ["train", "--data", "{data}", "--lr", "inf"], "argument --lr: must be a finite positive"),
+    ("zero lr", ["train", "--data", "{data}", "--lr", "0"], "argument --lr: must be a finite positive"),
+    ("nan lr", ["train", "--data", "{data}", "--lr", "nan"], "argument --lr: must be a finite positive"),
+    ("image size 1", ["train", "--data", "{data}", "--image-size", "1"], "argument --image-size: must be at least 8"),
+    ("lr that diverges", ["train", "--data", "{data}", "--out", "{root}/diverged", *FAST, "--lr", "1e30"],
+     "training diverged: the loss became nan at epoch 1"),
+    ("unknown command", ["trian"], "argument COMMAND: invalid choice: 'trian'"),
+    ("another Keras model", ["predict", "--model", "{root}/other.keras", "{image}"],
+     "is a Keras model but not a kflowers classifier"),
+    ("truncated model", ["predict", "--model", "{root}/truncated.keras", "{image}"], "is corrupt"),
+    ("noise as a model", ["evaluate", "--model", "{root}/noise.keras", "--data", "{data}"], "is corrupt"),
+    ("fewer class names", ["predict", "--model", "{root}/fewer.keras", "{image}"],
+     "its class names (2) don't match its 5 outputs"),
+    ("class names a string", ["predict", "--model", "{root}/string.keras", "{image}"], "class names"),
+    ("repeated class names", ["predict", "--model", "{root}/repeated.keras", "{image}"],
+     "expected a list of distinct strings"),
+    ("missing image", ["predict", "--model", "{root}/model.keras", "{root}/none.jpg"], "no such file or folder"),
+    ("download into a file", ["download", "--dir", "{root}/file/sub"], "Not a directory"),
+    ("show a missing folder", ["show", "--data", "{root}/nothing"], "dataset folder not found"),
+    ("resume with nothing to resume", ["train", "--data", "{data}", "--out", "{root}/file", "--resume", *FAST],
+     "is a file, not a folder"),
+]
+
+
+@pytest.mark.parametrize("args, text", [row[1:] for row in ROWS], ids=[row[0] for row in ROWS])
+def test_bad_input_is_one_line(place, args, text):
+    args = [a.format(**place) for a in args]
+    result = kflowers(*args, check=False, timeout=300)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert len(lines) == 1 or all(line.startswith("WARNING") for line in lines[:-1]), lines
+    assert lines[-1].startswith(f"kflowers {args[0]}: error: ") or lines[-1].startswith("kflowers: error: ")
+    assert text.format(**place) in lines[-1]
+    if "--out" in args and args[0] == "train":
+        out = args[args.index("--out") + 1]
+        if os.path.isdir(out):  # a run that could not start or finish leaves no model and no metrics
+            assert not {"model.keras", "metrics.json"} & set(os.listdir(out))
+            assert not [n for n in os.listdir(out) if n.startswith(".")], os.listdir(out)
