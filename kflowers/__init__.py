@@ -10,7 +10,12 @@ import os
 # kflowers runs on the torch backend unless KERAS_BACKEND says otherwise.
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
-__version__ = "0.1.0"
+try:
+    from importlib.metadata import version as _version
+
+    __version__ = _version("kflowers")  # pyproject.toml's, the one place it is written
+except Exception:  # noqa: BLE001 - not installed (run from a source tree)
+    __version__ = "unknown"
 
 _EXPORTS = {
     "build_model": "kflowers.model",
@@ -32,12 +37,17 @@ _EXPORTS = {
     "discriminative_optimizer": "kflowers.strategies",
     "STRATEGIES": "kflowers.strategies",
     "compile_for": "kflowers.strategies",
+    "predict_images": "kflowers.predict",
+    "decode_predictions": "kflowers.predict",
+    "RunOptions": "kflowers.options",
+    "KflowersError": "kflowers.errors",
+    "TrainingDiverged": "kflowers.errors",
 }
 
 # Submodules reachable as attributes (`kflowers.training.train(...)`), imported on first use.
-_SUBMODULES = ["backup", "callbacks", "data", "distributed", "feature_cache", "images", "lr_find", "model",
-               "parts", "reports", "runs", "strategies", "torch_kernels", "torch_layers", "torch_resnet",
-               "training"]
+_SUBMODULES = ["backup", "callbacks", "data", "distributed", "errors", "feature_cache", "files", "images",
+               "lr_find", "model", "options", "parts", "predict", "reports", "runs", "strategies", "torch_kernels",
+               "torch_layers", "torch_resnet", "training"]
 
 __all__ = sorted(_EXPORTS) + _SUBMODULES
 

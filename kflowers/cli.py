@@ -9,80 +9,46 @@ one line on stderr and exit status 2; no traceback.
 import argparse
 import json
 import logging
-import math
 import os
 import sys
 
+from kflowers import options
 from kflowers.errors import KflowersError as UserError
 from kflowers.errors import user_message
+from kflowers.files import strict_json
 
 log = logging.getLogger("kflowers")
 
-STRATEGY_NAMES = ["scratch", "frozen", "finetune", "two-stage", "discriminative"]
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Ends each flag's help with its default, unless the help already says it or there is none."""
 
-
-def _positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _positive_float(text):
-    value = float(text)
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a finite positive number, got {text}")
-    return value
-
-
-def _seed(text):
-    value = int(text)
-    if not 0 <= value < 2**32:
-        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 2**32 - 1, got {text}")
-    return value
-
-
-MIN_IMAGE_SIZE = 8  # ResNet18 halves the image five times
-
-
-def _image_size(text):
-    value = int(text)
-    if value < MIN_IMAGE_SIZE:
-        raise argparse.ArgumentTypeError(f"must be at least {MIN_IMAGE_SIZE} pixels, got {text}")
-    return value
-
-
-def _add_training_flags(parser, strategy_default="two-stage"):
-    parser.add_argument("--data", help="dataset folder, one subfolder per class (default: download "
-                                        "the flowers dataset)")
-    parser.add_argument("--epochs", type=_positive_int, help="default: the strategy's (lesson's)")
-    parser.add_argument("--lr", type=_positive_float, help="learning rate (the head's, for discriminative)")
-    parser.add_argument("--batch-size", type=_positive_int, default=64)
-    parser.add_argument("--image-size", type=_image_size, default=224)
-    parser.add_argument("--weights", default="default",
-                        help="imagenet, a keras-hub preset, a .pth/.safetensors/.weights.h5 file, or none "
-                             "(default: the strategy's: none for scratch, imagenet otherwise)")
-    parser.add_argument("--augment", action="store_true", help="random crops and flips while training")
-    parser.add_argument("--seed", type=_seed, default=0)
-    parser.add_argument("--workers", type=_positive_int, default=1, help="data loading threads")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("--no-feature-cache", dest="feature_cache", action="store_const", const=False,
-                        default=None, help="train frozen epochs through the whole network, not on "
-                                           "backbone features computed once")
+    def _get_help_string(self, action):
+        text = action.help or ""
+        quiet = (action.default in (None, False, argparse.SUPPRESS) or "default" in text
+                 or action.option_strings == [] or action.nargs == 0)
+        return text if quiet else f"{text} (default: {action.default})"
 
 
 class _Parser(argparse.ArgumentParser):
-    """An `ArgumentParser` whose errors are one line on stderr (exit status 2)."""
+    """An `ArgumentParser` whose errors are one line on stderr (exit status 2), with defaults in `--help`."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _DefaultsFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+TRAINING_FLAGS = ["data", "epochs", "lr", "batch_size", "image_size", "weights", "augment", "seed", "workers",
+                  "quiet", "feature_cache"]
+
+
 def build_parser():
-    parser = _Parser(
-        prog="kflowers",
-        description="ResNet18 transfer learning on the flowers dataset, in Keras 3.",
-    )
+    from kflowers import __version__
+
+    parser = _Parser(prog="kflowers", description="ResNet18 transfer learning on the flowers dataset, in Keras 3.")
+    parser.add_argument("--version", action="version", version=f"kflowers {__version__}")
     parser.add_argument("--verbose", action="store_true", help="show library log output")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -90,51 +56,41 @@ def build_parser():
     p.add_argument("--dir", help="cache folder (default: ~/.keras)")
 
     p = commands.add_parser("show", help="sample grid and per-class counts of a dataset")
-    p.add_argument("--data", required=True)
-    p.add_argument("--out", default="grid.png")
-    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--data", required=True, help="dataset folder, one subfolder per class")
+    p.add_argument("--out", default="grid.png", help="where to write the sample grid")
+    p.add_argument("--seed", type=options.seed, default=0, help="which images the grid shows")
 
     p = commands.add_parser("train", help="train one strategy into a run directory")
-    _add_training_flags(p)
-    p.add_argument("--strategy", choices=STRATEGY_NAMES, default="two-stage")
-    p.add_argument("--out", default="runs/latest", help="run directory")
-    p.add_argument("--early-stopping", action="store_true", help="stop when test loss stops improving")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    options.add_flags(p, ["strategy", *TRAINING_FLAGS, "out", "early_stopping", "resume"])
 
     p = commands.add_parser("evaluate", help="accuracy, per-class report and confusion matrix")
     p.add_argument("--model", required=True, help="a model.keras file")
-    p.add_argument("--data", required=True)
-    p.add_argument("--image-size", type=_image_size, help="default: the model's")
+    p.add_argument("--data", required=True, help="dataset folder, one subfolder per class")
+    p.add_argument("--image-size", type=options.image_size, help="default: the model's")
     p.add_argument("--out", help="write confusion.png into this folder (default: write no file)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = commands.add_parser("predict", help="classify images")
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", required=True, help="a model.keras file")
     p.add_argument("images", nargs="+", help="image files or folders")
-    p.add_argument("--top", type=_positive_int, default=3)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--top", type=options.positive_int, default=3, help="classes to show per image")
+    p.add_argument("--json", action="store_true", help="print one JSON list")
 
     p = commands.add_parser("compare", help="several strategies on the same split and seed")
-    _add_training_flags(p)
-    p.add_argument("--strategies", nargs="+", choices=STRATEGY_NAMES,
-                   default=["scratch", "frozen", "finetune", "two-stage", "discriminative"])
-    p.add_argument("--out", default="runs/compare")
+    options.add_flags(p, TRAINING_FLAGS, out="runs/compare")
+    p.add_argument("--strategies", nargs="+", type=options.strategy, default=list(options.STRATEGY_NAMES),
+                   metavar="STRATEGY", help="the strategies to train, in order")
 
     p = commands.add_parser("lr-find", help="loss against learning rate, with a suggestion")
-    p.add_argument("--data", required=True)
-    p.add_argument("--strategy", choices=STRATEGY_NAMES, default="finetune")
-    p.add_argument("--weights", default="default")
-    p.add_argument("--batch-size", type=_positive_int, default=64)
-    p.add_argument("--image-size", type=_image_size, default=224)
-    p.add_argument("--steps", type=_positive_int, default=100)
-    p.add_argument("--min-lr", type=_positive_float, default=1e-7)
-    p.add_argument("--max-lr", type=_positive_float, default=10.0)
-    p.add_argument("--seed", type=_seed, default=0)
-    p.add_argument("--out", default="lr_find.png")
+    options.add_flags(p, ["data", "strategy", "weights", "batch_size", "image_size", "seed"], strategy="finetune")
+    p.add_argument("--steps", type=options.positive_int, default=100, help="training steps in the sweep")
+    p.add_argument("--min-lr", type=options.positive_float, default=1e-7, help="first learning rate of the sweep")
+    p.add_argument("--max-lr", type=options.positive_float, default=10.0, help="last learning rate of the sweep")
+    p.add_argument("--out", default="lr_find.png", help="where to write the plot")
 
     p = commands.add_parser("demo", help="the whole pipeline, offline, on a generated dataset")
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--out", default="runs/demo", help="run directory")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
 
@@ -224,11 +180,9 @@ def cmd_show(args):
 
 
 def _run_options(args, strategy, out):
-    from kflowers.runs import RunOptions
+    from kflowers.options import RunOptions
 
     weights = args.weights
-    if isinstance(weights, str) and weights.lower() == "none":
-        weights = None
     if args.command == "compare" and strategy == "scratch":
         weights = None  # from scratch, whatever --weights the pretrained strategies use
     return RunOptions(data=args.data, strategy=strategy, out=out, epochs=args.epochs, lr=args.lr,
@@ -306,8 +260,8 @@ def cmd_evaluate(args):
         confusion_path = plot_confusion(results["confusion"], model.class_names,
                                         os.path.join(args.out, "confusion.png"))
     if args.json:
-        print(json.dumps({"accuracy": results["accuracy"], "per_class": results["per_class"],
-                          "confusion": results["confusion"], "classes": model.class_names}))
+        print(json.dumps(strict_json({"accuracy": results["accuracy"], "per_class": results["per_class"],
+                                      "confusion": results["confusion"], "classes": model.class_names})))
         return
     print(f"accuracy: {results['accuracy']:.4f} on {len(folder)} images")
     rows = [{"class": name, **values} for name, values in results["per_class"].items()]
@@ -317,12 +271,11 @@ def cmd_evaluate(args):
 
 
 def cmd_predict(args):
-    import numpy as np
-
-    from kflowers.data import FlowerDataset
     from kflowers.images import is_image_file
     from kflowers.images import read_image
     from kflowers.images import UnreadableImage
+    from kflowers.predict import predict_images
+    from kflowers.reports import markdown_table
 
     model = _load(args.model)
     paths = []
@@ -334,7 +287,6 @@ def cmd_predict(args):
             paths.append(item)
         else:
             raise UserError(f"no such file or folder: {item}")
-    size = model.input_shape[1] or 224
     readable = []
     for path in paths:
         try:
@@ -344,21 +296,13 @@ def cmd_predict(args):
             log.warning("skipped %s: %s", path, error)
     if not readable:
         raise UserError("no readable image to classify")
-    dataset = FlowerDataset(readable, [0] * len(readable), batch_size=64, image_size=size)
-    logits = model.predict(dataset, verbose=0)
-    probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
-    probabilities /= probabilities.sum(axis=1, keepdims=True)
-    top = min(args.top, len(model.class_names))
-    results = []
-    for path, p in zip(readable, probabilities):
-        order = np.argsort(-p)[:top]
-        results.append({"image": path, "top": [{"class": model.class_names[i], "probability": float(p[i])}
-                                               for i in order]})
+    answers = predict_images(model, readable, top_k=args.top)
+    results = [{"image": path, "top": [{"class": name, "probability": p} for name, p in top]}
+               for path, top in zip(readable, answers)]
     if args.json:
-        print(json.dumps(results))
+        print(json.dumps(strict_json(results)))
         return
-    from kflowers.reports import markdown_table
-
+    top = len(answers[0])
     rows = [{"image": r["image"], **{f"#{k + 1}": f"{t['class']} {t['probability']:.3f}"
                                      for k, t in enumerate(r["top"])}} for r in results]
     print(markdown_table(rows, ["image"] + [f"#{k + 1}" for k in range(top)]))
@@ -388,9 +332,9 @@ def cmd_compare(args):
         with open(os.path.join(out, "history.csv")) as f:
             history = list(csv.DictReader(f))
         histories[strategy] = {key: [float(row[key]) for row in history] for key in history[0]}
-        rows.append({"strategy": strategy, "best test accuracy": metrics["best_test_accuracy"],
-                     "final test accuracy": metrics["test_accuracy"], "epochs": metrics["epochs"],
-                     "wall seconds": round(metrics["wall_seconds"], 1)})
+        rows.append({"strategy": strategy, "best_test_accuracy": round(metrics["best_test_accuracy"], 4),
+                     "final_test_accuracy": round(metrics["test_accuracy"], 4), "epochs": metrics["epochs"],
+                     "wall_seconds": round(metrics["wall_seconds"], 1)})
     table = reports.markdown_table(rows)
     write_text(os.path.join(args.out, "compare.md"), table + "\n")
     write_json(os.path.join(args.out, "compare.json"), rows)
@@ -402,6 +346,7 @@ def cmd_compare(args):
 def cmd_lr_find(args):
     from kflowers.lr_find import lr_find
 
+    args.data = _data_root(args)
     result = lr_find(args.data, strategy=args.strategy, weights=args.weights, batch_size=args.batch_size,
                      image_size=args.image_size, steps=args.steps, min_lr=args.min_lr,
                      max_lr=args.max_lr, seed=args.seed, plot_path=args.out)
@@ -413,21 +358,29 @@ def cmd_lr_find(args):
 
 
 def cmd_demo(args):
+    import shutil
     import tempfile
 
     from kflowers.data import CLASS_NAMES
     from kflowers.demo import draw_dataset
-    from kflowers.runs import RunOptions
+    from kflowers.options import RunOptions
+    from kflowers.runs import check_out
     from kflowers.runs import train_run
 
-    data = os.path.join(tempfile.mkdtemp(prefix="kflowers-demo-"), "flowers")
-    draw_dataset(data, CLASS_NAMES, per_class=40, size=48, seed=0)
-    print(f"drew a dataset of 5 x 40 images in {data}")
-    options = RunOptions(data=data, strategy="scratch", out=args.out, epochs=4, batch_size=32,
-                         image_size=32, weights=None, quiet=args.quiet)
-    metrics = train_run(options)
+    check_out(args.out)
+    scratch = tempfile.mkdtemp(prefix="kflowers-demo-")
+    try:
+        data = os.path.join(scratch, "flowers")
+        draw_dataset(data, CLASS_NAMES, per_class=40, size=48, seed=0)
+        print(f"drew a dataset of 5 x 40 images (removed at the end) in {data}")
+        options = RunOptions(data=data, strategy="scratch", out=args.out, epochs=4, batch_size=32,
+                             image_size=32, weights=None, quiet=args.quiet)
+        metrics = train_run(options)
+        sample = os.path.join(args.out, "sample_rose.jpg")
+        shutil.copyfile(os.path.join(data, CLASS_NAMES[2], f"{CLASS_NAMES[2]}_000.JPG"), sample)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     _print_summary(args.out, metrics)
-    sample = os.path.join(data, CLASS_NAMES[2], f"{CLASS_NAMES[2]}_000.JPG")
     print(f"\nnext: kflowers predict --model {os.path.join(args.out, 'model.keras')} {sample}")
 
 

@@ -40,24 +40,23 @@ def write_text(path, text):
 
 
 def write_json(path, data):
-    """Write `data` as strict, indented JSON to `path` atomically.
-
-    NaN and infinity (which `json` would write as the non-standard `NaN`,
-    `Infinity`) become `null`.
-    """
+    """Write `data` as strict, indented JSON to `path` atomically (see `strict_json`)."""
     write_text(path, json.dumps(strict_json(data), indent=2, allow_nan=False) + "\n")
 
 
-def strict_json(data):
-    """`data` with every non-finite float replaced by `None` and numpy numbers made plain."""
+def strict_json(data, digits=6):
+    """`data` ready for strict JSON that people read: floats rounded to `digits`
+    significant digits (float32 values print as `0.2`, not `0.20000000298023224`),
+    NaN and infinity as `None` (JSON has no `NaN`), numpy numbers made plain.
+    """
     if isinstance(data, dict):
-        return {key: strict_json(value) for key, value in data.items()}
+        return {key: strict_json(value, digits) for key, value in data.items()}
     if isinstance(data, (list, tuple)):
-        return [strict_json(value) for value in data]
+        return [strict_json(value, digits) for value in data]
     if hasattr(data, "item") and getattr(data, "ndim", None) == 0:  # a numpy scalar
         data = data.item()
-    if isinstance(data, float) and not math.isfinite(data):
-        return None
+    if isinstance(data, float):
+        return float(f"{data:.{digits}g}") if math.isfinite(data) else None
     return data
 
 

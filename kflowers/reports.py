@@ -134,13 +134,13 @@ def plot_confusion(matrix, class_names, path, title="confusion matrix (rows: tru
 
 
 def markdown_table(rows, columns=None):
-    """Rows of dicts as a GitHub markdown table (floats to 4 digits)."""
+    """Rows of dicts as a GitHub markdown table (floats to 4 significant digits: 0.9531, 7.9, 123.5)."""
     rows = list(rows)
     columns = columns or list(rows[0]) if rows else columns or []
 
     def cell(value):
         if isinstance(value, float):
-            return f"{value:.1f}" if abs(value) >= 100 else f"{value:.4f}"
+            return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.4g}"
         return str(value)
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]

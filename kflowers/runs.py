@@ -39,36 +39,16 @@ from kflowers.errors import BackupMismatch
 from kflowers.errors import KflowersError
 from kflowers.errors import RunDirectoryBusy
 from kflowers.files import remove_stale_temporaries
+from kflowers.files import strict_json
 from kflowers.files import write_json
 from kflowers.files import write_text
+from kflowers.options import RunOptions  # noqa: F401 - re-exported: kflowers.runs.RunOptions
 
 log = logging.getLogger("kflowers")
 
 RUN_FILES = ("model.keras", "history.csv", "metrics.json", "curves.png", "confusion.png", "split.json",
              "config.json")
 LOCK_FILE = ".kflowers.lock"
-
-
-@dataclasses.dataclass
-class RunOptions:
-    """The arguments of one training run (`kflowers train`)."""
-
-    data: str
-    strategy: str = "two-stage"
-    out: str = "runs/latest"
-    epochs: object = None
-    lr: object = None
-    batch_size: int = 64
-    image_size: int = 224
-    weights: object = "default"
-    augment: bool = False
-    seed: int = 0
-    early_stopping: bool = False
-    resume: bool = False
-    feature_cache: object = None
-    workers: int = 1
-    test_size: float = 0.2
-    quiet: bool = False
 
 
 def evaluate_model(model, dataset, class_names, features=None):
@@ -417,7 +397,7 @@ def _write_history_csv(path, rows):
     columns += [c for row in rows for c in row if c not in columns]
     writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(columns)))
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows(strict_json(rows))
     write_text(path, buffer.getvalue())
 
 

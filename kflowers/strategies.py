@@ -17,6 +17,8 @@ import re
 
 import keras
 
+from kflowers.options import strategy_name
+
 
 @dataclasses.dataclass(frozen=True)
 class Strategy:
@@ -71,11 +73,12 @@ STRATEGIES = {
 
 
 def get_strategy(name):
-    """The `Strategy` called `name` (`"fine-tune"` and `"finetune"` both work)."""
-    key = {"fine-tune": "finetune", "fine_tune": "finetune", "two_stage": "two-stage"}.get(name, name)
-    if key not in STRATEGIES:
-        raise ValueError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
-    return STRATEGIES[key]
+    """The `Strategy` called `name` (`"fine-tune"` and `"finetune"` both work).
+
+    Raises:
+        ValueError: not a strategy.
+    """
+    return STRATEGIES[strategy_name(name)]
 
 
 def make_optimizer(name, learning_rate):

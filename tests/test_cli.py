@@ -45,8 +45,53 @@ def test_help_is_fast_because_nothing_heavy_is_imported():
             "heavy = [m for m in ('keras', 'torch', 'keras_hub', 'tensorflow') if m in sys.modules]\n"
             "print('HEAVY', heavy)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV)
-    assert "--strategy {scratch,frozen,finetune,two-stage,discriminative}" in result.stdout
+    assert "one of scratch, frozen, finetune, two-stage," in result.stdout
     assert "HEAVY []" in result.stdout
+
+
+def test_every_flag_has_help_and_its_default():
+    import argparse
+
+    from kflowers.cli import build_parser
+
+    def parsers(parser):
+        yield parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    yield from parsers(sub)
+
+    for parser in parsers(build_parser()):
+        text = parser.format_help()
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                continue
+            assert action.help, f"{parser.prog} {action.option_strings or action.dest} has no help"
+            shown = action.default not in (None, False, argparse.SUPPRESS) and action.nargs != 0
+            if shown and action.option_strings:
+                assert "default" in action.help or f"(default: {action.default})" in " ".join(text.split()), (
+                    parser.prog, action.dest)
+    train_help = " ".join(subprocess.run([sys.executable, "-m", "kflowers", "train", "--help"], capture_output=True,
+                                         text=True, env=ENV).stdout.split())
+    for default in ("(default: two-stage)", "(default: 224)", "(default: runs/latest)", "(default: 64)"):
+        assert default in train_help
+
+
+def test_version_and_strategy_aliases():
+    from kflowers.cli import build_parser
+
+    version = subprocess.run([sys.executable, "-m", "kflowers", "--version"], capture_output=True, text=True,
+                             env=ENV)
+    assert version.returncode == 0 and version.stdout.strip() == f"kflowers {kflowers_version()}"
+    parser = build_parser()
+    assert parser.parse_args(["train", "--strategy", "fine-tune"]).strategy == "finetune"
+    assert parser.parse_args(["compare", "--strategies", "two_stage", "frozen"]).strategies == ["two-stage", "frozen"]
+
+
+def kflowers_version():
+    from importlib import metadata
+
+    return metadata.version("kflowers")
 
 
 def test_train_writes_the_full_run_directory(run):
@@ -178,10 +223,13 @@ def test_compare_writes_table_and_curves(flowers_dir, resnet18_pth, tmp_path):
     result = kflowers("compare", "--data", flowers_dir, "--strategies", "scratch", "frozen", "discriminative",
                       "--epochs", "1", "--weights", resnet18_pth, "--out", out, "--quiet", *TRAIN_FLAGS)
     table = (out / "compare.md").read_text().splitlines()
-    assert table[0] == "| strategy | best test accuracy | final test accuracy | epochs | wall seconds |"
+    assert table[0] == "| strategy | best_test_accuracy | final_test_accuracy | epochs | wall_seconds |"
     assert [line.split("|")[1].strip() for line in table[2:]] == ["scratch", "frozen", "discriminative"]
     assert_png_not_blank(out / "curves.png")
-    assert json.loads((out / "compare.json").read_text())[0]["strategy"] == "scratch"
+    rows = json.loads((out / "compare.json").read_text())
+    assert rows[0]["strategy"] == "scratch"
+    assert all(len(repr(row["best_test_accuracy"])) <= 6 and row["wall_seconds"] == round(row["wall_seconds"], 1)
+               for row in rows)
     assert json.loads((out / "scratch" / "config.json").read_text())["weights"] is None
     split_a = json.loads((out / "frozen" / "split.json").read_text())
     split_b = json.loads((out / "discriminative" / "split.json").read_text())
@@ -214,8 +262,11 @@ def test_demo_then_predict(tmp_path):
     command = result.stdout.strip().splitlines()[-1]
     assert command.startswith("next: kflowers predict --model")
     image = command.split()[-1]
+    assert image == str(out / "sample_rose.jpg")
     answer = json.loads(kflowers("predict", "--model", out / "model.keras", image, "--json").stdout)
     assert answer[0]["top"][0]["probability"] > 0
+    drawn = result.stdout.split("drew a dataset of 5 x 40 images (removed at the end) in ")[1].split()[0]
+    assert not os.path.exists(drawn)
 
 
 @pytest.mark.slow
