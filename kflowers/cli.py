@@ -1,5 +1,5 @@
 """The `kflowers` command line: download, show, train, evaluate, predict,
-compare, lr-find, demo.
+explain, export, compare, lr-find, demo.
 
 Keras, torch and keras-hub are imported inside the commands that need them,
 so `kflowers --help` answers at once. Every error a user can cause ends with
@@ -76,8 +76,21 @@ def build_parser():
     p.add_argument("--top", type=options.positive_int, default=3, help="classes to show per image")
     p.add_argument("--json", action="store_true", help="print one JSON list")
 
+    p = commands.add_parser("explain", help="Grad-CAM: where the model looks, one picture per image")
+    p.add_argument("--model", required=True, help="a model.keras file")
+    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("--out", default="explain", help="folder for the NAME.gradcam.png pictures")
+    p.add_argument("--top", type=options.positive_int, default=3, help="classes named in each title")
+
+    p = commands.add_parser("export", help="SavedModel, ONNX or LiteRT, checked against the .keras model")
+    p.add_argument("--model", required=True, help="a model.keras file")
+    p.add_argument("--format", required=True, choices=["saved_model", "onnx", "litert"], help="what to write")
+    p.add_argument("--out", required=True, help="the file (onnx, litert) or folder (saved_model) to write")
+    p.add_argument("--check-images", nargs="*", default=[], metavar="IMAGE",
+                   help="images to compare the export and the model on, besides 4 random ones")
+
     p = commands.add_parser("compare", help="several strategies on the same split and seed")
-    options.add_flags(p, TRAINING_FLAGS, out="runs/compare")
+    options.add_flags(p, [*TRAINING_FLAGS, "out"], out="runs/compare")
     p.add_argument("--strategies", nargs="+", type=options.strategy, default=list(options.STRATEGY_NAMES),
                    metavar="STRATEGY", help="the strategies to train, in order")
 
@@ -121,7 +134,7 @@ def main(argv=None):
 HEAVY_IMPORTS = {
     "download": ("keras",),
     **{command: ("keras", "keras_hub") for command in
-       ("train", "evaluate", "predict", "compare", "lr-find", "demo")},
+       ("train", "evaluate", "predict", "explain", "export", "compare", "lr-find", "demo")},
 }
 
 
@@ -225,7 +238,8 @@ def _print_summary(out, metrics):
     print(f"\n{metrics['strategy']}{state}: test accuracy {metrics['test_accuracy']:.4f} "
           f"(best {metrics['best_test_accuracy']:.4f}) after {metrics['epochs']} epoch(s), "
           f"{metrics['wall_seconds']:.0f} s")
-    print(f"run directory: {out} (model.keras, history.csv, metrics.json, curves.png, confusion.png)")
+    print(f"run directory: {out} (model.keras, history.csv, metrics.json, curves.png, confusion.png, "
+          "top_losses.png)")
 
 
 def _load(path):
@@ -270,16 +284,14 @@ def cmd_evaluate(args):
         print(f"confusion matrix: {confusion_path}")
 
 
-def cmd_predict(args):
+def _readable_images(items):
+    """The image files among `items` (files and folders); unreadable ones skipped with a warning."""
+    from kflowers.images import UnreadableImage
     from kflowers.images import is_image_file
     from kflowers.images import read_image
-    from kflowers.images import UnreadableImage
-    from kflowers.predict import predict_images
-    from kflowers.reports import markdown_table
 
-    model = _load(args.model)
     paths = []
-    for item in args.images:
+    for item in items:
         if os.path.isdir(item):
             paths += sorted(os.path.join(d, f) for d, _, files in os.walk(item) for f in files
                             if is_image_file(f))
@@ -295,7 +307,32 @@ def cmd_predict(args):
         except UnreadableImage as error:
             log.warning("skipped %s: %s", path, error)
     if not readable:
-        raise UserError("no readable image to classify")
+        raise UserError("no readable image in " + ", ".join(items))
+    return readable
+
+
+def cmd_explain(args):
+    from kflowers.explain import explain_images
+
+    model = _load(args.model)
+    written = explain_images(model, _readable_images(args.images), args.out, top_k=args.top)
+    print(f"{len(written)} Grad-CAM picture(s) in {args.out}")
+
+
+def cmd_export(args):
+    from kflowers.export import export_model
+
+    result = export_model(args.model, args.format, args.out, images=args.check_images)
+    print(f"{args.format}: {result['path']} (checked on {result['images']} images: same top-1, probabilities "
+          f"within {result['max_probability_difference']:.1e} of {args.model})")
+
+
+def cmd_predict(args):
+    from kflowers.predict import predict_images
+    from kflowers.reports import markdown_table
+
+    model = _load(args.model)
+    readable = _readable_images(args.images)
     answers = predict_images(model, readable, top_k=args.top)
     results = [{"image": path, "top": [{"class": name, "probability": p} for name, p in top]}
                for path, top in zip(readable, answers)]
@@ -386,7 +423,8 @@ def cmd_demo(args):
 
 COMMANDS = {
     "download": cmd_download, "show": cmd_show, "train": cmd_train, "evaluate": cmd_evaluate,
-    "predict": cmd_predict, "compare": cmd_compare, "lr-find": cmd_lr_find, "demo": cmd_demo,
+    "predict": cmd_predict, "explain": cmd_explain, "export": cmd_export, "compare": cmd_compare,
+    "lr-find": cmd_lr_find, "demo": cmd_demo,
 }
 
 

@@ -4,6 +4,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import tempfile
 
 
@@ -28,7 +29,9 @@ def atomic_path(path, suffix=""):
         yield tmp
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
+        if os.path.isdir(tmp):  # a writer that makes a folder (a SavedModel)
+            shutil.rmtree(tmp)
+        elif os.path.lexists(tmp):
             os.remove(tmp)
 
 
@@ -66,11 +69,14 @@ def is_temporary(name):
 
 
 def remove_stale_temporaries(folder):
-    """Remove temporary files that a killed process left in `folder` and its subfolders.
+    """Remove temporary files (and folders) that a killed process left in `folder` and its subfolders.
 
     Call it only while no other process writes there (a run holds its lock).
     """
-    for directory, _, files in os.walk(folder):
+    for directory, folders, files in os.walk(folder):
         for name in files:
             if is_temporary(name):
                 os.remove(os.path.join(directory, name))
+        for name in [f for f in folders if is_temporary(f)]:
+            shutil.rmtree(os.path.join(directory, name))
+            folders.remove(name)

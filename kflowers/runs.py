@@ -5,6 +5,7 @@
     RUN/metrics.json    test_accuracy (final), best_test_accuracy, test_loss, per_class, epochs, wall_seconds
     RUN/curves.png      loss and accuracy, train against test
     RUN/confusion.png   the test confusion matrix
+    RUN/top_losses.png  the test photos with the highest loss: true and predicted class
     RUN/split.json      classes, and the train and test image paths
     RUN/config.json     every argument, the backend, package versions
 
@@ -46,8 +47,8 @@ from kflowers.options import RunOptions  # noqa: F401 - re-exported: kflowers.ru
 
 log = logging.getLogger("kflowers")
 
-RUN_FILES = ("model.keras", "history.csv", "metrics.json", "curves.png", "confusion.png", "split.json",
-             "config.json")
+RUN_FILES = ("model.keras", "history.csv", "metrics.json", "curves.png", "confusion.png", "top_losses.png",
+             "split.json", "config.json")
 LOCK_FILE = ".kflowers.lock"
 
 
@@ -279,6 +280,7 @@ def _train_locked(options, folder, split, started, rank, processes):
     from kflowers.data import FlowerDataset
     from kflowers.data import scan_folder
     from kflowers.data import split_dataset
+    from kflowers.explain import plot_top_losses
     from kflowers.model import build_model
     from kflowers.model import save_model
     from kflowers.strategies import get_strategy
@@ -339,6 +341,8 @@ def _train_locked(options, folder, split, started, rank, processes):
     if rows:
         reports.plot_history(columns, os.path.join(out, "curves.png"), title=strategy.name)
     reports.plot_confusion(results["confusion"], folder.class_names, os.path.join(out, "confusion.png"))
+    plot_top_losses(test_split.paths, results["labels"], results["logits"], folder.class_names,
+                    os.path.join(out, "top_losses.png"), image_size=options.image_size)
     test_accuracies = [row["test_accuracy"] for row in rows if "test_accuracy" in row]
     metrics = {
         "strategy": strategy.name,

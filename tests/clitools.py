@@ -7,7 +7,7 @@ import sys
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
 TRAIN_FLAGS = ["--image-size", "32", "--batch-size", "16", "--seed", "3"]
-RUN_FILES = ["model.keras", "history.csv", "metrics.json", "curves.png", "confusion.png",
+RUN_FILES = ["model.keras", "history.csv", "metrics.json", "curves.png", "confusion.png", "top_losses.png",
              "split.json", "config.json"]
 
 

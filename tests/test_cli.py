@@ -111,6 +111,7 @@ def test_train_writes_the_full_run_directory(run):
     assert config["backend"] == os.environ["KERAS_BACKEND"] and config["strategy"] == "frozen" and "keras" in config["versions"]
     assert_png_not_blank(os.path.join(run, "curves.png"))
     assert_png_not_blank(os.path.join(run, "confusion.png"))
+    assert_png_not_blank(os.path.join(run, "top_losses.png"))
     assert not [f for f in os.listdir(run) if f.endswith(".tmp")]
 
 
@@ -127,6 +128,15 @@ def test_same_seed_same_metrics(run, flowers_dir, resnet18_pth, tmp_path):
     kflowers("train", "--data", flowers_dir, "--strategy", "frozen", "--epochs", "2",
              "--weights", resnet18_pth, "--out", again, "--quiet", *TRAIN_FLAGS)
     assert metrics_without_time(run) == metrics_without_time(again)
+
+
+def test_explain_writes_one_grad_cam_picture_per_image(run, flowers_dir, tmp_path):
+    images = [os.path.join(flowers_dir, "rose", name) for name in sorted(os.listdir(os.path.join(flowers_dir, "rose")))[:2]]
+    result = kflowers("explain", "--model", os.path.join(run, "model.keras"), *images, "--out", tmp_path / "cams")
+    assert "2 Grad-CAM picture(s)" in result.stdout
+    for image in images:
+        stem = os.path.splitext(os.path.basename(image))[0]
+        assert_png_not_blank(tmp_path / "cams" / f"{stem}.gradcam.png")
 
 
 def test_predict_agrees_with_model_predict(run, flowers_dir):
@@ -185,7 +195,7 @@ def test_evaluate_on_other_classes_is_a_one_line_error(run, tmp_path):
     (["train", "--data", "/no/such/folder"], "kflowers train: error: dataset folder not found: /no/such/folder"),
     (["predict", "--model", "/no/model.keras", "x.jpg"], "kflowers predict: error: model file not found: /no/model.keras"),
     (["train", "--data", ".", "--epochs", "0"], "argument --epochs: must be a positive integer, got 0"),
-    (["train", "--data", ".", "--strategy", "magic"], "argument --strategy: invalid choice: 'magic'"),
+    (["train", "--data", ".", "--strategy", "magic"], "argument --strategy: unknown strategy 'magic'"),
 ])
 def test_user_errors_are_one_line(args, message):
     result = kflowers(*args, check=False)

@@ -1,0 +1,152 @@
+"""Where the model looks, and which photos it gets most wrong.
+
+`grad_cam(model, images)` is Grad-CAM on the backbone's last convolutional
+features. For a kflowers classifier the head is a Dense layer on globally
+average-pooled features, so the gradient of a class's logit with respect to
+the feature map is the same at every position: the head's weight for that
+class, divided by the number of positions. Grad-CAM's channel weights are
+therefore exactly the head's weights, and the map is
+`relu(features @ head_kernel[:, class])` (the class activation map of Zhou et
+al., which Grad-CAM reduces to here). No gradient tape is needed, so it runs
+the same on every backend.
+
+`plot_top_losses` draws the test photos with the highest loss (fastai's
+`plot_top_losses`); `explain_images` writes one Grad-CAM overlay per photo
+(`kflowers explain`).
+"""
+
+import os
+
+import numpy as np
+
+from kflowers.parts import model_parts
+from kflowers.predict import class_names_of
+from kflowers.predict import decode_predictions
+from kflowers.predict import prepare_images
+
+
+def grad_cam(model, pixels, class_index=None, normalize=True):
+    """Grad-CAM heat maps of a batch, on the backbone's last feature map.
+
+    Args:
+        model: a kflowers classifier.
+        pixels: `(N, S, S, 3)` images as the model takes them (0-255).
+        class_index: the class to explain, an int or one per image; default:
+            each image's predicted class.
+        normalize: scale each map to 0-1 (its peak at 1); `False` keeps the
+            class-evidence units, comparable across images.
+
+    Returns:
+        `(heatmaps, logits)`: `(N, h, w)` maps (`h`, `w`: the last feature
+        map's size, `S / 32`) and the `(N, classes)` logits.
+
+    Example:
+    >>> heatmaps, logits = grad_cam(model, prepare_images(["rose.jpg"], 224))
+    """
+    import keras
+
+    parts = model_parts(model)
+    features = parts.backbone(parts.preprocess(keras.ops.convert_to_tensor(pixels)), training=False)
+    features = keras.ops.convert_to_numpy(keras.ops.cast(features, "float32"))
+    kernel = keras.ops.convert_to_numpy(parts.head.kernel).astype("float32")
+    bias = keras.ops.convert_to_numpy(parts.head.bias).astype("float32")
+    logits = features.mean(axis=(1, 2)) @ kernel + bias
+    if class_index is None:
+        classes = logits.argmax(axis=-1)
+    else:
+        classes = np.broadcast_to(np.asarray(class_index), (len(features),))
+    maps = np.maximum(np.einsum("nhwc,cn->nhw", features, kernel[:, classes]), 0)
+    if not normalize:
+        return maps, logits
+    peak = maps.reshape(len(maps), -1).max(axis=1)
+    maps = maps / np.where(peak > 0, peak, 1)[:, None, None]
+    return maps, logits
+
+
+def overlay(pixels, heatmap, alpha=0.45):
+    """`heatmap` (0-1, any size) resized to `pixels` and laid over it in the jet colours, as uint8 RGB."""
+    import albumentations as A
+    from matplotlib import colormaps
+
+    height, width = pixels.shape[:2]
+    resized = A.Resize(height, width)(image=heatmap.astype("float32"))["image"]
+    colours = colormaps["jet"](np.clip(resized, 0, 1))[..., :3] * 255
+    return np.clip((1 - alpha) * pixels + alpha * colours, 0, 255).astype(np.uint8)
+
+
+def explain_images(model, images, out_dir, top_k=3, class_names=None):
+    """Write a Grad-CAM overlay per photo into `out_dir`; return the written paths.
+
+    Each PNG shows the photo with the heat map of its top class, and the
+    `top_k` classes with probabilities in the title.
+
+    Args:
+        model: a kflowers classifier.
+        images: image file paths.
+        out_dir: the folder to write `NAME.gradcam.png` files into.
+        top_k: classes named in the title.
+        class_names: default: the model's.
+    """
+    from kflowers.reports import _pyplot
+    from kflowers.reports import _save
+
+    plt = _pyplot()
+    names = class_names or class_names_of(model)
+    size = model.input_shape[1] or 224
+    written = []
+    for path in images:
+        pixels = prepare_images([path], size)
+        heatmaps, logits = grad_cam(model, pixels)
+        top = decode_predictions(logits, names, top_k)[0]
+        figure, ax = plt.subplots(figsize=(4.5, 4.8))
+        ax.imshow(overlay(pixels[0], heatmaps[0]))
+        ax.axis("off")
+        ax.set_title("\n".join(f"{name} {p:.2f}" for name, p in top), fontsize=10)
+        stem = os.path.splitext(os.path.basename(path))[0]
+        written.append(_save(figure, os.path.join(out_dir, f"{stem}.gradcam.png")))
+    return written
+
+
+def top_losses(logits, labels, count=9):
+    """Indices of the `count` samples with the highest cross-entropy loss, highest first, and their losses."""
+    logits = np.asarray(logits, "float64")
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    log_probabilities = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    losses = -log_probabilities[np.arange(len(labels)), np.asarray(labels)]
+    order = np.argsort(-losses, kind="stable")[:count]
+    return order, losses[order]
+
+
+def plot_top_losses(paths, labels, logits, class_names, path, count=9, image_size=None):
+    """The photos the model gets most wrong: photo, true and predicted class, probability and loss.
+
+    Args:
+        paths, labels: the evaluated images and their true labels.
+        logits: the model's logits for them.
+        class_names: names of the labels.
+        path: the PNG to write.
+        count: how many photos (a grid of up to 3 columns).
+        image_size: show the photos as the model saw them (resized).
+    """
+    from kflowers.images import read_image
+    from kflowers.reports import _pyplot
+    from kflowers.reports import _save
+
+    plt = _pyplot()
+    order, losses = top_losses(logits, labels, count)
+    answers = decode_predictions(np.asarray(logits)[order], class_names, top_k=1)
+    cols = min(3, max(1, len(order)))
+    rows = max(1, -(-len(order) // cols))
+    figure, axes = plt.subplots(rows, cols, figsize=(cols * 3.2, rows * 3.6), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, index, loss, answer in zip(axes.ravel(), order, losses, answers):
+        pixels = read_image(paths[index], min_size=image_size)
+        if image_size:
+            pixels = prepare_images([pixels], image_size)[0]
+        predicted, probability = answer[0]
+        ax.imshow(pixels)
+        ax.set_title(f"true {class_names[labels[index]]}\npredicted {predicted} {probability:.2f}\n"
+                     f"loss {loss:.2f}", fontsize=9)
+    figure.suptitle("highest test losses")
+    return _save(figure, path)

@@ -1,0 +1,212 @@
+"""Exporting a trained classifier for serving, checked against the `.keras` file.
+
+    saved_model  a TensorFlow SavedModel (`serve` endpoint), via Keras's
+                 `model.export` on the TensorFlow backend
+    onnx         an ONNX graph with a dynamic batch, via torch's exporter on
+                 the torch backend, checked with onnxruntime
+    litert       a LiteRT (TensorFlow Lite) flatbuffer, via Keras's
+                 `model.export` on the TensorFlow backend
+
+The `.keras` file is the same on every backend, so each format is made on the
+backend that makes it well: when the current process runs another backend,
+`export_model` runs the export in a child process with `KERAS_BACKEND` set
+(Keras's own `model.export` on the torch backend fails for these formats,
+an upstream mismatch of `dynamic_shapes`).
+
+Every export is checked before it is kept: the exported file, run by its own
+runtime, must give the same top-1 class and probabilities within `atol` of
+the `.keras` model on a few images (seeded random photos-to-be, plus any you
+pass). Otherwise nothing is written and `ExportMismatch` says by how much.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+
+from kflowers.errors import KflowersError
+
+FORMATS = {"saved_model": "tensorflow", "onnx": "torch", "litert": "tensorflow"}
+EXTENSIONS = {"saved_model": "", "onnx": ".onnx", "litert": ".tflite"}
+RUNTIMES = {"saved_model": ("tensorflow",), "onnx": ("onnx", "onnxruntime"), "litert": ("tensorflow",)}
+
+
+class ExportMismatch(KflowersError):
+    """The exported model does not predict what the `.keras` model predicts."""
+
+
+def export_model(model_path, format, out, images=(), atol=1e-4):
+    """Export `model_path` (a kflowers `.keras` file) to `out` in `format`, and check it.
+
+    Args:
+        model_path: the `.keras` file.
+        format: `"saved_model"`, `"onnx"` or `"litert"`.
+        out: the file (onnx, litert) or folder (saved_model) to write.
+        images: image files to check on, besides 4 seeded random images.
+        atol: the largest difference in probability allowed.
+
+    Returns:
+        A dict: `format`, `path`, `backend` (the one that exported),
+        `images` (checked), `top1_agree` (true), `max_probability_difference`.
+
+    Raises:
+        KflowersError: an unknown format, or a runtime that isn't installed.
+        ExportMismatch: the export disagrees with the `.keras` model.
+
+    Example:
+    >>> export_model("runs/latest/model.keras", "onnx", "flowers.onnx")
+    {'format': 'onnx', 'path': 'flowers.onnx', ..., 'max_probability_difference': 3.1e-08}
+    """
+    import keras
+
+    if format not in FORMATS:
+        raise KflowersError(f"unknown export format {format!r}; choose from {', '.join(FORMATS)}")
+    missing = [m for m in RUNTIMES[format] if not _installed(m)]
+    if missing:
+        raise KflowersError(f"exporting to {format} needs {', '.join(missing)}: pip install 'kflowers[export]'")
+    if keras.backend.backend() != FORMATS[format]:
+        return _export_in_child(model_path, format, out, images, atol)
+    return _export_here(model_path, format, out, images, atol)
+
+
+def _installed(module):
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def _export_in_child(model_path, format, out, images, atol):
+    env = {**os.environ, "KERAS_BACKEND": FORMATS[format], "TF_CPP_MIN_LOG_LEVEL": "3"}
+    command = [sys.executable, "-m", "kflowers.export", json.dumps(
+        {"model_path": os.fspath(model_path), "format": format, "out": os.fspath(out),
+         "images": [os.fspath(i) for i in images], "atol": atol})]
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    lines = result.stdout.strip().splitlines()
+    if result.returncode == 0 and lines:
+        return json.loads(lines[-1])
+    message = (result.stderr.strip().splitlines() or ["the export process failed"])[-1]
+    if result.returncode == 2:  # a KflowersError in the child: its one line
+        raise ExportMismatch(message) if "disagrees" in message else KflowersError(message)
+    raise RuntimeError(f"exporting on the {FORMATS[format]} backend failed: {result.stderr[-3000:]}")
+
+
+def _export_here(model_path, format, out, images, atol):
+    from kflowers.files import atomic_path
+    from kflowers.model import load_model
+    from kflowers.predict import prepare_images
+
+    model = load_model(model_path)
+    size = model.input_shape[1] or 224
+    pixels = np.random.default_rng(0).integers(0, 256, (4, size, size, 3)).astype("uint8")
+    if images:
+        pixels = np.concatenate([pixels, prepare_images(list(images), size)])
+    expected = _softmax(np.asarray(model.predict(pixels, verbose=0), "float64"))
+    out = os.fspath(out)
+    with atomic_path(out, suffix=EXTENSIONS[format]) as tmp:
+        EXPORTERS[format](model, tmp, size)
+        got = _softmax(np.asarray(RUNNERS[format](tmp, pixels), "float64"))
+        difference = float(np.abs(got - expected).max())
+        agree = bool((got.argmax(axis=1) == expected.argmax(axis=1)).all())
+        if not agree or difference > atol:
+            raise ExportMismatch(f"the {format} export disagrees with {model_path}: probabilities differ by up "
+                                 f"to {difference:.2e} (allowed {atol:.0e}), top-1 {'agrees' if agree else 'differs'}")
+        if os.path.isdir(out):  # os.replace can't put a folder over a folder
+            shutil.rmtree(out)
+    return {"format": format, "path": out, "backend": FORMATS[format], "images": len(pixels),
+            "top1_agree": agree, "max_probability_difference": difference}
+
+
+def _softmax(logits):
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+# ------------------------------------------------------------ per format
+
+
+def _export_saved_model(model, path, size):
+    model.export(path, format="tf_saved_model", verbose=False)
+
+
+def _run_saved_model(path, pixels):
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(path)  # kept alive while `serve` runs: it owns the variables
+    return loaded.serve(tf.constant(pixels, tf.float32)).numpy()
+
+
+def _export_litert(model, path, size):
+    model.export(path, format="litert", verbose=False)
+
+
+def _run_litert(path, pixels):
+    import warnings
+
+    import tensorflow as tf
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tf.lite.Interpreter's notice that ai_edge_litert succeeds it
+        interpreter = tf.lite.Interpreter(model_path=path)
+    entry = interpreter.get_input_details()[0]
+    interpreter.resize_tensor_input(entry["index"], list(pixels.shape))
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(entry["index"], pixels.astype(entry["dtype"]))
+    interpreter.invoke()
+    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+
+
+def _export_onnx(model, path, size):
+    import warnings
+
+    import torch
+
+    class Logits(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, images):
+            return self.model(images, training=False)
+
+    example = torch.zeros((2, size, size, 3), dtype=torch.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notes on Keras's shape bookkeeping
+        torch.onnx.export(Logits(model).eval(), (example,), path, dynamo=False, input_names=["images"],
+                          output_names=["logits"], dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+                          opset_version=17)
+
+
+def _run_onnx(path, pixels):
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    return session.run(None, {"images": pixels.astype("float32")})[0]
+
+
+EXPORTERS = {"saved_model": _export_saved_model, "onnx": _export_onnx, "litert": _export_litert}
+RUNNERS = {"saved_model": _run_saved_model, "onnx": _run_onnx, "litert": _run_litert}
+
+
+def _main(argv):
+    """`python -m kflowers.export JSON`: the child process of `export_model`; prints its result as JSON."""
+    import kflowers  # noqa: F401 - sets the default backend before Keras loads
+    from kflowers.errors import user_message
+
+    arguments = json.loads(argv[0])
+    try:
+        result = export_model(**arguments)
+    except Exception as error:  # noqa: BLE001 - user errors become one line for the parent
+        text = user_message(error)
+        if text is None:
+            raise
+        print(text, file=sys.stderr)
+        return 2
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
