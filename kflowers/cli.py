@@ -40,8 +40,8 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-TRAINING_FLAGS = ["data", "epochs", "lr", "batch_size", "image_size", "weights", "augment", "seed", "workers",
-                  "quiet", "feature_cache"]
+TRAINING_FLAGS = ["data", "epochs", "lr", "batch_size", "image_size", "weights", "augment", "seed", "precision",
+                  "workers", "quiet", "feature_cache"]
 
 
 def build_parser():
@@ -203,7 +203,7 @@ def _run_options(args, strategy, out):
                       augment=args.augment, seed=args.seed,
                       early_stopping=getattr(args, "early_stopping", False),
                       resume=getattr(args, "resume", False), workers=args.workers, quiet=args.quiet,
-                      feature_cache=args.feature_cache)
+                      feature_cache=args.feature_cache, precision=args.precision)
 
 
 def _data_root(args):

@@ -17,6 +17,8 @@ STRATEGY_NAMES = ("scratch", "frozen", "finetune", "two-stage", "discriminative"
 STRATEGY_ALIASES = {"fine-tune": "finetune", "fine_tune": "finetune", "two_stage": "two-stage",
                     "twostage": "two-stage"}
 MIN_IMAGE_SIZE = 8  # ResNet18 halves the image five times
+# --precision -> the Keras dtype policy it sets (variables and BatchNorm statistics stay float32).
+PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 
 
 def strategy_name(name):
@@ -102,6 +104,9 @@ class RunOptions:
     feature_cache: object = _flag(None, "train frozen epochs through the whole network, not on backbone "
                                         "features computed once", flag="--no-feature-cache",
                                   action="store_const", const=False)
+    precision: str = _flag("float32", "float32 (the lesson's numerics), or mixed precision: bfloat16 (fast on "
+                                      "CPUs with AVX512_BF16/AMX and on GPUs) or float16 (GPUs, with loss scaling)",
+                           choices=list(PRECISIONS))
     workers: int = _flag(1, "data loading threads", type=positive_int)
     test_size: float = 0.2
     quiet: bool = _flag(False, "no progress bars", action="store_true")

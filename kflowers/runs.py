@@ -43,6 +43,7 @@ from kflowers.files import remove_stale_temporaries
 from kflowers.files import strict_json
 from kflowers.files import write_json
 from kflowers.files import write_text
+from kflowers.options import PRECISIONS
 from kflowers.options import RunOptions  # noqa: F401 - re-exported: kflowers.runs.RunOptions
 
 log = logging.getLogger("kflowers")
@@ -197,6 +198,7 @@ def check_resumable(out, options, strategy, train_split, test_split):
                              "start afresh without --resume") from None
     ours = _identity(options, strategy)
     theirs = {key: config.get(key) for key in ours}
+    theirs["precision"] = config.get("precision", "float32")
     theirs["data"] = os.path.abspath(str(config.get("data")))
     different = [key for key in ours if ours[key] != theirs[key]]
     if split.get("train") != train_split.paths or split.get("test") != test_split.paths:
@@ -213,7 +215,7 @@ def _identity(options, strategy):
             "lr": options.lr, "batch_size": options.batch_size, "image_size": options.image_size,
             "weights": _weights(options, strategy), "augment": options.augment, "seed": options.seed,
             "early_stopping": options.early_stopping, "test_size": options.test_size,
-            "feature_cache": options.feature_cache}
+            "feature_cache": options.feature_cache, "precision": options.precision}
 
 
 def _replace_previous_run(out):
@@ -303,8 +305,13 @@ def _train_locked(options, folder, split, started, rank, processes):
         log.warning("%s starts with a frozen backbone, but --weights none leaves it random: only the "
                     "head will learn, from random features", strategy.name)
     keras.utils.set_random_seed(options.seed)
-    model = build_model(num_classes=len(folder.class_names), weights=_weights(options, strategy),
-                        image_size=options.image_size)
+    previous_policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(PRECISIONS[options.precision])  # the model's layers keep it
+    try:
+        model = build_model(num_classes=len(folder.class_names), weights=_weights(options, strategy),
+                            image_size=options.image_size)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
     train_ds = FlowerDataset.from_folder(train_split, batch_size=options.batch_size,
                                          image_size=options.image_size, shuffle=True,
                                          augment=options.augment, seed=options.seed,

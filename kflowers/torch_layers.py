@@ -57,17 +57,22 @@ def compiling():
     return bool(is_compiling and is_compiling())
 
 
+# Compute dtypes the fast path runs: float32, and mixed precision's bfloat16 and float16 (variables and
+# BatchNorm statistics stay float32, as Keras keeps them).
+FAST_DTYPES = ("float32", "bfloat16", "float16")
+
+
 def fast_path_applies(inputs, channels_last=True):
     """Whether 4D channels-last `inputs` can take the torch fast path.
 
-    Inputs that are not float32 and torch.compile's tracing are said once in
-    the log, since they come from the user's settings (mixed precision,
-    `jit_compile=True`) rather than the layer's.
+    Inputs of another dtype (float64) and torch.compile's tracing are said
+    once in the log, since they come from the user's settings
+    (`jit_compile=True`) rather than the layer's.
     """
     if not (channels_last and keras.backend.backend() == "torch" and len(inputs.shape) == 4):
         return False
     dtype = keras.backend.standardize_dtype(inputs.dtype)
-    if dtype != "float32":
+    if dtype not in FAST_DTYPES:
         say_once(f"the torch fast path steps aside for {dtype} inputs: Keras's layers run them")
         return False
     if compiling():
@@ -137,8 +142,9 @@ def batch_norm_training(layer, x):
     # momentum=1 makes torch write the batch's own statistics into `mean`
     # and `var` (the variance unbiased), from the same fused pass.
     channels = x.shape[1]
-    mean = torch.zeros(channels, dtype=x.dtype, device=x.device)
-    var = torch.ones(channels, dtype=x.dtype, device=x.device)
+    statistics = layer.moving_mean.value.dtype  # float32 under mixed precision too
+    mean = torch.zeros(channels, dtype=statistics, device=x.device)
+    var = torch.ones(channels, dtype=statistics, device=x.device)
     outputs = torch.nn.functional.batch_norm(
         x, mean, var, gamma, beta, training=True, momentum=1.0, eps=layer.epsilon)
     n = x.numel() // channels
@@ -156,7 +162,7 @@ def _conv_convolution_op(self, inputs, kernel):
         return type(self).convolution_op(self, inputs, kernel)
     import torch
 
-    weight = reordered_kernel(self, keras.ops.convert_to_tensor(kernel))
+    weight = reordered_kernel(self, keras.ops.convert_to_tensor(kernel)).to(inputs.dtype)
     x = to_nchw(inputs).contiguous(memory_format=torch.channels_last)
     outputs = torch.nn.functional.conv2d(x, weight, stride=self.strides, padding=padding,
                                          dilation=self.dilation_rate, groups=self.groups)

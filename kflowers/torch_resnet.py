@@ -25,9 +25,10 @@ computation as one torch function over the backbone's own variables:
 Each layer's own `trainable` flag decides its mode, as in Keras. The
 backbone object stays a `ResNetBackbone` (the `call` is set on the
 instance): its config, weights and saved files are unchanged, and anything
-the fast path does not cover (other backends, float16, masks, symbolic
+the fast path does not cover (other backends, float64, masks, symbolic
 tensors, `torch.compile`, a backbone that isn't ResNet18's layout) runs its
-layers one by one.
+layers one by one. Under mixed precision it computes in the policy's dtype
+(bfloat16 or float16) with float32 variables and BatchNorm statistics.
 Tested against the stock layers (outputs, gradients, moving statistics)
 and, for a whole training step, against plain torch.
 
@@ -62,8 +63,9 @@ def install(backbone):
         return False
     plan = _plan(backbone)
     if plan is None:
-        policy = backbone.dtype_policy.name
-        reason = f"dtype policy {policy}" if policy != "float32" else "not ResNet18's layout"
+        policy = backbone.dtype_policy
+        reason = ("not ResNet18's layout" if _is(backbone, type(backbone))
+                  else f"dtype policy {policy.name}")
         torch_layers.say_once(f"the torch fast path does not serve {backbone.name} ({reason}); "
                               "it runs Keras's layers one by one")
         return False
@@ -141,7 +143,9 @@ def _layer(backbone, name, optional=False):
 
 
 def _is(layer, cls):
-    return isinstance(layer, cls) and layer.dtype_policy.name == "float32"
+    policy = layer.dtype_policy
+    return (isinstance(layer, cls) and policy.variable_dtype == "float32"
+            and policy.compute_dtype in torch_layers.FAST_DTYPES)
 
 
 def _is_relu(layer):
@@ -204,9 +208,10 @@ def _conv_bn_forward(x, conv, bn, stride, padding, training):
     needs_grad = torch.is_grad_enabled() and (
         kernel.requires_grad or gamma.requires_grad or beta.requires_grad)
     if not bn_training and not needs_grad:
-        weight, bias = _folded(conv, bn)
+        weight, bias = _folded(conv, bn, x.dtype)
         return torch.nn.functional.conv2d(x, weight, bias, stride=stride, padding=padding)
-    y = torch.nn.functional.conv2d(x, torch_layers.reordered_kernel(conv, kernel), stride=stride, padding=padding)
+    weight = torch_layers.reordered_kernel(conv, kernel).to(x.dtype)  # mixed precision: the compute dtype
+    y = torch.nn.functional.conv2d(x, weight, stride=stride, padding=padding)
     if bn_training:
         return torch_layers.batch_norm_training(bn, y)
     return torch.nn.functional.batch_norm(
@@ -214,16 +219,19 @@ def _conv_bn_forward(x, conv, bn, stride, padding, training):
         eps=bn.epsilon)
 
 
-def _folded(conv, bn):
-    """`conv` followed by `bn` in inference mode as one kernel and bias, cached."""
+def _folded(conv, bn, dtype):
+    """`conv` followed by `bn` in inference mode as one kernel and bias in `dtype`, cached.
+
+    The folding is done in float32 (the variables' dtype) and then cast.
+    """
     import torch
 
     variables = [v.value for v in (conv.kernel, bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance)]
-    key = torch_layers.versions(*variables)
+    key = (torch_layers.versions(*variables), dtype)
     cached = _FOLDED.get(conv)
     if cached is None or cached[0] != key:
-        kernel, gamma, beta, mean, var = (v.detach() for v in variables)
+        kernel, gamma, beta, mean, var = (v.detach().float() for v in variables)
         scale = gamma * torch.rsqrt(var + bn.epsilon)
-        weight = torch_layers.torch_kernel(kernel * scale)
-        cached = _FOLDED[conv] = (key, weight, beta - mean * scale)
+        weight = torch_layers.torch_kernel(kernel * scale).to(dtype)
+        cached = _FOLDED[conv] = (key, weight, (beta - mean * scale).to(dtype))
     return cached[1], cached[2]

@@ -1,4 +1,4 @@
-"""A run that composes: interruption x strategy x resume, bit for bit.
+"""A run that composes: interruption x strategy x early stopping x precision x resume, bit for bit.
 
 Each case trains a strategy straight through, then again with an
 interruption at a given batch (a stop request as Ctrl-C makes, or a crash
@@ -47,9 +47,14 @@ def splits(flowers_dir):
     return kflowers.split_dataset(kflowers.scan_folder(flowers_dir), test_size=0.25, seed=0)
 
 
-def run(splits, pth, strategy, backup_dir=None, callbacks=(), stop=None, **kwargs):
+def run(splits, pth, strategy, backup_dir=None, callbacks=(), stop=None, precision="float32", **kwargs):
     keras.utils.set_random_seed(0)
-    model = kflowers.build_model(weights=pth, image_size=SIZE)
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(PRECISIONS[precision])
+    try:
+        model = kflowers.build_model(weights=pth, image_size=SIZE)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
     train_ds = FlowerDataset.from_folder(splits[0], batch_size=16, image_size=SIZE, shuffle=True, seed=1)
     test_ds = FlowerDataset.from_folder(splits[1], batch_size=32, image_size=SIZE)
     result = train(model, strategy, train_ds, test_ds, epochs=3, verbose=0, backup_dir=backup_dir,
@@ -81,29 +86,33 @@ INTERRUPTIONS = {
     "Ctrl-C in epoch 1": ("ctrl-c", 0, 1),
     "SIGKILL in epoch 3": ("kill", 2, 0),
 }
-CASES = [(s, i, early) for s in STRATEGIES for i in INTERRUPTIONS for early in (False, True)
+PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
+CASES = [(s, i, early, "float32") for s in STRATEGIES for i in INTERRUPTIONS for early in (False, True)
          if not (early and i in ("Ctrl-C in epoch 1", "SIGKILL in epoch 3"))]
+# Mixed precision (the torch fast path computes in bfloat16): every strategy, both kinds of interruption.
+CASES += [(s, i, False, "bfloat16") for s in STRATEGIES for i in ("Ctrl-C in epoch 2", "SIGKILL in epoch 2")]
 
 
 @pytest.fixture(scope="module")
 def straight(splits, resnet18_pth):
     runs = {}
 
-    def get(strategy, early):
-        key = (strategy, early)
+    def get(strategy, early, precision):
+        key = (strategy, early, precision)
         if key not in runs:
-            runs[key] = run(splits, resnet18_pth, early_stopping=early, patience=1, **STRATEGIES[strategy])
+            runs[key] = run(splits, resnet18_pth, early_stopping=early, patience=1, precision=precision,
+                            **STRATEGIES[strategy])
         return runs[key]
     return get
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy, interruption, early", CASES,
-                         ids=[f"{s}-{i}{'-early-stopping' if e else ''}" for s, i, e in CASES])
+@pytest.mark.parametrize("strategy, interruption, early, precision", CASES,
+                         ids=[f"{s}-{i}{'-early-stopping' if e else ''}-{p}" for s, i, e, p in CASES])
 def test_interrupted_then_resumed_equals_straight(splits, resnet18_pth, straight, tmp_path, strategy,
-                                                  interruption, early):
+                                                  interruption, early, precision):
     kind, epoch, batch = INTERRUPTIONS[interruption]
-    options = dict(early_stopping=early, patience=1, **STRATEGIES[strategy])
+    options = dict(early_stopping=early, patience=1, precision=precision, **STRATEGIES[strategy])
     backup_dir = str(tmp_path / "backup")
     stop = threading.Event()
     if kind == "kill":
@@ -116,7 +125,7 @@ def test_interrupted_then_resumed_equals_straight(splits, resnet18_pth, straight
         assert [row["epoch"] for row in cut.rows] == list(range(1, epoch + 1))  # the cut epoch is not in
     resumed = run(splits, resnet18_pth, backup_dir=backup_dir, **options)
     assert resumed[1].finished
-    assert_same_run(resumed, straight(strategy, early))
+    assert_same_run(resumed, straight(strategy, early, precision))
 
 
 def test_a_stop_in_the_cached_first_stage_ends_the_whole_run(splits, resnet18_pth):
