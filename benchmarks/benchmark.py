@@ -6,9 +6,13 @@ A: the lesson: torchvision `resnet18` with a new 5-way `fc`, SGD lr 1e-2,
    everything but `fc`; predict = `model.eval()` under `torch.no_grad()`.
 B: kflowers: `build_model` + `compile` + `fit` (and `predict`) with the same
    batch, image size and optimizer (frozen = `backbone.trainable = False`).
-`--extra A-channels-last B-stock` adds two more sides: the lesson's loop in
-torch's channels_last memory format (what B runs on), and kflowers on Keras's
-stock layers (what `kflowers.torch_layers` buys).
+`--extra` adds more sides: `A-channels-last` (the lesson's loop in torch's
+channels_last memory format, what B runs on), `B-stock` (kflowers on Keras's
+stock layers: what `kflowers.torch_layers` buys), and mixed precision:
+`B-bf16` (kflowers under `mixed_bfloat16`) with `A-bf16` (the lesson's loop
+in channels_last under `torch.autocast(bfloat16)`, the fair reference), and
+`B-fp16`/`A-fp16` likewise for GPUs. The output says whether the CPU has
+native bf16 (AVX512_BF16 or AMX).
 
 Speed: for each mode, one process builds every side and then alternates
 them step by step (A, B, A, B, ...), so machine drift and other tenants hit
@@ -28,6 +32,7 @@ runs convolutions in TF32 by default, so it can pass 100%).
 
     pip install -e ".[bench]"      # torchvision (here: torch 2.14.1)
     python benchmarks/benchmark.py --batch-size 64 --image-size 224 --steps 10 --extra A-channels-last B-stock
+    python benchmarks/benchmark.py --batch-size 64 --image-size 224 --steps 6 --extra A-bf16 B-bf16
 """
 
 import argparse
@@ -46,7 +51,12 @@ SIDE_NAMES = {"A": "lesson (A)", "B": "kflowers (B)"}
 EXTRA_SIDES = {
     "A-channels-last": "the lesson's loop with model and batches in torch's channels_last memory format",
     "B-stock": "kflowers on Keras's stock layers (build_model(torch_kernels=False))",
+    "A-bf16": "the lesson's loop in channels_last under torch.autocast(bfloat16): the fair mixed-precision reference",
+    "B-bf16": "kflowers under the mixed_bfloat16 policy (kflowers train --precision bfloat16)",
+    "B-fp16": "kflowers under the mixed_float16 policy (GPUs)",
+    "A-fp16": "the lesson's loop in channels_last under torch.autocast(float16) (GPUs)",
 }
+PRECISION = {"A-bf16": "bfloat16", "B-bf16": "bfloat16", "A-fp16": "float16", "B-fp16": "float16"}
 
 
 def make_step(side, mode, batch, size):
@@ -87,9 +97,10 @@ def _torch_step(side, mode, images, labels):
         for name, p in model.named_parameters():
             p.requires_grad = name.startswith("fc.")
     batch = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255).contiguous()
-    if side == "A-channels-last":
+    if side != "A":
         model = model.to(memory_format=torch.channels_last)
         batch = batch.contiguous(memory_format=torch.channels_last)
+    autocast = torch.autocast(device, dtype=getattr(torch, PRECISION.get(side, "bfloat16")), enabled=side in PRECISION)
     labels = torch.from_numpy(labels)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -100,12 +111,14 @@ def _torch_step(side, mode, images, labels):
         x, y = batch.to(device), labels.to(device)  # no copy on the CPU
         if mode == "predict":
             model.eval()
-            with torch.no_grad():
+            with torch.no_grad(), autocast:
                 model(x).cpu()
         else:
             model.train()
             optimizer.zero_grad()
-            loss_fn(model(x), y).backward()
+            with autocast:
+                loss = loss_fn(model(x), y)
+            loss.backward()
             optimizer.step()
         _sync()
         return time.perf_counter() - start
@@ -118,7 +131,10 @@ def _keras_step(side, mode, images, labels):
 
     import keras
 
-    model = kflowers.build_model(weights=None, image_size=images.shape[1], torch_kernels=side == "B")
+    policy = {"bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}.get(PRECISION.get(side), "float32")
+    keras.mixed_precision.set_global_policy(policy)
+    model = kflowers.build_model(weights=None, image_size=images.shape[1], torch_kernels=side != "B-stock")
+    keras.mixed_precision.set_global_policy("float32")
     if mode == "frozen":
         model.get_layer("backbone").trainable = False
     model.compile(keras.optimizers.SGD(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
@@ -267,21 +283,45 @@ def main():
     peak = peak_gflops()
     backend = os.environ.get("KERAS_BACKEND", "torch")
     memory = "peak GPU MiB" if _cuda() else "peak RSS MiB"
-    where = _gpu_name() if _cuda() else f"{os.cpu_count()} CPU threads"
+    where = _gpu_name() if _cuda() else f"{os.cpu_count()} CPU threads of {cpu_name()}"
     print(f"\nB on the {backend} backend; {args.batch_size} images of {args.image_size}x{args.image_size} "
           f"a step, fastest of {args.steps} alternated steps per side, {where}, "
-          f"fp32 peak ~{peak:.0f} GFLOP/s\n")
-    print("| mode | " + " | ".join(f"{SIDE_NAMES.get(side, side)} img/s" for side in sides)
-          + " | " + " | ".join(f"{side}/A (median)" for side in sides[1:])
-          + " | " + " | ".join(f"{side} {memory}" for side in sides) + " | B % of peak FLOP/s |")
-    print("|---" * (1 + 3 * len(sides)) + "|")
+          f"fp32 peak ~{peak:.0f} GFLOP/s; {native_bf16()}\n")
+    # One row per mode and side: the precision is a column, every ratio is to the lesson's fp32 loop (A),
+    # and a mixed-precision kflowers side is also compared with the lesson's loop in the same precision.
+    print(f"| mode | side | precision | img/s | x A (median) | x A same precision | {memory} | % of fp32 peak |")
+    print("|---|---|---|---|---|---|---|---|")
     for mode, speed, median_ratio, rss in rows:
         gflop = GFLOP_PER_IMAGE[mode] * (args.image_size / 224) ** 2
-        cells = ([f"{speed[side]:.1f}" for side in sides]
-                 + [f"{speed[side] / speed['A']:.2f} ({median_ratio[side]:.2f})" for side in sides[1:]]
-                 + [f"{rss[side]:.0f}" for side in sides]
-                 + [f"{100 * speed['B'] * gflop / peak:.1f}"])
-        print(f"| {mode} | " + " | ".join(cells) + " |")
+        for side in sides:
+            precision = PRECISION.get(side, "float32")
+            twin = "A-" + side.split("-")[1] if side.startswith("B-") and side in PRECISION else None
+            fair = f"{speed[side] / speed[twin]:.2f}" if twin in speed else ""
+            ratio = "1" if side == "A" else f"{speed[side] / speed['A']:.2f} ({median_ratio[side]:.2f})"
+            print(f"| {mode} | {SIDE_NAMES.get(side, side)} | {precision} | {speed[side]:.1f} | {ratio} | {fair} "
+                  f"| {rss[side]:.0f} | {100 * speed[side] * gflop / peak:.1f} |")
+
+
+def cpu_name():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "an unknown CPU"
+
+
+def native_bf16():
+    """Whether the CPU computes bfloat16 natively (AVX512_BF16 or AMX), in words."""
+    if _cuda():
+        return "GPU"
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        flags = ""
+    found = [flag for flag in ("avx512_bf16", "amx_bf16") if flag in flags]
+    return f"native bf16: {'yes (' + ', '.join(found) + ')' if found else 'no'}"
 
 
 if __name__ == "__main__":

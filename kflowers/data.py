@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import threading
+import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 
@@ -183,6 +184,7 @@ class ImageFolder:
         paths: image files.
         labels: one int per path.
         skipped: `(path, reason)` for every file that was left out.
+        seconds: how long `scan_folder` took.
     """
 
     root: str
@@ -190,6 +192,7 @@ class ImageFolder:
     paths: list
     labels: list
     skipped: list = dataclasses.field(default_factory=list)
+    seconds: float = 0.0  # how long the scan took
 
     def __len__(self):
         return len(self.paths)
@@ -245,6 +248,7 @@ def scan_folder(root, classes=None, check_images=True, threads=4):
     >>> folder.class_names
     ['daisy', 'dandelion', 'rose', 'sunflower', 'tulip']
     """
+    started = time.perf_counter()
     root = os.fspath(root)
     if not os.path.isdir(root):
         raise DataError(f"dataset folder not found: {root}")
@@ -304,7 +308,7 @@ def scan_folder(root, classes=None, check_images=True, threads=4):
     skipped.sort()
     for path, reason in skipped:
         log.warning("skipped %s: %s", display_name(path), reason)
-    return ImageFolder(root, class_names, paths, labels, skipped)
+    return ImageFolder(root, class_names, paths, labels, skipped, seconds=time.perf_counter() - started)
 
 
 JUNK_FILES = ("Thumbs.db", "desktop.ini")

@@ -9,6 +9,8 @@ backbone activations are kept for backpropagation, and the head sees
 exactly what it would see in the full model (BatchNorm in inference mode).
 """
 
+import time
+
 import numpy as np
 
 from kflowers.parts import model_parts
@@ -41,6 +43,7 @@ class FeatureCache:
             the same samples in the same order as `train_data`'s batches in
             the epoch `fit` is in (`follow_epochs` keeps it there).
         validation: `(test features, test labels)` or `None`.
+        seconds: how long the feature pass took.
     """
 
     def __init__(self, model, train_data, test_data=None, verbose=0):
@@ -54,11 +57,13 @@ class FeatureCache:
         if verbose:
             print(f"Caching backbone features of {len(train_data.paths)} training images"
                   + (f" and {len(test_data.paths)} test images" if test_data is not None else ""))
+        started = time.perf_counter()
         features = pooled_features(model, train_data, verbose=verbose)
         self.validation = None
         if test_data is not None:
             self.validation = (pooled_features(model, test_data, verbose=verbose),
                                np.asarray(test_data.labels))
+        self.seconds = time.perf_counter() - started  # the feature pass
         inputs = keras.Input(shape=features.shape[1:], name="features")
         self.head_model = keras.Model(inputs, parts.head(inputs), name="head_on_features")
         self.epoch = 0

@@ -2,7 +2,8 @@
 
     RUN/model.keras     the trained model (loads with keras.models.load_model)
     RUN/history.csv     one row per epoch: loss, accuracy, test_loss, test_accuracy, seconds
-    RUN/metrics.json    test_accuracy (final), best_test_accuracy, test_loss, per_class, epochs, wall_seconds
+    RUN/metrics.json    test_accuracy (final), best_test_accuracy, test_loss, per_class, epochs, wall_seconds,
+                        seconds (scan, build_model, feature_pass, training, evaluation, writing)
     RUN/curves.png      loss and accuracy, train against test
     RUN/confusion.png   the test confusion matrix
     RUN/top_losses.png  the test photos with the highest loss: true and predicted class
@@ -307,11 +308,13 @@ def _train_locked(options, folder, split, started, rank, processes):
     keras.utils.set_random_seed(options.seed)
     previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(PRECISIONS[options.precision])  # the model's layers keep it
+    clock = time.perf_counter()
     try:
         model = build_model(num_classes=len(folder.class_names), weights=_weights(options, strategy),
                             image_size=options.image_size)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
+    seconds = {"scan": folder.seconds, "build_model": time.perf_counter() - clock}
     train_ds = FlowerDataset.from_folder(train_split, batch_size=options.batch_size,
                                          image_size=options.image_size, shuffle=True,
                                          augment=options.augment, seed=options.seed,
@@ -332,6 +335,7 @@ def _train_locked(options, folder, split, started, rank, processes):
         callbacks.append(distributed.SyncReplicas())
         feature_cache = False
     verbose = 0 if options.quiet or not main_process else 2 if _not_a_terminal() else 1
+    clock = time.perf_counter()
     with StopOnInterrupt() as interrupt:
         result = train(model, strategy, train_ds, test_ds, learning_rate=options.lr,
                        callbacks=callbacks, verbose=verbose, feature_cache=feature_cache,
@@ -339,9 +343,14 @@ def _train_locked(options, folder, split, started, rank, processes):
     if not main_process:
         return None
     rows = result.rows
+    seconds["feature_pass"] = result.feature_seconds
+    seconds["training"] = time.perf_counter() - clock - result.feature_seconds
 
     # Every figure in metrics.json is of the model saved beside it.
+    clock = time.perf_counter()
     results = evaluate_model(model, test_ds, folder.class_names, features=result.test_features)
+    seconds["evaluation"] = time.perf_counter() - clock
+    clock = time.perf_counter()
     save_model(model, os.path.join(out, "model.keras"), folder.class_names)
     _write_history_csv(os.path.join(out, "history.csv"), rows)
     columns = {key: [row.get(key) for row in rows] for key in rows[0]} if rows else {}
@@ -364,7 +373,10 @@ def _train_locked(options, folder, split, started, rank, processes):
         "best_epoch": result.best_epoch,
         "wall_seconds": time.perf_counter() - started,
     }
+    seconds["writing"] = time.perf_counter() - clock
+    metrics["seconds"] = seconds  # where the wall time went (scan: before the run started)
     write_json(os.path.join(out, "metrics.json"), metrics)
+    log.info("seconds: %s", ", ".join(f"{key} {value:.1f}" for key, value in seconds.items()))
     if result.finished and os.path.isdir(os.path.join(out, "backup")):
         shutil.rmtree(os.path.join(out, "backup"))  # only an interrupted run needs it
     return metrics

@@ -56,10 +56,12 @@ class TrainingResult:
             holds at the end (1-based), else `None`.
         test_features: the test images' pooled features, when the backbone
             never changed (a run that trained on cached features only).
+        feature_seconds: the feature cache's pass over the images (0 without it).
     """
 
     def __init__(self, rows=(), interrupted=False, stopped_early=False, best_epoch=None,
-                 test_features=None):
+                 test_features=None, feature_seconds=0.0):
+        self.feature_seconds = feature_seconds
         self.rows = list(rows)
         self.interrupted = interrupted
         self.stopped_early = stopped_early
@@ -348,7 +350,8 @@ class RunLoop:
         return TrainingResult(self.rows, interrupted=interrupted,
                               stopped_early=self.stopped_early or stopped,
                               best_epoch=self.early.best_epoch if self.early else None,
-                              test_features=test_features)
+                              test_features=test_features,
+                              feature_seconds=self.cache.seconds if self.cache is not None else 0.0)
 
     def _stop_requested(self):
         return self.stop is not None and self.stop.is_set()

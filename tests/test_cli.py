@@ -26,6 +26,7 @@ def metrics_without_time(run):
     with open(os.path.join(run, "metrics.json")) as f:
         metrics = json.load(f)
     metrics.pop("wall_seconds")
+    metrics.pop("seconds")
     return metrics
 
 

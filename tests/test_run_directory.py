@@ -28,6 +28,7 @@ def metrics(out):
     with open(os.path.join(out, "metrics.json")) as f:
         values = json.load(f)
     values.pop("wall_seconds")
+    values.pop("seconds")
     return values
 
 
