@@ -352,6 +352,7 @@ def cmd_compare(args):
     from kflowers.files import write_json
     from kflowers.files import write_text
     from kflowers.runs import check_out
+    from kflowers.runs import read_history
     from kflowers.runs import train_run
 
     check_out(args.out)
@@ -364,11 +365,7 @@ def cmd_compare(args):
         print(f"\n=== {strategy} ===")
         out = os.path.join(args.out, strategy)
         metrics = train_run(_run_options(args, strategy, out), folder=folder, split=split)
-        import csv
-
-        with open(os.path.join(out, "history.csv")) as f:
-            history = list(csv.DictReader(f))
-        histories[strategy] = {key: [float(row[key]) for row in history] for key in history[0]}
+        histories[strategy] = read_history(out)
         rows.append({"strategy": strategy, "best_test_accuracy": round(metrics["best_test_accuracy"], 4),
                      "final_test_accuracy": round(metrics["test_accuracy"], 4), "epochs": metrics["epochs"],
                      "wall_seconds": round(metrics["wall_seconds"], 1)})

@@ -23,6 +23,7 @@ import zipfile
 import numpy as np
 from kflowers.errors import WeightsError
 from kflowers.errors import first_line
+from kflowers.options import weights_value
 
 log = logging.getLogger("kflowers")
 
@@ -82,8 +83,7 @@ def build_model(num_classes=5, weights="imagenet", image_size=224, name="kflower
     import keras
     import keras_hub
 
-    if isinstance(weights, str) and weights.lower() == "none":
-        weights = None
+    weights = weights_value(weights)
     shape = (image_size, image_size, 3)
     inputs = keras.Input(shape=shape, name="images")
     preprocess = keras.layers.Normalization(

@@ -353,9 +353,8 @@ def _train_locked(options, folder, split, started, rank, processes):
     clock = time.perf_counter()
     save_model(model, os.path.join(out, "model.keras"), folder.class_names)
     _write_history_csv(os.path.join(out, "history.csv"), rows)
-    columns = {key: [row.get(key) for row in rows] for key in rows[0]} if rows else {}
     if rows:
-        reports.plot_history(columns, os.path.join(out, "curves.png"), title=strategy.name)
+        reports.plot_history(history_columns(rows), os.path.join(out, "curves.png"), title=strategy.name)
     reports.plot_confusion(results["confusion"], folder.class_names, os.path.join(out, "confusion.png"))
     plot_top_losses(test_split.paths, results["labels"], results["logits"], folder.class_names,
                     os.path.join(out, "top_losses.png"), image_size=options.image_size)
@@ -412,6 +411,18 @@ def _not_a_terminal():
     import sys
 
     return not sys.stdout.isatty()
+
+
+def history_columns(rows):
+    """History rows (one dict per epoch) as columns: `{metric: [value per epoch]}`."""
+    return {key: [row.get(key) for row in rows] for key in rows[0]} if rows else {}
+
+
+def read_history(out):
+    """The `history.csv` of the run in `out`, as columns of floats."""
+    with open(os.path.join(out, "history.csv"), newline="") as f:
+        rows = [{key: float(value) for key, value in row.items()} for row in csv.DictReader(f)]
+    return history_columns(rows)
 
 
 def _write_history_csv(path, rows):

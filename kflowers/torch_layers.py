@@ -109,22 +109,42 @@ def versions(*tensors):
     return tuple((t.data_ptr(), t._version, t.device) for t in tensors)
 
 
-def reordered_kernel(layer, kernel):
-    """`torch_kernel(kernel)` for `layer`, kept while `kernel` is unchanged.
+def stored(variable):
+    """The tensor a Keras variable stores (float32 under mixed precision).
+
+    Inside a layer's call, Keras's autocast hands out a fresh copy of each
+    float variable in the compute dtype; the fast path casts (and caches the
+    cast) itself, so it reads the stored tensor. Keras has no public switch
+    for this: `AutocastScope(None)` is the one its own code uses.
+    """
+    if not isinstance(variable, keras.Variable):
+        return variable
+    try:
+        from keras.src.backend.common.variables import AutocastScope
+    except ImportError:  # Keras moved it: read the (possibly cast) value
+        return variable.value
+    with AutocastScope(None):
+        return variable.value
+
+
+def reordered_kernel(layer, kernel, dtype=None):
+    """`torch_kernel(kernel)` in `dtype` for `layer`, kept while `kernel` is unchanged.
 
     Reordering a 3x3x512x512 kernel is a strided copy of 9 MB (about as
     long as that layer's convolution of 8 small images); without gradients
     to carry (inference, frozen layers) the reordered kernel is kept until
-    the variable changes (`versions`).
+    the variable changes (`versions`). Under mixed precision the kernel is
+    cast first (half the bytes to reorder).
     """
     import torch
 
+    dtype = dtype or kernel.dtype
     if kernel.requires_grad and torch.is_grad_enabled():
-        return torch_kernel(kernel)
-    key = versions(kernel)
+        return torch_kernel(kernel.to(dtype))
+    key = (versions(kernel), dtype)
     cached = _REORDERED_KERNELS.get(layer)
     if cached is None or cached[0] != key:
-        cached = _REORDERED_KERNELS[layer] = (key, torch_kernel(kernel.detach()))
+        cached = _REORDERED_KERNELS[layer] = (key, torch_kernel(kernel.detach().to(dtype)))
     return cached[1]
 
 
@@ -137,12 +157,12 @@ def batch_norm_training(layer, x):
     """
     import torch
 
-    gamma = layer.gamma.value if layer.scale else None
-    beta = layer.beta.value if layer.center else None
+    gamma = stored(layer.gamma) if layer.scale else None
+    beta = stored(layer.beta) if layer.center else None
     # momentum=1 makes torch write the batch's own statistics into `mean`
     # and `var` (the variance unbiased), from the same fused pass.
     channels = x.shape[1]
-    statistics = layer.moving_mean.value.dtype  # float32 under mixed precision too
+    statistics = stored(layer.moving_mean).dtype  # float32 under mixed precision too
     mean = torch.zeros(channels, dtype=statistics, device=x.device)
     var = torch.ones(channels, dtype=statistics, device=x.device)
     outputs = torch.nn.functional.batch_norm(
@@ -162,7 +182,7 @@ def _conv_convolution_op(self, inputs, kernel):
         return type(self).convolution_op(self, inputs, kernel)
     import torch
 
-    weight = reordered_kernel(self, keras.ops.convert_to_tensor(kernel)).to(inputs.dtype)
+    weight = reordered_kernel(self, stored(kernel), inputs.dtype)
     x = to_nchw(inputs).contiguous(memory_format=torch.channels_last)
     outputs = torch.nn.functional.conv2d(x, weight, stride=self.strides, padding=padding,
                                          dilation=self.dilation_rate, groups=self.groups)
@@ -191,8 +211,8 @@ def _batch_norm_call(self, inputs, training=None, mask=None):
         outputs = batch_norm_training(self, x)
     else:
         outputs = torch.nn.functional.batch_norm(
-            x, self.moving_mean.value, self.moving_variance.value,
-            self.gamma.value if self.scale else None, self.beta.value if self.center else None,
+            x, stored(self.moving_mean), stored(self.moving_variance),
+            stored(self.gamma) if self.scale else None, stored(self.beta) if self.center else None,
             training=False, eps=self.epsilon)
     return to_nhwc(outputs)
 

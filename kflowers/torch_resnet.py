@@ -203,19 +203,19 @@ def _call(self, inputs, training=None, mask=None):
 def _conv_bn_forward(x, conv, bn, stride, padding, training):
     import torch
 
-    kernel, gamma, beta = conv.kernel.value, bn.gamma.value, bn.beta.value
+    kernel, gamma, beta = (torch_layers.stored(v) for v in (conv.kernel, bn.gamma, bn.beta))
     bn_training = bool(training) and bn.trainable
     needs_grad = torch.is_grad_enabled() and (
         kernel.requires_grad or gamma.requires_grad or beta.requires_grad)
     if not bn_training and not needs_grad:
         weight, bias = _folded(conv, bn, x.dtype)
         return torch.nn.functional.conv2d(x, weight, bias, stride=stride, padding=padding)
-    weight = torch_layers.reordered_kernel(conv, kernel).to(x.dtype)  # mixed precision: the compute dtype
+    weight = torch_layers.reordered_kernel(conv, kernel, x.dtype)  # mixed precision: the compute dtype
     y = torch.nn.functional.conv2d(x, weight, stride=stride, padding=padding)
     if bn_training:
         return torch_layers.batch_norm_training(bn, y)
     return torch.nn.functional.batch_norm(
-        y, bn.moving_mean.value, bn.moving_variance.value, gamma, beta, training=False,
+        y, torch_layers.stored(bn.moving_mean), torch_layers.stored(bn.moving_variance), gamma, beta, training=False,
         eps=bn.epsilon)
 
 
@@ -226,7 +226,8 @@ def _folded(conv, bn, dtype):
     """
     import torch
 
-    variables = [v.value for v in (conv.kernel, bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance)]
+    variables = [torch_layers.stored(v) for v in (conv.kernel, bn.gamma, bn.beta, bn.moving_mean,
+                                                   bn.moving_variance)]
     key = (torch_layers.versions(*variables), dtype)
     cached = _FOLDED.get(conv)
     if cached is None or cached[0] != key:

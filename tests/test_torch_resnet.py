@@ -148,7 +148,7 @@ def test_other_layouts_keep_the_stock_layers():
     assert "call" not in vars(bottleneck)
 
 
-def test_torch_compile_and_float16_get_the_layers_one_by_one(twins, monkeypatch):
+def test_torch_compile_and_float64_get_the_layers_one_by_one(twins, monkeypatch):
     import keras_hub
     import torch
 
@@ -168,4 +168,6 @@ def test_torch_compile_and_float16_get_the_layers_one_by_one(twins, monkeypatch)
             use_pre_activation=False, image_shape=(SIZE, SIZE, 3), dtype=dtype)
 
     assert torch_resnet.install(small_backbone("float32"))  # any basic-block layout
-    assert not torch_resnet.install(small_backbone("mixed_float16"))
+    assert torch_resnet.install(small_backbone("mixed_float16"))  # mixed precision: served
+    assert torch_resnet.install(small_backbone("mixed_bfloat16"))
+    assert not torch_resnet.install(small_backbone("float64"))
