@@ -10,7 +10,8 @@ B: kflowers: `build_model` + `compile` + `fit` (and `predict`) with the same
 channels_last memory format, what B runs on), `B-stock` (kflowers on Keras's
 stock layers: what `kflowers.torch_layers` buys), and mixed precision:
 `B-bf16` (kflowers under `mixed_bfloat16`) with `A-bf16` (the lesson's loop
-in channels_last under `torch.autocast(bfloat16)`, the fair reference), and
+under `torch.autocast(bfloat16)`, the fair reference) and
+`A-channels-last-bf16` (the same in channels_last, what B-bf16 runs on), and
 `B-fp16`/`A-fp16` likewise for GPUs. The output says whether the CPU has
 native bf16 (AVX512_BF16 or AMX).
 
@@ -51,12 +52,14 @@ SIDE_NAMES = {"A": "lesson (A)", "B": "kflowers (B)"}
 EXTRA_SIDES = {
     "A-channels-last": "the lesson's loop with model and batches in torch's channels_last memory format",
     "B-stock": "kflowers on Keras's stock layers (build_model(torch_kernels=False))",
-    "A-bf16": "the lesson's loop in channels_last under torch.autocast(bfloat16): the fair mixed-precision reference",
+    "A-bf16": "the lesson's loop under torch.autocast(bfloat16): the fair mixed-precision reference",
+    "A-channels-last-bf16": "the lesson's loop in channels_last under torch.autocast(bfloat16)",
     "B-bf16": "kflowers under the mixed_bfloat16 policy (kflowers train --precision bfloat16)",
     "B-fp16": "kflowers under the mixed_float16 policy (GPUs)",
-    "A-fp16": "the lesson's loop in channels_last under torch.autocast(float16) (GPUs)",
+    "A-fp16": "the lesson's loop under torch.autocast(float16) (GPUs)",
 }
-PRECISION = {"A-bf16": "bfloat16", "B-bf16": "bfloat16", "A-fp16": "float16", "B-fp16": "float16"}
+PRECISION = {"A-bf16": "bfloat16", "A-channels-last-bf16": "bfloat16", "B-bf16": "bfloat16",
+             "A-fp16": "float16", "B-fp16": "float16"}
 
 
 def make_step(side, mode, batch, size):
@@ -97,7 +100,7 @@ def _torch_step(side, mode, images, labels):
         for name, p in model.named_parameters():
             p.requires_grad = name.startswith("fc.")
     batch = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255).contiguous()
-    if side != "A":
+    if "channels-last" in side:
         model = model.to(memory_format=torch.channels_last)
         batch = batch.contiguous(memory_format=torch.channels_last)
     autocast = torch.autocast(device, dtype=getattr(torch, PRECISION.get(side, "bfloat16")), enabled=side in PRECISION)

@@ -107,7 +107,8 @@ class RunOptions:
     precision: str = _flag("float32", "float32 (the lesson's numerics), or mixed precision: bfloat16 (fast on "
                                       "CPUs with AVX512_BF16/AMX and on GPUs) or float16 (GPUs, with loss scaling)",
                            choices=list(PRECISIONS))
-    workers: int = _flag(1, "data loading threads", type=positive_int)
+    workers: object = _flag(None, "data loading threads (default: 1 on a CPU, where decoding shares the cores "
+                                  "with training; up to 8 with a GPU to feed)", type=positive_int)
     test_size: float = 0.2
     quiet: bool = _flag(False, "no progress bars", action="store_true")
 

@@ -318,9 +318,9 @@ def _train_locked(options, folder, split, started, rank, processes):
     train_ds = FlowerDataset.from_folder(train_split, batch_size=options.batch_size,
                                          image_size=options.image_size, shuffle=True,
                                          augment=options.augment, seed=options.seed,
-                                         workers=options.workers)
+                                         workers=options.workers or default_workers())
     test_ds = FlowerDataset.from_folder(test_split, batch_size=256, image_size=options.image_size,
-                                        workers=options.workers)
+                                        workers=options.workers or default_workers())
     # The run has everything it needs: it now owns the directory.
     if not resuming:
         if os.path.exists(backup_dir):
@@ -379,6 +379,19 @@ def _train_locked(options, folder, split, started, rank, processes):
     if result.finished and os.path.isdir(os.path.join(out, "backup")):
         shutil.rmtree(os.path.join(out, "backup"))  # only an interrupted run needs it
     return metrics
+
+
+def default_workers():
+    """Data loading threads: 1 on a CPU (decoding shares the cores with training), up to 8 with a CUDA
+    GPU to feed (the lesson's GPU run was bound by its loader)."""
+    import keras
+
+    if keras.backend.backend() == "torch":
+        import torch
+
+        if torch.cuda.is_available():
+            return max(1, min(8, (os.cpu_count() or 2) - 1))
+    return 1
 
 
 def _weights(options, strategy):

@@ -106,9 +106,15 @@ def straight(splits, resnet18_pth):
     return get
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("strategy, interruption, early, precision", CASES,
-                         ids=[f"{s}-{i}{'-early-stopping' if e else ''}-{p}" for s, i, e, p in CASES])
+# These two also run on jax and tensorflow (CI runs the not-slow tests on every backend); the rest on torch.
+EVERY_BACKEND = {("finetune", "Ctrl-C in epoch 2", False, "float32"),
+                 ("two-stage cached", "SIGKILL in epoch 2", True, "float32")}
+
+
+@pytest.mark.parametrize("strategy, interruption, early, precision", [
+    pytest.param(*case, id=f"{case[0]}-{case[1]}{'-early-stopping' if case[2] else ''}-{case[3]}",
+                 marks=() if case in EVERY_BACKEND else pytest.mark.slow)
+    for case in CASES])
 def test_interrupted_then_resumed_equals_straight(splits, resnet18_pth, straight, tmp_path, strategy,
                                                   interruption, early, precision):
     kind, epoch, batch = INTERRUPTIONS[interruption]

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# On a machine with a CUDA GPU: the fast-path tests on the GPU, then the benchmark in fp32, bf16 and fp16.
+#
+#   bash benchmarks/gpu_check.sh            # writes gpu_check.md into $OUT (or benchmarks/)
+#
+# The tests run with TF32 off (NVIDIA_TF32_OVERRIDE=0): they compare against float32 references to
+# 1e-4-1e-5, which TF32's 10-bit mantissa can't meet. The benchmark then runs as users run: TF32 on.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out="${OUT:-benchmarks}"
+mkdir -p "$out"
+report="$out/gpu_check.md"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$report"
+python -c "import torch; assert torch.cuda.is_available(), 'no CUDA device visible to torch'"
+# The machine's own CUDA torch stays; torchvision for the lesson's side of the benchmark.
+pip install -q -e ".[test,bench]" 2>&1 | grep -v "Running pip as the 'root' user" || true
+{
+  echo; echo "## fast-path tests on the GPU (TF32 off)"; echo '```'
+  NVIDIA_TF32_OVERRIDE=0 python -m pytest -q -p no:cacheprovider tests/test_torch_layers.py \
+    tests/test_torch_resnet.py tests/test_mixed_precision.py tests/test_feature_cache.py 2>&1 | tail -15
+  echo '```'
+  echo; echo "## benchmark: batch 64, 224 px (TF32 on, as torch defaults)"
+  python benchmarks/benchmark.py --batch-size 64 --image-size 224 --steps 10 --warmup 2 \
+    --extra A-channels-last A-bf16 A-channels-last-bf16 B-bf16 A-fp16 B-fp16 2>&1 | grep -v "^I0000\|^W0000"
+} | tee -a "$report"
+echo "written: $report"
