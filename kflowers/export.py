@@ -13,6 +13,10 @@ backend that makes it well: when the current process runs another backend,
 (Keras's own `model.export` on the torch backend fails for these formats,
 an upstream mismatch of `dynamic_shapes`).
 
+The class names travel with each export: in the ONNX file's metadata
+(`class_names`), in a SavedModel's `assets/class_names.json`, and beside a
+LiteRT file (`NAME.class_names.json`).
+
 Every export is checked before it is kept: the exported file, run by its own
 runtime, must give the same top-1 class and probabilities within `atol` of
 the `.keras` model on a few images (seeded random photos-to-be, plus any you
@@ -95,6 +99,7 @@ def _export_in_child(model_path, format, out, images, atol):
 
 def _export_here(model_path, format, out, images, atol):
     from kflowers.files import atomic_path
+    from kflowers.files import write_json
     from kflowers.model import load_model
     from kflowers.predict import prepare_images
 
@@ -113,10 +118,14 @@ def _export_here(model_path, format, out, images, atol):
         if not agree or difference > atol:
             raise ExportMismatch(f"the {format} export disagrees with {model_path}: probabilities differ by up "
                                  f"to {difference:.2e} (allowed {atol:.0e}), top-1 {'agrees' if agree else 'differs'}")
+        if format in CLASS_NAME_WRITERS:  # inside the file itself
+            CLASS_NAME_WRITERS[format](tmp, model.class_names)
         if os.path.isdir(out):  # os.replace can't put a folder over a folder
             shutil.rmtree(out)
+    if format == "litert":  # beside it
+        write_json(class_names_path(format, out), model.class_names)
     return {"format": format, "path": out, "backend": FORMATS[format], "images": len(pixels),
-            "top1_agree": agree, "max_probability_difference": difference}
+            "top1_agree": agree, "max_probability_difference": difference, "class_names": model.class_names}
 
 
 def _softmax(logits):
@@ -186,7 +195,30 @@ def _run_onnx(path, pixels):
     return session.run(None, {"images": pixels.astype("float32")})[0]
 
 
+def _onnx_class_names(path, class_names):
+    """Into the ONNX file's own metadata (`metadata_props["class_names"]`, a JSON list)."""
+    import onnx
+
+    graph = onnx.load(path)
+    onnx.helper.set_model_props(graph, {"class_names": json.dumps(class_names)})
+    onnx.save(graph, path)
+
+
+def _saved_model_class_names(path, class_names):
+    """Into the SavedModel folder's `assets/class_names.json`."""
+    os.makedirs(os.path.join(path, "assets"), exist_ok=True)
+    with open(os.path.join(path, "assets", "class_names.json"), "w") as f:
+        json.dump(class_names, f)
+
+
+def class_names_path(format, out):
+    """Where an export of `format` at `out` keeps its class names (for ONNX: in the file's metadata)."""
+    return {"onnx": out, "saved_model": os.path.join(out, "assets", "class_names.json"),
+            "litert": os.path.splitext(out)[0] + ".class_names.json"}[format]
+
+
 EXPORTERS = {"saved_model": _export_saved_model, "onnx": _export_onnx, "litert": _export_litert}
+CLASS_NAME_WRITERS = {"saved_model": _saved_model_class_names, "onnx": _onnx_class_names}
 RUNNERS = {"saved_model": _run_saved_model, "onnx": _run_onnx, "litert": _run_litert}
 
 

@@ -159,6 +159,11 @@ class RunLock:
                 raise RunDirectoryBusy(
                     f"{os.path.dirname(self.path)} is in use by another kflowers run ({holder}); wait "
                     "for it to finish or choose another --out") from None
+            except OSError as error:  # a filesystem without locks (some network mounts)
+                os.close(fd)
+                log.warning("cannot lock %s (%s): nothing stops a second run from using it meanwhile",
+                            self.path, error.strerror)
+                return self
             try:  # the file we locked must still be the one at self.path (see __exit__)
                 same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
             except FileNotFoundError:
@@ -173,7 +178,8 @@ class RunLock:
 
     def __exit__(self, *exc):
         if self.fd is not None:
-            os.remove(self.path)  # before unlocking, so no one locks a file about to vanish
+            with contextlib.suppress(FileNotFoundError):  # (someone removed the whole directory)
+                os.remove(self.path)  # before unlocking, so no one locks a file about to vanish
             os.close(self.fd)
             self.fd = None
 
@@ -291,7 +297,8 @@ def _train_locked(options, folder, split, started, rank, processes):
 
     out = options.out
     main_process = rank == 0
-    remove_stale_temporaries(out)
+    if main_process:  # under torchrun, before any process can have started writing
+        remove_stale_temporaries(out)
     strategy = get_strategy(options.strategy).with_epochs(options.epochs)
     if folder is None:
         folder = scan_folder(options.data)

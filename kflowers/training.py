@@ -377,7 +377,7 @@ class RunLoop:
 
 
 def _digest(paths):
-    return hashlib.sha256("\n".join(map(str, paths)).encode()).hexdigest()[:16]
+    return hashlib.sha256("\n".join(map(str, paths)).encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
 class _Recorder(keras.callbacks.Callback):

@@ -1,5 +1,6 @@
 """Running the `kflowers` command line as a user runs it: in a subprocess."""
 
+import json
 import os
 import signal
 import subprocess
@@ -30,3 +31,12 @@ def kill_when(command, line_start):
             break
     process.wait(timeout=60)
     assert process.returncode == -signal.SIGKILL
+
+
+def metrics_without_time(run):
+    """A run's metrics.json without its timings (which differ between identical runs)."""
+    with open(os.path.join(run, "metrics.json")) as f:
+        metrics = json.load(f)
+    metrics.pop("wall_seconds")
+    metrics.pop("seconds")
+    return metrics

@@ -33,3 +33,16 @@ def resnet18_pth(tmp_path_factory):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="module")
+def small_model_file(tmp_path_factory):
+    """A 32 px kflowers classifier (random weights, seed 0) saved with the five class names."""
+    import keras
+
+    import kflowers
+
+    keras.utils.set_random_seed(0)
+    path = tmp_path_factory.mktemp("model") / "model.keras"
+    kflowers.save_model(kflowers.build_model(num_classes=5, weights=None, image_size=32), path, CLASSES)
+    return path

@@ -15,19 +15,12 @@ from clitools import RUN_FILES
 from clitools import TRAIN_FLAGS
 from clitools import kflowers
 from clitools import kill_when
+from clitools import metrics_without_time
 
 
 def assert_png_not_blank(path):
     image = np.asarray(Image.open(path).convert("L"), dtype=float)
     assert image.shape[0] > 100 and image.std() > 5, f"{path} looks blank"
-
-
-def metrics_without_time(run):
-    with open(os.path.join(run, "metrics.json")) as f:
-        metrics = json.load(f)
-    metrics.pop("wall_seconds")
-    metrics.pop("seconds")
-    return metrics
 
 
 @pytest.fixture(scope="module")

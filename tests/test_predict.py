@@ -14,13 +14,8 @@ NAMES = ["daisy", "dandelion", "rose", "sunflower", "tulip"]
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    import keras
-
-    keras.utils.set_random_seed(0)
-    path = tmp_path_factory.mktemp("model") / "model.keras"
-    kflowers.save_model(kflowers.build_model(num_classes=5, weights=None, image_size=32), path, NAMES)
-    return kflowers.load_model(path)
+def model(small_model_file):
+    return kflowers.load_model(small_model_file)
 
 
 def test_paths_are_prepared_exactly_as_in_training(model, flowers_dir):

@@ -1,7 +1,6 @@
 """A run directory belongs to one run: a second run refuses at once, a full disk or a kill while the
 first backup is written loses nothing, and `--resume` then finishes the run as if nothing happened."""
 
-import json
 import os
 import signal
 import subprocess
@@ -12,6 +11,7 @@ import pytest
 from clitools import ENV
 from clitools import TRAIN_FLAGS
 from clitools import kflowers
+from clitools import metrics_without_time as metrics
 
 FLAGS = ["--strategy", "finetune", "--epochs", "2", "--weights", "none", *TRAIN_FLAGS]
 
@@ -22,14 +22,6 @@ def train_args(data, out, *more):
 
 def temporaries(folder):
     return [os.path.join(d, n) for d, _, files in os.walk(folder) for n in files if ".tmp" in n]
-
-
-def metrics(out):
-    with open(os.path.join(out, "metrics.json")) as f:
-        values = json.load(f)
-    values.pop("wall_seconds")
-    values.pop("seconds")
-    return values
 
 
 @pytest.fixture(scope="module")
@@ -144,3 +136,17 @@ def test_a_full_disk_is_one_line_and_resume_finishes(flowers_dir, small_disk, st
     subprocess.run(["mount", "-o", "remount,size=400m", str(small_disk)], check=True)
     kflowers(*train_args(flowers_dir, out, "--quiet", "--resume"))
     assert metrics(out) == straight and temporaries(out) == []
+
+
+def test_a_class_folder_named_in_bytes_that_are_not_utf8_trains_and_plots(flowers_dir, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(flowers_dir, data)
+    os.rename(data / "rose", os.path.join(os.fsencode(data), b"ros\xe9"))  # Latin-1, as old cameras wrote it
+    out = tmp_path / "run"
+    kflowers(*train_args(str(data), out, "--quiet", "--epochs", "1"))
+    values = metrics(out)
+    assert "ros\ufffd" in values["per_class"]
+    for name in ("confusion.png", "top_losses.png", "curves.png", "model.keras"):
+        assert os.path.getsize(out / name) > 0
