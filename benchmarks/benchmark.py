@@ -58,8 +58,13 @@ EXTRA_SIDES = {
     "B-fp16": "kflowers under the mixed_float16 policy (GPUs)",
     "A-fp16": "the lesson's loop under torch.autocast(float16) (GPUs)",
 }
-PRECISION = {"A-bf16": "bfloat16", "A-channels-last-bf16": "bfloat16", "B-bf16": "bfloat16",
-             "A-fp16": "float16", "B-fp16": "float16"}
+PRECISION = {
+    "A-bf16": "bfloat16",
+    "A-channels-last-bf16": "bfloat16",
+    "B-bf16": "bfloat16",
+    "A-fp16": "float16",
+    "B-fp16": "float16",
+}
 
 
 def make_step(side, mode, batch, size):
@@ -236,9 +241,23 @@ def _gpu_name():
 
 def _child(args, *extra):
     out = subprocess.run(
-        [sys.executable, __file__, "--batch-size", str(args.batch_size), "--image-size", str(args.image_size),
-         "--steps", str(args.steps), "--warmup", str(args.warmup), *extra],
-        capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        [
+            sys.executable,
+            __file__,
+            "--batch-size",
+            str(args.batch_size),
+            "--image-size",
+            str(args.image_size),
+            "--steps",
+            str(args.steps),
+            "--warmup",
+            str(args.warmup),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
     if out.returncode:
         sys.exit(f"{' '.join(extra)} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -252,15 +271,19 @@ def main():
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--jobs", type=int, default=1, help="memory measurements run side by side")
     parser.add_argument("--modes", nargs="+", default=["finetune", "frozen", "predict"])
-    parser.add_argument("--extra", nargs="*", default=[], choices=list(EXTRA_SIDES),
-                        help="more sides: " + "; ".join(f"{k}: {v}" for k, v in EXTRA_SIDES.items()))
+    parser.add_argument(
+        "--extra",
+        nargs="*",
+        default=[],
+        choices=list(EXTRA_SIDES),
+        help="more sides: " + "; ".join(f"{k}: {v}" for k, v in EXTRA_SIDES.items()),
+    )
     parser.add_argument("--speed", metavar="MODE", help=argparse.SUPPRESS)
     parser.add_argument("--memory", nargs=2, metavar=("SIDE", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     sides = ["A", "B"] + args.extra
     if args.speed:
-        print(json.dumps(measure_speed(args.speed, sides, args.batch_size, args.image_size, args.steps,
-                                       args.warmup)))
+        print(json.dumps(measure_speed(args.speed, sides, args.batch_size, args.image_size, args.steps, args.warmup)))
         return
     if args.memory:
         print(json.dumps(measure_memory(*args.memory, args.batch_size, args.image_size, args.warmup)))
@@ -269,27 +292,31 @@ def main():
     times = {}
     for mode in args.modes:
         times[mode] = _child(args, "--speed", mode, "--extra", *args.extra)
-        print(f"{mode}: " + "  ".join(f"{side} {args.batch_size / min(t):.1f} img/s"
-                                      for side, t in times[mode].items()), file=sys.stderr)
+        print(
+            f"{mode}: " + "  ".join(f"{side} {args.batch_size / min(t):.1f} img/s" for side, t in times[mode].items()),
+            file=sys.stderr,
+        )
     # Memory: a fresh process per side and mode; these may run side by side (--jobs).
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
-        rss = {(side, mode): pool.submit(_child, args, "--memory", side, mode)
-               for mode in args.modes for side in sides}
+        rss = {(side, mode): pool.submit(_child, args, "--memory", side, mode) for mode in args.modes for side in sides}
         rss = {key: future.result() for key, future in rss.items()}
     rows = []
     for mode in args.modes:
         speed = {side: args.batch_size / min(times[mode][side]) for side in sides}
-        median_ratio = {side: statistics.median(a / b for a, b in zip(times[mode]["A"], times[mode][side]))
-                        for side in sides}
+        median_ratio = {
+            side: statistics.median(a / b for a, b in zip(times[mode]["A"], times[mode][side])) for side in sides
+        }
         rows.append((mode, speed, median_ratio, {side: rss[side, mode] for side in sides}))
 
     peak = peak_gflops()
     backend = os.environ.get("KERAS_BACKEND", "torch")
     memory = "peak GPU MiB" if _cuda() else "peak RSS MiB"
     where = _gpu_name() if _cuda() else f"{os.cpu_count()} CPU threads of {cpu_name()}"
-    print(f"\nB on the {backend} backend; {args.batch_size} images of {args.image_size}x{args.image_size} "
-          f"a step, fastest of {args.steps} alternated steps per side, {where}, "
-          f"fp32 peak ~{peak:.0f} GFLOP/s; {native_bf16()}\n")
+    print(
+        f"\nB on the {backend} backend; {args.batch_size} images of {args.image_size}x{args.image_size} "
+        f"a step, fastest of {args.steps} alternated steps per side, {where}, "
+        f"fp32 peak ~{peak:.0f} GFLOP/s; {native_bf16()}\n"
+    )
     # One row per mode and side: the precision is a column, every ratio is to the lesson's fp32 loop (A),
     # and a mixed-precision kflowers side is also compared with the lesson's loop in the same precision.
     print(f"| mode | side | precision | img/s | x A (median) | x A same precision | {memory} | % of fp32 peak |")
@@ -301,8 +328,10 @@ def main():
             twin = "A-" + side.split("-")[1] if side.startswith("B-") and side in PRECISION else None
             fair = f"{speed[side] / speed[twin]:.2f}" if twin in speed else ""
             ratio = "1" if side == "A" else f"{speed[side] / speed['A']:.2f} ({median_ratio[side]:.2f})"
-            print(f"| {mode} | {SIDE_NAMES.get(side, side)} | {precision} | {speed[side]:.1f} | {ratio} | {fair} "
-                  f"| {rss[side]:.0f} | {100 * speed[side] * gflop / peak:.1f} |")
+            print(
+                f"| {mode} | {SIDE_NAMES.get(side, side)} | {precision} | {speed[side]:.1f} | {ratio} | {fair} "
+                f"| {rss[side]:.0f} | {100 * speed[side] * gflop / peak:.1f} |"
+            )
 
 
 def cpu_name():

@@ -46,8 +46,9 @@ def main():
         for augment in (False, True):
             rates = []
             for workers in args.workers:
-                dataset = FlowerDataset.from_folder(folder, batch_size=args.batch_size, image_size=size,
-                                                    shuffle=True, augment=augment, workers=workers)
+                dataset = FlowerDataset.from_folder(
+                    folder, batch_size=args.batch_size, image_size=size, shuffle=True, augment=augment, workers=workers
+                )
                 rates.append(images_per_second(dataset, args.batches))
             print(f"| {size} | {augment} | " + " | ".join(f"{r:.0f}" for r in rates) + " |")
 

@@ -28,9 +28,15 @@ import kflowers  # noqa: E402
 from checkpoints import resnet18_state_dict, save_pth, torch_training_step  # noqa: E402
 
 SIZE, SEED = 64, 2
-RELU_LAYERS = {"relu": "conv1_relu", **{
-    f"layer{s + 1}.{b}.relu{i + 1}": f"stack{s}_block{b}_{name}"
-    for s in range(4) for b in range(2) for i, name in enumerate(["1_relu", "out"])}}
+RELU_LAYERS = {
+    "relu": "conv1_relu",
+    **{
+        f"layer{s + 1}.{b}.relu{i + 1}": f"stack{s}_block{b}_{name}"
+        for s in range(4)
+        for b in range(2)
+        for i, name in enumerate(["1_relu", "out"])
+    },
+}
 
 
 def main():
@@ -42,13 +48,16 @@ def main():
     reference = {}
     torch_training_step(state, *head, images, labels, lr=0.1, relu_inputs=reference)
     with tempfile.TemporaryDirectory() as tmp:
-        model = kflowers.build_model(weights=str(save_pth(state, os.path.join(tmp, "r18.pth"))),
-                                     image_size=SIZE, torch_kernels=False)
+        model = kflowers.build_model(
+            weights=str(save_pth(state, os.path.join(tmp, "r18.pth"))), image_size=SIZE, torch_kernels=False
+        )
     backbone = model.get_layer("backbone")
     probe = keras.Model(backbone.inputs, [backbone.get_layer(n).input for n in RELU_LAYERS.values()])
     outputs = probe(model.get_layer("preprocess")(images.astype("float32")), training=True)
-    print(f"backend {keras.backend.backend()}, ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', '(all)')}, "
-          f"TF_ENABLE_ONEDNN_OPTS={os.environ.get('TF_ENABLE_ONEDNN_OPTS', '(default)')}")
+    print(
+        f"backend {keras.backend.backend()}, ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', '(all)')}, "
+        f"TF_ENABLE_ONEDNN_OPTS={os.environ.get('TF_ENABLE_ONEDNN_OPTS', '(default)')}"
+    )
     print("| ReLU input | values | float32 error / spread | nearest to zero / spread | sign flips |")
     print("|---|---|---|---|---|")
     for (key, _), output in zip(RELU_LAYERS.items(), outputs):
@@ -56,8 +65,10 @@ def main():
         ref = reference[key]
         spread = ref.std()
         flips = int(np.sum((actual > 0) != (ref > 0)))
-        print(f"| {key} | {ref.size} | {np.abs(actual - ref).max() / spread:.1e} | "
-              f"{np.abs(ref).min() / spread:.1e} | {flips} |")
+        print(
+            f"| {key} | {ref.size} | {np.abs(actual - ref).max() / spread:.1e} | "
+            f"{np.abs(ref).min() / spread:.1e} | {flips} |"
+        )
 
 
 if __name__ == "__main__":

@@ -30,10 +30,16 @@ import kflowers
 from kflowers.options import add_flags
 from kflowers.options import weights_value
 
-parser = argparse.ArgumentParser(description="Two stages in one fit: train the head on a frozen backbone, then unfreeze")
+parser = argparse.ArgumentParser(
+    description="Two stages in one fit: train the head on a frozen backbone, then unfreeze"
+)
 # The same flags, help and checks as `kflowers train` (kflowers.options).
-add_flags(parser, ["data", "epochs", "image_size", "batch_size", "weights", "seed", "precision"],
-          epochs=10, weights="imagenet")
+add_flags(
+    parser,
+    ["data", "epochs", "image_size", "batch_size", "weights", "seed", "precision"],
+    epochs=10,
+    weights="imagenet",
+)
 args = parser.parse_args()
 keras.utils.set_random_seed(args.seed)
 keras.mixed_precision.set_global_policy(kflowers.options.PRECISIONS[args.precision])
@@ -51,8 +57,9 @@ the seed, so `fit` is told not to.
 folder = kflowers.scan_folder(args.data or kflowers.download_flowers())
 train, test = kflowers.split_dataset(folder, test_size=0.2, seed=args.seed)
 print(f"{len(train)} training and {len(test)} test images of {', '.join(folder.class_names)}")
-train_ds = kflowers.FlowerDataset.from_folder(train, batch_size=args.batch_size, image_size=args.image_size,
-                                              shuffle=True, seed=args.seed)
+train_ds = kflowers.FlowerDataset.from_folder(
+    train, batch_size=args.batch_size, image_size=args.image_size, shuffle=True, seed=args.seed
+)
 test_ds = kflowers.FlowerDataset.from_folder(test, batch_size=256, image_size=args.image_size)
 
 """
@@ -62,8 +69,9 @@ ImageNet normalisation, keras-hub's ResNet18 backbone, global average pooling
 and a new `Dense` head that emits logits.
 """
 
-model = kflowers.build_model(num_classes=len(folder.class_names), weights=weights_value(args.weights),
-                             image_size=args.image_size)
+model = kflowers.build_model(
+    num_classes=len(folder.class_names), weights=weights_value(args.weights), image_size=args.image_size
+)
 
 """
 ## Train: frozen, then unfrozen

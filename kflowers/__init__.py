@@ -45,9 +45,30 @@ _EXPORTS = {
 }
 
 # Submodules reachable as attributes (`kflowers.training.train(...)`), imported on first use.
-_SUBMODULES = ["backup", "callbacks", "data", "distributed", "errors", "explain", "export", "feature_cache",
-               "files", "images", "lr_find", "model", "options", "parts", "predict", "reports", "runs", "strategies",
-               "torch_kernels", "torch_layers", "torch_resnet", "training"]
+_SUBMODULES = [
+    "backup",
+    "callbacks",
+    "data",
+    "distributed",
+    "errors",
+    "explain",
+    "export",
+    "feature_cache",
+    "files",
+    "images",
+    "lr_find",
+    "model",
+    "options",
+    "parts",
+    "predict",
+    "reports",
+    "runs",
+    "strategies",
+    "torch_kernels",
+    "torch_layers",
+    "torch_resnet",
+    "training",
+]
 
 __all__ = sorted(_EXPORTS) + _SUBMODULES
 

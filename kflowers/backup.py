@@ -47,10 +47,16 @@ class RunState:
 
 def save(folder, state):
     """Write `state` to `folder/state.npz` atomically."""
-    meta = {"epoch": state.epoch, "stage": state.stage, "rows": state.rows,
-            "early_stopping": state.early_stopping, "fingerprint": state.fingerprint,
-            "weights": len(state.weights), "optimizer": len(state.optimizer),
-            "best_weights": None if state.best_weights is None else len(state.best_weights)}
+    meta = {
+        "epoch": state.epoch,
+        "stage": state.stage,
+        "rows": state.rows,
+        "early_stopping": state.early_stopping,
+        "fingerprint": state.fingerprint,
+        "weights": len(state.weights),
+        "optimizer": len(state.optimizer),
+        "best_weights": None if state.best_weights is None else len(state.best_weights),
+    }
     arrays = {"meta": np.array(json.dumps(meta))}
     arrays.update({f"weights_{i}": w for i, w in enumerate(state.weights)})
     arrays.update({f"optimizer_{i}": w for i, w in enumerate(state.optimizer)})
@@ -72,8 +78,11 @@ def load(folder):
         meta = json.loads(str(data["meta"]))
         best = meta["best_weights"]
         return RunState(
-            epoch=meta["epoch"], stage=meta["stage"], rows=meta["rows"],
-            early_stopping=meta["early_stopping"], fingerprint=meta["fingerprint"],
+            epoch=meta["epoch"],
+            stage=meta["stage"],
+            rows=meta["rows"],
+            early_stopping=meta["early_stopping"],
+            fingerprint=meta["fingerprint"],
             weights=[data[f"weights_{i}"] for i in range(meta["weights"])],
             optimizer=[data[f"optimizer_{i}"] for i in range(meta["optimizer"])],
             best_weights=None if best is None else [data[f"best_{i}"] for i in range(best)],
@@ -84,7 +93,8 @@ def assign(variables, values, what):
     """Assign `values` to `variables` after checking that they fit one to one."""
     shapes = [tuple(v.shape) for v in variables]
     if shapes != [tuple(np.shape(v)) for v in values]:
-        raise BackupMismatch(f"the backup's {what} ({len(values)} arrays) do not fit this run's "
-                             f"({len(variables)} variables)")
+        raise BackupMismatch(
+            f"the backup's {what} ({len(values)} arrays) do not fit this run's ({len(variables)} variables)"
+        )
     for variable, value in zip(variables, values):
         variable.assign(value)

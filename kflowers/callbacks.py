@@ -69,7 +69,8 @@ class UnfreezeBackbone(keras.callbacks.Callback):
         backbone.trainable = True
         if keras.backend.backend() == "jax":
             self.model.optimizer = rebuilt_optimizer(
-                self.model.optimizer, self.model.trainable_variables, self.learning_rate)
+                self.model.optimizer, self.model.trainable_variables, self.learning_rate
+            )
         elif epoch == self.epoch:
             # The switch itself; an epoch past it is a run resumed from a backup that holds
             # the optimizer's state after the switch.
@@ -97,10 +98,7 @@ def rebuilt_optimizer(optimizer, variables, learning_rate=None):
     config = optimizer.get_config()
     if learning_rate is not None:
         if "learning_rate" not in config:
-            raise ValueError(
-                f"{type(optimizer).__name__} has no single learning rate to set; "
-                "pass learning_rate=None"
-            )
+            raise ValueError(f"{type(optimizer).__name__} has no single learning rate to set; pass learning_rate=None")
         config["learning_rate"] = learning_rate
     fresh = type(optimizer).from_config(config)
     fresh.build(variables)

@@ -19,13 +19,18 @@ from kflowers.files import strict_json
 
 log = logging.getLogger("kflowers")
 
+
 class _DefaultsFormatter(argparse.HelpFormatter):
     """Ends each flag's help with its default, unless the help already says it or there is none."""
 
     def _get_help_string(self, action):
         text = action.help or ""
-        quiet = (action.default in (None, False, argparse.SUPPRESS) or "default" in text
-                 or action.option_strings == [] or action.nargs == 0)
+        quiet = (
+            action.default in (None, False, argparse.SUPPRESS)
+            or "default" in text
+            or action.option_strings == []
+            or action.nargs == 0
+        )
         return text if quiet else f"{text} (default: {action.default})"
 
 
@@ -40,8 +45,20 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-TRAINING_FLAGS = ["data", "epochs", "lr", "batch_size", "image_size", "weights", "augment", "seed", "precision",
-                  "workers", "quiet", "feature_cache"]
+TRAINING_FLAGS = [
+    "data",
+    "epochs",
+    "lr",
+    "batch_size",
+    "image_size",
+    "weights",
+    "augment",
+    "seed",
+    "precision",
+    "workers",
+    "quiet",
+    "feature_cache",
+]
 
 
 def build_parser():
@@ -86,13 +103,24 @@ def build_parser():
     p.add_argument("--model", required=True, help="a model.keras file")
     p.add_argument("--format", required=True, choices=["saved_model", "onnx", "litert"], help="what to write")
     p.add_argument("--out", required=True, help="the file (onnx, litert) or folder (saved_model) to write")
-    p.add_argument("--check-images", nargs="*", default=[], metavar="IMAGE",
-                   help="images to compare the export and the model on, besides 4 random ones")
+    p.add_argument(
+        "--check-images",
+        nargs="*",
+        default=[],
+        metavar="IMAGE",
+        help="images to compare the export and the model on, besides 4 random ones",
+    )
 
     p = commands.add_parser("compare", help="several strategies on the same split and seed")
     options.add_flags(p, [*TRAINING_FLAGS, "out"], out="runs/compare")
-    p.add_argument("--strategies", nargs="+", type=options.strategy, default=list(options.STRATEGY_NAMES),
-                   metavar="STRATEGY", help="the strategies to train, in order")
+    p.add_argument(
+        "--strategies",
+        nargs="+",
+        type=options.strategy,
+        default=list(options.STRATEGY_NAMES),
+        metavar="STRATEGY",
+        help="the strategies to train, in order",
+    )
 
     p = commands.add_parser("lr-find", help="loss against learning rate, with a suggestion")
     options.add_flags(p, ["data", "strategy", "weights", "batch_size", "image_size", "seed"], strategy="finetune")
@@ -110,12 +138,13 @@ def build_parser():
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(format="%(levelname)s: %(message)s",
-                        level=logging.INFO if args.verbose else logging.WARNING)
+    logging.basicConfig(format="%(levelname)s: %(message)s", level=logging.INFO if args.verbose else logging.WARNING)
     logging.getLogger("kflowers").setLevel(logging.INFO)
     if (getattr(args, "image_size", None) or 32) < 32:
-        log.warning("--image-size %d: below 32 px ResNet18's last stage sees a single pixel; expect "
-                    "poor accuracy", args.image_size)
+        log.warning(
+            "--image-size %d: below 32 px ResNet18's last stage sees a single pixel; expect poor accuracy",
+            args.image_size,
+        )
     _quiet_tensorflow(args.verbose, HEAVY_IMPORTS.get(args.command, ()))
     try:
         return COMMANDS[args.command](args) or 0
@@ -133,8 +162,10 @@ def main(argv=None):
 # What each command imports; Keras and keras-hub load TensorFlow when it is installed.
 HEAVY_IMPORTS = {
     "download": ("keras",),
-    **{command: ("keras", "keras_hub") for command in
-       ("train", "evaluate", "predict", "explain", "export", "compare", "lr-find", "demo")},
+    **{
+        command: ("keras", "keras_hub")
+        for command in ("train", "evaluate", "predict", "explain", "export", "compare", "lr-find", "demo")
+    },
 }
 
 
@@ -175,8 +206,7 @@ def cmd_download(args):
 def _print_counts(folder):
     from kflowers.reports import markdown_table
 
-    rows = [{"class": name, "label": i, "images": count}
-            for i, (name, count) in enumerate(folder.counts().items())]
+    rows = [{"class": name, "label": i, "images": count} for i, (name, count) in enumerate(folder.counts().items())]
     rows.append({"class": "total", "label": "", "images": len(folder)})
     print(markdown_table(rows))
     if folder.skipped:
@@ -198,12 +228,24 @@ def _run_options(args, strategy, out):
     weights = args.weights
     if args.command == "compare" and strategy == "scratch":
         weights = None  # from scratch, whatever --weights the pretrained strategies use
-    return RunOptions(data=args.data, strategy=strategy, out=out, epochs=args.epochs, lr=args.lr,
-                      batch_size=args.batch_size, image_size=args.image_size, weights=weights,
-                      augment=args.augment, seed=args.seed,
-                      early_stopping=getattr(args, "early_stopping", False),
-                      resume=getattr(args, "resume", False), workers=args.workers, quiet=args.quiet,
-                      feature_cache=args.feature_cache, precision=args.precision)
+    return RunOptions(
+        data=args.data,
+        strategy=strategy,
+        out=out,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        weights=weights,
+        augment=args.augment,
+        seed=args.seed,
+        early_stopping=getattr(args, "early_stopping", False),
+        resume=getattr(args, "resume", False),
+        workers=args.workers,
+        quiet=args.quiet,
+        feature_cache=args.feature_cache,
+        precision=args.precision,
+    )
 
 
 def _data_root(args):
@@ -235,11 +277,12 @@ def cmd_train(args):
 
 def _print_summary(out, metrics):
     state = " (interrupted)" if metrics.get("interrupted") else ""
-    print(f"\n{metrics['strategy']}{state}: test accuracy {metrics['test_accuracy']:.4f} "
-          f"(best {metrics['best_test_accuracy']:.4f}) after {metrics['epochs']} epoch(s), "
-          f"{metrics['wall_seconds']:.0f} s")
-    print(f"run directory: {out} (model.keras, history.csv, metrics.json, curves.png, confusion.png, "
-          "top_losses.png)")
+    print(
+        f"\n{metrics['strategy']}{state}: test accuracy {metrics['test_accuracy']:.4f} "
+        f"(best {metrics['best_test_accuracy']:.4f}) after {metrics['epochs']} epoch(s), "
+        f"{metrics['wall_seconds']:.0f} s"
+    )
+    print(f"run directory: {out} (model.keras, history.csv, metrics.json, curves.png, confusion.png, top_losses.png)")
 
 
 def _load(path):
@@ -260,8 +303,7 @@ def cmd_evaluate(args):
     unknown = [name for name in folder.class_names if name not in model.class_names]
     if unknown:
         raise UserError(
-            f"the model was trained on {', '.join(model.class_names)}; the data has other "
-            f"classes: {', '.join(unknown)}"
+            f"the model was trained on {', '.join(model.class_names)}; the data has other classes: {', '.join(unknown)}"
         )
     # Labels by name: the data's class index -> the model's.
     to_model = [model.class_names.index(name) for name in folder.class_names]
@@ -271,11 +313,22 @@ def cmd_evaluate(args):
     results = evaluate_model(model, dataset, model.class_names)
     confusion_path = None
     if args.out:  # never into the model's run directory unless asked to
-        confusion_path = plot_confusion(results["confusion"], model.class_names,
-                                        os.path.join(args.out, "confusion.png"))
+        confusion_path = plot_confusion(
+            results["confusion"], model.class_names, os.path.join(args.out, "confusion.png")
+        )
     if args.json:
-        print(json.dumps(strict_json({"accuracy": results["accuracy"], "per_class": results["per_class"],
-                                      "confusion": results["confusion"], "classes": model.class_names})))
+        print(
+            json.dumps(
+                strict_json(
+                    {
+                        "accuracy": results["accuracy"],
+                        "per_class": results["per_class"],
+                        "confusion": results["confusion"],
+                        "classes": model.class_names,
+                    }
+                )
+            )
+        )
         return
     print(f"accuracy: {results['accuracy']:.4f} on {len(folder)} images")
     rows = [{"class": name, **values} for name, values in results["per_class"].items()]
@@ -293,8 +346,7 @@ def _readable_images(items):
     paths = []
     for item in items:
         if os.path.isdir(item):
-            paths += sorted(os.path.join(d, f) for d, _, files in os.walk(item) for f in files
-                            if is_image_file(f))
+            paths += sorted(os.path.join(d, f) for d, _, files in os.walk(item) for f in files if is_image_file(f))
         elif os.path.exists(item):
             paths.append(item)
         else:
@@ -323,8 +375,10 @@ def cmd_export(args):
     from kflowers.export import export_model
 
     result = export_model(args.model, args.format, args.out, images=args.check_images)
-    print(f"{args.format}: {result['path']} (checked on {result['images']} images: same top-1, probabilities "
-          f"within {result['max_probability_difference']:.1e} of {args.model})")
+    print(
+        f"{args.format}: {result['path']} (checked on {result['images']} images: same top-1, probabilities "
+        f"within {result['max_probability_difference']:.1e} of {args.model})"
+    )
 
 
 def cmd_predict(args):
@@ -334,14 +388,18 @@ def cmd_predict(args):
     model = _load(args.model)
     readable = _readable_images(args.images)
     answers = predict_images(model, readable, top_k=args.top)
-    results = [{"image": path, "top": [{"class": name, "probability": p} for name, p in top]}
-               for path, top in zip(readable, answers)]
+    results = [
+        {"image": path, "top": [{"class": name, "probability": p} for name, p in top]}
+        for path, top in zip(readable, answers)
+    ]
     if args.json:
         print(json.dumps(strict_json(results)))
         return
     top = len(answers[0])
-    rows = [{"image": r["image"], **{f"#{k + 1}": f"{t['class']} {t['probability']:.3f}"
-                                     for k, t in enumerate(r["top"])}} for r in results]
+    rows = [
+        {"image": r["image"], **{f"#{k + 1}": f"{t['class']} {t['probability']:.3f}" for k, t in enumerate(r["top"])}}
+        for r in results
+    ]
     print(markdown_table(rows, ["image"] + [f"#{k + 1}" for k in range(top)]))
 
 
@@ -366,9 +424,15 @@ def cmd_compare(args):
         out = os.path.join(args.out, strategy)
         metrics = train_run(_run_options(args, strategy, out), folder=folder, split=split)
         histories[strategy] = read_history(out)
-        rows.append({"strategy": strategy, "best_test_accuracy": round(metrics["best_test_accuracy"], 4),
-                     "final_test_accuracy": round(metrics["test_accuracy"], 4), "epochs": metrics["epochs"],
-                     "wall_seconds": round(metrics["wall_seconds"], 1)})
+        rows.append(
+            {
+                "strategy": strategy,
+                "best_test_accuracy": round(metrics["best_test_accuracy"], 4),
+                "final_test_accuracy": round(metrics["test_accuracy"], 4),
+                "epochs": metrics["epochs"],
+                "wall_seconds": round(metrics["wall_seconds"], 1),
+            }
+        )
     table = reports.markdown_table(rows)
     write_text(os.path.join(args.out, "compare.md"), table + "\n")
     write_json(os.path.join(args.out, "compare.json"), rows)
@@ -381,13 +445,26 @@ def cmd_lr_find(args):
     from kflowers.lr_find import lr_find
 
     args.data = _data_root(args)
-    result = lr_find(args.data, strategy=args.strategy, weights=args.weights, batch_size=args.batch_size,
-                     image_size=args.image_size, steps=args.steps, min_lr=args.min_lr,
-                     max_lr=args.max_lr, seed=args.seed, plot_path=args.out)
+    result = lr_find(
+        args.data,
+        strategy=args.strategy,
+        weights=args.weights,
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        steps=args.steps,
+        min_lr=args.min_lr,
+        max_lr=args.max_lr,
+        seed=args.seed,
+        plot_path=args.out,
+    )
     print(f"suggested learning rate: {result['suggestion']:.2e} (steepest descent of the loss)")
     if result["at_bound"]:
-        log.warning("the suggestion is at the edge of the sweep (%.1e to %.1e): widen it with --min-lr "
-                    "and --max-lr before trusting it", args.min_lr, args.max_lr)
+        log.warning(
+            "the suggestion is at the edge of the sweep (%.1e to %.1e): widen it with --min-lr "
+            "and --max-lr before trusting it",
+            args.min_lr,
+            args.max_lr,
+        )
     print(f"plot: {args.out}")
 
 
@@ -407,8 +484,16 @@ def cmd_demo(args):
         data = os.path.join(scratch, "flowers")
         draw_dataset(data, CLASS_NAMES, per_class=40, size=48, seed=0)
         print(f"drew a dataset of 5 x 40 images (removed at the end) in {data}")
-        options = RunOptions(data=data, strategy="scratch", out=args.out, epochs=4, batch_size=32,
-                             image_size=32, weights=None, quiet=args.quiet)
+        options = RunOptions(
+            data=data,
+            strategy="scratch",
+            out=args.out,
+            epochs=4,
+            batch_size=32,
+            image_size=32,
+            weights=None,
+            quiet=args.quiet,
+        )
         metrics = train_run(options)
         sample = os.path.join(args.out, "sample_rose.jpg")
         shutil.copyfile(os.path.join(data, CLASS_NAMES[2], f"{CLASS_NAMES[2]}_000.JPG"), sample)
@@ -419,9 +504,16 @@ def cmd_demo(args):
 
 
 COMMANDS = {
-    "download": cmd_download, "show": cmd_show, "train": cmd_train, "evaluate": cmd_evaluate,
-    "predict": cmd_predict, "explain": cmd_explain, "export": cmd_export, "compare": cmd_compare,
-    "lr-find": cmd_lr_find, "demo": cmd_demo,
+    "download": cmd_download,
+    "show": cmd_show,
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "predict": cmd_predict,
+    "explain": cmd_explain,
+    "export": cmd_export,
+    "compare": cmd_compare,
+    "lr-find": cmd_lr_find,
+    "demo": cmd_demo,
 }
 
 

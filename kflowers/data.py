@@ -28,9 +28,7 @@ from kflowers.errors import first_line
 
 log = logging.getLogger("kflowers")
 
-FLOWERS_URL = (
-    "https://mymldatasets.s3.eu-de.cloud-object-storage.appdomain.cloud/flowers.zip"
-)
+FLOWERS_URL = "https://mymldatasets.s3.eu-de.cloud-object-storage.appdomain.cloud/flowers.zip"
 FLOWERS_ZIP_BYTES = 235_962_103
 CLASS_NAMES = ("daisy", "dandelion", "rose", "sunflower", "tulip")
 
@@ -65,9 +63,7 @@ def download_flowers(cache_dir=None, url=FLOWERS_URL, expected_bytes=FLOWERS_ZIP
             raise DataError(f"cannot write to {cache_dir}: choose a writable --dir")
 
     def fetch(force):
-        return keras.utils.get_file(
-            "flowers.zip", url, cache_dir=cache_dir, force_download=force
-        )
+        return keras.utils.get_file("flowers.zip", url, cache_dir=cache_dir, force_download=force)
 
     try:
         archive = fetch(force=False)
@@ -118,13 +114,17 @@ def extract_archive(archive, target):
         size = sum(m.file_size for m in members)
         packed = sum(m.compress_size for m in members)
         if size > MAX_EXPANSION * max(packed, 1) and size > 1 << 20:
-            raise DataError(f"{archive} would expand {size / max(packed, 1):.0f} times (to {size:,} bytes); "
-                            "refusing it as a likely decompression bomb")
+            raise DataError(
+                f"{archive} would expand {size / max(packed, 1):.0f} times (to {size:,} bytes); "
+                "refusing it as a likely decompression bomb"
+            )
         os.makedirs(target, exist_ok=True)
         free = shutil.disk_usage(target).free
         if size * 1.1 > free:
-            raise DataError(f"{archive} needs {size / 1e6:,.0f} MB to extract and {target} has "
-                            f"{free / 1e6:,.0f} MB free: free some space or choose another --dir")
+            raise DataError(
+                f"{archive} needs {size / 1e6:,.0f} MB to extract and {target} has "
+                f"{free / 1e6:,.0f} MB free: free some space or choose another --dir"
+            )
         zf.extractall(target)
 
 
@@ -160,7 +160,6 @@ def _find_class_root(path):
     if len(entries) == 1 and os.path.isdir(os.path.join(path, entries[0])):
         return _find_class_root(os.path.join(path, entries[0]))
     return path
-
 
 
 def sha256_of(path, chunk=1 << 20):
@@ -252,10 +251,7 @@ def scan_folder(root, classes=None, check_images=True, threads=4):
     root = os.fspath(root)
     if not os.path.isdir(root):
         raise DataError(f"dataset folder not found: {root}")
-    found = sorted(
-        e for e in os.listdir(root)
-        if not e.startswith(".") and os.path.isdir(os.path.join(root, e))
-    )
+    found = sorted(e for e in os.listdir(root) if not e.startswith(".") and os.path.isdir(os.path.join(root, e)))
     if classes is not None:
         missing = [c for c in classes if c not in found]
         if missing:
@@ -366,7 +362,8 @@ def _refuse_shared_images(candidates):
                 raise DataError(
                     f"{display_name(other_path)} and {display_name(path)} are the same image (a link), in "
                     f"classes {display_name(other)} and {display_name(name)}: an image must belong to one "
-                    "class; remove the link")
+                    "class; remove the link"
+                )
             kept.setdefault(real, path)
         candidates[name] = sorted(kept.values())
 
@@ -399,8 +396,10 @@ def split_dataset(folder, test_size=0.2, seed=0):
     from sklearn.model_selection import train_test_split
 
     if len(folder.class_names) < 2:
-        raise DataError(f"{folder.root} has one class with images ({folder.class_names[0]}); a classifier "
-                        "needs at least 2 class folders to train on")
+        raise DataError(
+            f"{folder.root} has one class with images ({folder.class_names[0]}); a classifier "
+            "needs at least 2 class folders to train on"
+        )
     indices = np.arange(len(folder))
     counts = np.bincount(folder.labels, minlength=len(folder.class_names))
     if counts.min() < 2:
@@ -414,10 +413,9 @@ def split_dataset(folder, test_size=0.2, seed=0):
         raise DataError(
             f"{len(folder)} images are too few to give both the train and the test split one image of "
             f"each of the {classes} classes (the test split takes {test_size:.0%}); add images "
-            f"(at least {need} in all)")
-    train, test = train_test_split(
-        indices, test_size=test_size, stratify=folder.labels, random_state=seed
-    )
+            f"(at least {need} in all)"
+        )
+    train, test = train_test_split(indices, test_size=test_size, stratify=folder.labels, random_state=seed)
     return folder.subset(sorted(train)), folder.subset(sorted(test))
 
 
@@ -458,11 +456,20 @@ class FlowerDataset(_pydataset_base()):
     >>> model.fit(train_ds, epochs=5, shuffle=False)
     """
 
-    def __init__(self, paths, labels, batch_size=64, image_size=224, shuffle=False,
-                 augment=False, seed=0, workers=1, use_multiprocessing=False,
-                 max_queue_size=10):
-        super().__init__(workers=workers, use_multiprocessing=use_multiprocessing,
-                         max_queue_size=max_queue_size)
+    def __init__(
+        self,
+        paths,
+        labels,
+        batch_size=64,
+        image_size=224,
+        shuffle=False,
+        augment=False,
+        seed=0,
+        workers=1,
+        use_multiprocessing=False,
+        max_queue_size=10,
+    ):
+        super().__init__(workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
         if len(paths) != len(labels):
             raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
         self.paths = list(paths)
@@ -555,7 +562,7 @@ class FlowerDataset(_pydataset_base()):
             raise IndexError(f"batch {index} out of range (0..{len(self) - 1})")
         count, size = self._global_batches()
         end = (index + 1) * size if index < count - 1 else len(self.paths)
-        return self.order(epoch)[index * size:end][self.shard_index::self.num_shards]
+        return self.order(epoch)[index * size : end][self.shard_index :: self.num_shards]
 
     def unsharded(self):
         """This dataset with every sample in every batch (undoes `shard`)."""
@@ -592,8 +599,7 @@ class FlowerDataset(_pydataset_base()):
 
             size = self.image_size
             if self.augment:
-                steps = [A.RandomResizedCrop((size, size), scale=(0.25, 1.0)),
-                         A.HorizontalFlip()]
+                steps = [A.RandomResizedCrop((size, size), scale=(0.25, 1.0)), A.HorizontalFlip()]
             else:
                 steps = [A.Resize(size, size)]
             transform = A.Compose(steps, seed=self.seed)

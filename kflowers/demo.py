@@ -10,8 +10,15 @@ import numpy as np
 from PIL import Image
 from PIL import ImageDraw
 
-PALETTE = [(240, 240, 240), (250, 210, 20), (210, 30, 60), (250, 160, 0), (200, 60, 200),
-           (40, 120, 240), (30, 200, 120)]
+PALETTE = [
+    (240, 240, 240),
+    (250, 210, 20),
+    (210, 30, 60),
+    (250, 160, 0),
+    (200, 60, 200),
+    (40, 120, 240),
+    (30, 200, 120),
+]
 
 
 def draw_flower(label, size=48, rng=None):

@@ -146,7 +146,8 @@ def plot_top_losses(paths, labels, logits, class_names, path, count=9, image_siz
             pixels = prepare_images([pixels], image_size)[0]
         predicted, probability = answer[0]
         ax.imshow(pixels)
-        ax.set_title(f"true {class_names[labels[index]]}\npredicted {predicted} {probability:.2f}\n"
-                     f"loss {loss:.2f}", fontsize=9)
+        ax.set_title(
+            f"true {class_names[labels[index]]}\npredicted {predicted} {probability:.2f}\nloss {loss:.2f}", fontsize=9
+        )
     figure.suptitle("highest test losses")
     return _save(figure, path)

@@ -84,9 +84,20 @@ def _installed(module):
 
 def _export_in_child(model_path, format, out, images, atol):
     env = {**os.environ, "KERAS_BACKEND": FORMATS[format], "TF_CPP_MIN_LOG_LEVEL": "3"}
-    command = [sys.executable, "-m", "kflowers.export", json.dumps(
-        {"model_path": os.fspath(model_path), "format": format, "out": os.fspath(out),
-         "images": [os.fspath(i) for i in images], "atol": atol})]
+    command = [
+        sys.executable,
+        "-m",
+        "kflowers.export",
+        json.dumps(
+            {
+                "model_path": os.fspath(model_path),
+                "format": format,
+                "out": os.fspath(out),
+                "images": [os.fspath(i) for i in images],
+                "atol": atol,
+            }
+        ),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, env=env)
     lines = result.stdout.strip().splitlines()
     if result.returncode == 0 and lines:
@@ -116,16 +127,25 @@ def _export_here(model_path, format, out, images, atol):
         difference = float(np.abs(got - expected).max())
         agree = bool((got.argmax(axis=1) == expected.argmax(axis=1)).all())
         if not agree or difference > atol:
-            raise ExportMismatch(f"the {format} export disagrees with {model_path}: probabilities differ by up "
-                                 f"to {difference:.2e} (allowed {atol:.0e}), top-1 {'agrees' if agree else 'differs'}")
+            raise ExportMismatch(
+                f"the {format} export disagrees with {model_path}: probabilities differ by up "
+                f"to {difference:.2e} (allowed {atol:.0e}), top-1 {'agrees' if agree else 'differs'}"
+            )
         if format in CLASS_NAME_WRITERS:  # inside the file itself
             CLASS_NAME_WRITERS[format](tmp, model.class_names)
         if os.path.isdir(out):  # os.replace can't put a folder over a folder
             shutil.rmtree(out)
     if format == "litert":  # beside it
         write_json(class_names_path(format, out), model.class_names)
-    return {"format": format, "path": out, "backend": FORMATS[format], "images": len(pixels),
-            "top1_agree": agree, "max_probability_difference": difference, "class_names": model.class_names}
+    return {
+        "format": format,
+        "path": out,
+        "backend": FORMATS[format],
+        "images": len(pixels),
+        "top1_agree": agree,
+        "max_probability_difference": difference,
+        "class_names": model.class_names,
+    }
 
 
 def _softmax(logits):
@@ -183,9 +203,16 @@ def _export_onnx(model, path, size):
     example = torch.zeros((2, size, size, 3), dtype=torch.float32)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tracer's notes on Keras's shape bookkeeping
-        torch.onnx.export(Logits(model).eval(), (example,), path, dynamo=False, input_names=["images"],
-                          output_names=["logits"], dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
-                          opset_version=17)
+        torch.onnx.export(
+            Logits(model).eval(),
+            (example,),
+            path,
+            dynamo=False,
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=17,
+        )
 
 
 def _run_onnx(path, pixels):
@@ -213,8 +240,11 @@ def _saved_model_class_names(path, class_names):
 
 def class_names_path(format, out):
     """Where an export of `format` at `out` keeps its class names (for ONNX: in the file's metadata)."""
-    return {"onnx": out, "saved_model": os.path.join(out, "assets", "class_names.json"),
-            "litert": os.path.splitext(out)[0] + ".class_names.json"}[format]
+    return {
+        "onnx": out,
+        "saved_model": os.path.join(out, "assets", "class_names.json"),
+        "litert": os.path.splitext(out)[0] + ".class_names.json",
+    }[format]
 
 
 EXPORTERS = {"saved_model": _export_saved_model, "onnx": _export_onnx, "litert": _export_litert}

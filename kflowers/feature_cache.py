@@ -55,14 +55,15 @@ class FeatureCache:
         if getattr(train_data, "augment", False):
             raise ValueError("the feature cache needs a FlowerDataset without augmentation")
         if verbose:
-            print(f"Caching backbone features of {len(train_data.paths)} training images"
-                  + (f" and {len(test_data.paths)} test images" if test_data is not None else ""))
+            print(
+                f"Caching backbone features of {len(train_data.paths)} training images"
+                + (f" and {len(test_data.paths)} test images" if test_data is not None else "")
+            )
         started = time.perf_counter()
         features = pooled_features(model, train_data, verbose=verbose)
         self.validation = None
         if test_data is not None:
-            self.validation = (pooled_features(model, test_data, verbose=verbose),
-                               np.asarray(test_data.labels))
+            self.validation = (pooled_features(model, test_data, verbose=verbose), np.asarray(test_data.labels))
         self.seconds = time.perf_counter() - started  # the feature pass
         inputs = keras.Input(shape=features.shape[1:], name="features")
         self.head_model = keras.Model(inputs, parts.head(inputs), name="head_on_features")
@@ -89,8 +90,9 @@ class FeatureCache:
         return None if self.validation is None else self.validation[0]
 
 
-def fit_head_on_features(model, train_data, test_data=None, epochs=5, optimizer=None, callbacks=(),
-                         verbose=1, initial_epoch=0):
+def fit_head_on_features(
+    model, train_data, test_data=None, epochs=5, optimizer=None, callbacks=(), verbose=1, initial_epoch=0
+):
     """Fit `model`'s head on cached backbone features (see `FeatureCache`).
 
     Args:
@@ -110,6 +112,12 @@ def fit_head_on_features(model, train_data, test_data=None, epochs=5, optimizer=
     if optimizer is None:
         optimizer = type(model.optimizer).from_config(model.optimizer.get_config())
     cache.head_model.compile(optimizer=optimizer, loss=model.loss, metrics=["accuracy"])
-    return cache.head_model.fit(cache.batches, validation_data=cache.validation, epochs=epochs,
-                                initial_epoch=initial_epoch, shuffle=False, verbose=verbose,
-                                callbacks=[cache.follow_epochs, *callbacks])
+    return cache.head_model.fit(
+        cache.batches,
+        validation_data=cache.validation,
+        epochs=epochs,
+        initial_epoch=initial_epoch,
+        shuffle=False,
+        verbose=verbose,
+        callbacks=[cache.follow_epochs, *callbacks],
+    )

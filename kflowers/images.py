@@ -69,10 +69,7 @@ def read_image(path, min_size=None):
             with Image.open(path) as image:
                 width, height = image.size
                 if width * height > MAX_PIXELS:
-                    raise UnreadableImage(
-                        f"too large ({width}x{height} pixels; the limit is "
-                        f"{MAX_PIXELS:,} pixels)"
-                    )
+                    raise UnreadableImage(f"too large ({width}x{height} pixels; the limit is {MAX_PIXELS:,} pixels)")
                 if min_size and image.format == "JPEG":
                     image.draft("RGB", (min_size, min_size))
                 image.load()
@@ -80,8 +77,7 @@ def read_image(path, min_size=None):
                 return _to_rgb_uint8(image)
     except UnreadableImage:
         raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as error:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise UnreadableImage(_reason(error)) from None
 
 

@@ -25,7 +25,7 @@ def _smooth(values, beta):
     out, average = [], 0.0
     for i, value in enumerate(values, start=1):
         average = beta * average + (1 - beta) * value
-        out.append(average / (1 - beta ** i))
+        out.append(average / (1 - beta**i))
     return np.asarray(out)
 
 
@@ -80,12 +80,22 @@ def find_learning_rate(model, dataset, steps=100, min_lr=1e-7, max_lr=10.0, verb
         for optimizer, rate in zip(optimizers, start_rates):
             optimizer.learning_rate = rate
     suggestion = suggest_learning_rate(tried, losses)
-    return {"rates": tried, "losses": losses, "suggestion": suggestion,
-            "at_bound": suggestion in (tried[0], tried[-1])}
+    return {"rates": tried, "losses": losses, "suggestion": suggestion, "at_bound": suggestion in (tried[0], tried[-1])}
 
 
-def lr_find(data, strategy="finetune", weights="default", batch_size=64, image_size=224, steps=100,
-            min_lr=1e-7, max_lr=10.0, seed=0, plot_path=None, verbose=1):
+def lr_find(
+    data,
+    strategy="finetune",
+    weights="default",
+    batch_size=64,
+    image_size=224,
+    steps=100,
+    min_lr=1e-7,
+    max_lr=10.0,
+    seed=0,
+    plot_path=None,
+    verbose=1,
+):
     """Run the range test for `strategy` on the training split of `data`.
 
     Returns:
@@ -104,10 +114,10 @@ def lr_find(data, strategy="finetune", weights="default", batch_size=64, image_s
     keras.utils.set_random_seed(seed)
     folder = scan_folder(data)
     train, _ = split_dataset(folder, seed=seed)
-    dataset = FlowerDataset.from_folder(train, batch_size=batch_size, image_size=image_size,
-                                        shuffle=True, seed=seed)
-    model = build_model(len(folder.class_names), strategy.weights if weights == "default" else weights,
-                        image_size=image_size)
+    dataset = FlowerDataset.from_folder(train, batch_size=batch_size, image_size=image_size, shuffle=True, seed=seed)
+    model = build_model(
+        len(folder.class_names), strategy.weights if weights == "default" else weights, image_size=image_size
+    )
     compile_for(model, strategy)
     result = find_learning_rate(model, dataset, steps=steps, min_lr=min_lr, max_lr=max_lr, verbose=verbose)
     if plot_path:

@@ -48,8 +48,7 @@ RESNET18_CONFIG = dict(
 _IGNORED_KEYS = re.compile(r"(^fc\.(weight|bias)$)|(\.num_batches_tracked$)")
 
 
-def build_model(num_classes=5, weights="imagenet", image_size=224, name="kflowers_resnet18",
-                torch_kernels=True):
+def build_model(num_classes=5, weights="imagenet", image_size=224, name="kflowers_resnet18", torch_kernels=True):
     """The ResNet18 flower classifier, as a functional `keras.Model`.
 
     Args:
@@ -96,8 +95,9 @@ def build_model(num_classes=5, weights="imagenet", image_size=224, name="kflower
     if is_preset:
         backbone = _backbone_from_preset(weights, shape)
     else:
-        backbone = keras_hub.models.ResNetBackbone(**RESNET18_CONFIG, image_shape=shape,
-                                                   data_format="channels_last", name="backbone")
+        backbone = keras_hub.models.ResNetBackbone(
+            **RESNET18_CONFIG, image_shape=shape, data_format="channels_last", name="backbone"
+        )
     features = backbone(x)
     pooled = keras.layers.GlobalAveragePooling2D(name="pool")(features)
     # float32 logits whatever the dtype policy, as keras.io recommends for mixed precision.
@@ -146,9 +146,7 @@ def load_weights(model, source):
     elif lower.endswith(".h5"):
         _load_keras_weights(model, backbone, path)
     else:
-        raise WeightsError(
-            f"unknown weights file type: {path} (expected .pth, .safetensors or .weights.h5)"
-        )
+        raise WeightsError(f"unknown weights file type: {path} (expected .pth, .safetensors or .weights.h5)")
 
 
 def read_torch_state_dict(path):
@@ -157,8 +155,7 @@ def read_torch_state_dict(path):
         import torch
     except ImportError:
         raise WeightsError(
-            f"reading {path} needs PyTorch (pip install torch); .safetensors and "
-            ".weights.h5 files load without it"
+            f"reading {path} needs PyTorch (pip install torch); .safetensors and .weights.h5 files load without it"
         ) from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -168,8 +165,7 @@ def read_torch_state_dict(path):
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise WeightsError(f"{path} holds a {type(state).__name__}, not a state dict")
-    return {k.removeprefix("module."): v.detach().cpu().numpy() for k, v in state.items()
-            if hasattr(v, "detach")}
+    return {k.removeprefix("module."): v.detach().cpu().numpy() for k, v in state.items() if hasattr(v, "detach")}
 
 
 def load_state_dict(backbone, state):
@@ -208,9 +204,7 @@ class _StateDictLoader:
         if hook_fn:
             value = hook_fn(value, list(keras_variable.shape))
         if tuple(value.shape) != tuple(keras_variable.shape):
-            self.mismatched.append(
-                (hf_weight_key, tuple(self.state[hf_weight_key].shape), tuple(keras_variable.shape))
-            )
+            self.mismatched.append((hf_weight_key, tuple(self.state[hf_weight_key].shape), tuple(keras_variable.shape)))
             return
         if not self.dry_run:
             keras_variable.assign(value.astype(keras_variable.dtype))
@@ -225,8 +219,10 @@ def _describe_mismatch(missing, mismatched, unexpected, limit=6):
     if missing:
         parts.append(f"{len(missing)} missing key(s): {listing(missing)}")
     if mismatched:
-        parts.append(f"{len(mismatched)} shape mismatch(es): " + listing(
-            [f"{k} {tuple(a)} (ResNet18 needs {_torch_shape(b)})" for k, a, b in mismatched]))
+        parts.append(
+            f"{len(mismatched)} shape mismatch(es): "
+            + listing([f"{k} {tuple(a)} (ResNet18 needs {_torch_shape(b)})" for k, a, b in mismatched])
+        )
     if unexpected:
         parts.append(f"{len(unexpected)} unexpected key(s): {listing(unexpected)}")
     return "the checkpoint is not a torchvision/timm ResNet18: " + "; ".join(parts)
@@ -252,15 +248,14 @@ def _load_keras_weights(model, backbone, path):
             return
         except Exception as error:  # Keras raises ValueError or KeyError here
             errors.append(first_line(error))
-    raise WeightsError(
-        f"{path} fits neither a ResNet18 backbone nor this model: {errors[-1]}"
-    )
+    raise WeightsError(f"{path} fits neither a ResNet18 backbone nor this model: {errors[-1]}")
 
 
 def _is_preset(weights):
     return (
         weights.startswith(("hf://", "kaggle://", "gs://", "modelscope://"))
-        or re.fullmatch(r"[a-z0-9_]+", weights) is not None and weights != "imagenet"
+        or re.fullmatch(r"[a-z0-9_]+", weights) is not None
+        and weights != "imagenet"
         or os.path.isdir(weights)
     )
 
@@ -269,20 +264,21 @@ def _backbone_from_preset(preset, shape):
     import keras_hub
 
     try:
-        backbone = keras_hub.models.ResNetBackbone.from_preset(preset, image_shape=shape,
-                                                               data_format="channels_last", name="backbone")
+        backbone = keras_hub.models.ResNetBackbone.from_preset(
+            preset, image_shape=shape, data_format="channels_last", name="backbone"
+        )
     except Exception as error:
         raise WeightsError(f"cannot load keras-hub preset {preset!r}: {first_line(error)}") from None
     if backbone.block_type != "basic_block" or list(backbone.stackwise_num_blocks) != [2, 2, 2, 2]:
         raise WeightsError(
-            f"preset {preset!r} is not a ResNet18 ({backbone.block_type}, blocks "
-            f"{list(backbone.stackwise_num_blocks)})"
+            f"preset {preset!r} is not a ResNet18 ({backbone.block_type}, blocks {list(backbone.stackwise_num_blocks)})"
         )
     return backbone
 
 
-def fetch_imagenet_checkpoint(cache_dir=None, url=TORCHVISION_RESNET18_URL,
-                              sha256_prefix=TORCHVISION_RESNET18_SHA256_PREFIX):
+def fetch_imagenet_checkpoint(
+    cache_dir=None, url=TORCHVISION_RESNET18_URL, sha256_prefix=TORCHVISION_RESNET18_SHA256_PREFIX
+):
     """Download torchvision's ResNet18 ImageNet checkpoint; return its path.
 
     Cached by `keras.utils.get_file` (`~/.keras/models`). A file whose sha256
@@ -296,8 +292,9 @@ def fetch_imagenet_checkpoint(cache_dir=None, url=TORCHVISION_RESNET18_URL,
     fname = url.rsplit("/", 1)[-1]
     for attempt in range(2):
         try:
-            path = keras.utils.get_file(fname, url, cache_subdir="models", cache_dir=cache_dir,
-                                        force_download=attempt > 0)
+            path = keras.utils.get_file(
+                fname, url, cache_subdir="models", cache_dir=cache_dir, force_download=attempt > 0
+            )
         except Exception as error:
             raise WeightsError(
                 f"could not download the ImageNet weights from {url} ({first_line(error)}); "
@@ -308,12 +305,13 @@ def fetch_imagenet_checkpoint(cache_dir=None, url=TORCHVISION_RESNET18_URL,
         if digest.startswith(sha256_prefix):
             return path
         os.remove(path)
-        log.warning("%s is corrupted (sha256 %s...); %s", fname, digest[:8],
-                    "downloading it again" if attempt == 0 else "giving up")
-    raise WeightsError(
-        f"the downloaded {fname} failed its hash check twice (sha256 should start with {sha256_prefix})"
-    )
-
+        log.warning(
+            "%s is corrupted (sha256 %s...); %s",
+            fname,
+            digest[:8],
+            "downloading it again" if attempt == 0 else "giving up",
+        )
+    raise WeightsError(f"the downloaded {fname} failed its hash check twice (sha256 should start with {sha256_prefix})")
 
 
 # ------------------------------------------------------------ save / load
@@ -358,10 +356,10 @@ def read_class_names(path):
         return None
     except (KeyError, ValueError, TypeError):
         names = None
-    if (not isinstance(names, list) or not all(isinstance(n, str) for n in names)
-            or len(set(names)) != len(names)):
-        raise WeightsError(f"{path}: its class names ({_CLASSES_ENTRY}) are damaged: expected a list of "
-                           "distinct strings")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+        raise WeightsError(
+            f"{path}: its class names ({_CLASSES_ENTRY}) are damaged: expected a list of distinct strings"
+        )
     return names
 
 
@@ -396,14 +394,17 @@ def load_model(path, torch_kernels=True):
     except Exception as error:
         raise WeightsError(f"cannot load {path}: corrupt or not a Keras model ({first_line(error)})") from None
     if not _is_classifier(model):
-        raise WeightsError(f"{path} is a Keras model but not a kflowers classifier (an image input of "
-                           "shape (size, size, 3) and a final Dense layer named 'head')")
+        raise WeightsError(
+            f"{path} is a Keras model but not a kflowers classifier (an image input of "
+            "shape (size, size, 3) and a final Dense layer named 'head')"
+        )
     outputs = model.output_shape[-1]
     if names is None:
         names = [str(i) for i in range(outputs)]
     elif len(names) != outputs:
-        raise WeightsError(f"{path}: its class names ({len(names)}) don't match its {outputs} outputs; "
-                           "the file was edited or damaged")
+        raise WeightsError(
+            f"{path}: its class names ({len(names)}) don't match its {outputs} outputs; the file was edited or damaged"
+        )
     if torch_kernels:
         from kflowers.torch_kernels import use_torch_kernels
 
@@ -420,5 +421,4 @@ def _is_classifier(model):
         shape = model.input_shape
     except (ValueError, AttributeError):
         return False
-    return (isinstance(head, keras.layers.Dense) and len(shape) == 4 and shape[-1] == 3
-            and model.layers[-1] is head)
+    return isinstance(head, keras.layers.Dense) and len(shape) == 4 and shape[-1] == 3 and model.layers[-1] is head

@@ -14,8 +14,7 @@ import dataclasses
 import math
 
 STRATEGY_NAMES = ("scratch", "frozen", "finetune", "two-stage", "discriminative")
-STRATEGY_ALIASES = {"fine-tune": "finetune", "fine_tune": "finetune", "two_stage": "two-stage",
-                    "twostage": "two-stage"}
+STRATEGY_ALIASES = {"fine-tune": "finetune", "fine_tune": "finetune", "two_stage": "two-stage", "twostage": "two-stage"}
 MIN_IMAGE_SIZE = 8  # ResNet18 halves the image five times
 # --precision -> the Keras dtype policy it sets (variables and BatchNorm statistics stay float32).
 PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
@@ -85,30 +84,46 @@ class RunOptions:
     """The arguments of one training run (`kflowers train`); see `kflowers train --help`."""
 
     data: object = _flag(None, "dataset folder, one subfolder per class (default: download the flowers dataset)")
-    strategy: str = _flag("two-stage", f"one of {', '.join(STRATEGY_NAMES)} (or fine-tune, two_stage)",
-                          type=strategy, metavar="STRATEGY")
+    strategy: str = _flag(
+        "two-stage", f"one of {', '.join(STRATEGY_NAMES)} (or fine-tune, two_stage)", type=strategy, metavar="STRATEGY"
+    )
     out: str = _flag("runs/latest", "run directory")
     epochs: object = _flag(None, "epochs in all (default: the strategy's, the lesson's)", type=positive_int)
-    lr: object = _flag(None, "learning rate, the head's for discriminative (default: the strategy's)",
-                       type=positive_float)
+    lr: object = _flag(
+        None, "learning rate, the head's for discriminative (default: the strategy's)", type=positive_float
+    )
     batch_size: int = _flag(64, "images per training step", type=positive_int)
     image_size: int = _flag(224, "side of the square images the model sees, in pixels", type=image_size)
-    weights: object = _flag("default", "imagenet, a keras-hub preset, a .pth/.safetensors/.weights.h5 file, or "
-                                       "none (default: the strategy's: none for scratch, imagenet otherwise)")
+    weights: object = _flag(
+        "default",
+        "imagenet, a keras-hub preset, a .pth/.safetensors/.weights.h5 file, or "
+        "none (default: the strategy's: none for scratch, imagenet otherwise)",
+    )
     augment: bool = _flag(False, "random crops and flips while training", action="store_true")
-    seed: int = _flag(0, "seed of the split, the shuffling, the augmentation and the head's initialisation",
-                      type=seed)
-    early_stopping: bool = _flag(False, "stop when the test loss stops improving; keep the best epoch's weights",
-                                 action="store_true")
+    seed: int = _flag(0, "seed of the split, the shuffling, the augmentation and the head's initialisation", type=seed)
+    early_stopping: bool = _flag(
+        False, "stop when the test loss stops improving; keep the best epoch's weights", action="store_true"
+    )
     resume: bool = _flag(False, "continue the interrupted run in --out (same arguments)", action="store_true")
-    feature_cache: object = _flag(None, "train frozen epochs through the whole network, not on backbone "
-                                        "features computed once", flag="--no-feature-cache",
-                                  action="store_const", const=False)
-    precision: str = _flag("float32", "float32 (the lesson's numerics), or mixed precision: bfloat16 (fast on "
-                                      "CPUs with AVX512_BF16/AMX and on GPUs) or float16 (GPUs, with loss scaling)",
-                           choices=list(PRECISIONS))
-    workers: object = _flag(None, "data loading threads (default: 1 on a CPU, where decoding shares the cores "
-                                  "with training; up to 8 with a GPU to feed)", type=positive_int)
+    feature_cache: object = _flag(
+        None,
+        "train frozen epochs through the whole network, not on backbone features computed once",
+        flag="--no-feature-cache",
+        action="store_const",
+        const=False,
+    )
+    precision: str = _flag(
+        "float32",
+        "float32 (the lesson's numerics), or mixed precision: bfloat16 (fast on "
+        "CPUs with AVX512_BF16/AMX and on GPUs) or float16 (GPUs, with loss scaling)",
+        choices=list(PRECISIONS),
+    )
+    workers: object = _flag(
+        None,
+        "data loading threads (default: 1 on a CPU, where decoding shares the cores "
+        "with training; up to 8 with a GPU to feed)",
+        type=positive_int,
+    )
     test_size: float = 0.2
     quiet: bool = _flag(False, "no progress bars", action="store_true")
 

@@ -42,5 +42,7 @@ def model_parts(model):
     try:
         return ModelParts(*(model.get_layer(name) for name in (PREPROCESS, BACKBONE, POOL, HEAD)))
     except ValueError:
-        raise ValueError(f"{model.name} is not a kflowers classifier (it needs layers named "
-                         f"{PREPROCESS}, {BACKBONE}, {POOL} and {HEAD})") from None
+        raise ValueError(
+            f"{model.name} is not a kflowers classifier (it needs layers named "
+            f"{PREPROCESS}, {BACKBONE}, {POOL} and {HEAD})"
+        ) from None

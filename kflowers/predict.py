@@ -66,8 +66,10 @@ def _as_uint8(pixels):
     if pixels.dtype != np.uint8:
         if pixels.size and float(np.nanmax(pixels)) <= 1.0 and "0-1" not in _warned:
             _warned.add("0-1")
-            log.warning("these pixels look like 0-1 values; kflowers models take 0-255 pixels "
-                        "(multiply by 255 first), as they were trained on")
+            log.warning(
+                "these pixels look like 0-1 values; kflowers models take 0-255 pixels "
+                "(multiply by 255 first), as they were trained on"
+            )
         pixels = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
     return np.ascontiguousarray(pixels)
 

@@ -127,8 +127,7 @@ def plot_confusion(matrix, class_names, path, title="confusion matrix (rows: tru
     ax.set_ylabel("true")
     threshold = matrix.max() / 2 if matrix.size else 0
     for (i, j), value in np.ndenumerate(matrix):
-        ax.text(j, i, str(value), ha="center", va="center",
-                color="white" if value > threshold else "black")
+        ax.text(j, i, str(value), ha="center", va="center", color="white" if value > threshold else "black")
     ax.set_title(title)
     return _save(figure, path)
 

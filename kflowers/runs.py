@@ -49,8 +49,16 @@ from kflowers.options import RunOptions  # noqa: F401 - re-exported: kflowers.ru
 
 log = logging.getLogger("kflowers")
 
-RUN_FILES = ("model.keras", "history.csv", "metrics.json", "curves.png", "confusion.png", "top_losses.png",
-             "split.json", "config.json")
+RUN_FILES = (
+    "model.keras",
+    "history.csv",
+    "metrics.json",
+    "curves.png",
+    "confusion.png",
+    "top_losses.png",
+    "split.json",
+    "config.json",
+)
 LOCK_FILE = ".kflowers.lock"
 
 
@@ -71,8 +79,9 @@ def evaluate_model(model, dataset, class_names, features=None):
         import keras
 
         head = model.get_layer("head")
-        logits = np.concatenate([keras.ops.convert_to_numpy(head(features[i:i + 1024]))
-                                 for i in range(0, len(features), 1024)])
+        logits = np.concatenate(
+            [keras.ops.convert_to_numpy(head(features[i : i + 1024])) for i in range(0, len(features), 1024)]
+        )
     else:
         if hasattr(dataset, "in_order"):
             dataset = dataset.in_order()
@@ -84,11 +93,16 @@ def evaluate_model(model, dataset, class_names, features=None):
     log_probabilities = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
     loss = float(-np.mean(log_probabilities[np.arange(len(labels)), labels])) if len(labels) else None
     indices = list(range(len(class_names)))
-    report = classification_report(labels, predictions, labels=indices, target_names=class_names,
-                                   output_dict=True, zero_division=0)
+    report = classification_report(
+        labels, predictions, labels=indices, target_names=class_names, output_dict=True, zero_division=0
+    )
     per_class = {
-        name: {"precision": report[name]["precision"], "recall": report[name]["recall"],
-               "f1": report[name]["f1-score"], "support": int(report[name]["support"])}
+        name: {
+            "precision": report[name]["precision"],
+            "recall": report[name]["recall"],
+            "f1": report[name]["f1-score"],
+            "support": int(report[name]["support"]),
+        }
         for name in class_names
     }
     return {
@@ -119,8 +133,7 @@ class StopOnInterrupt:
             if self.event.is_set():
                 raise KeyboardInterrupt
             self.event.set()
-            print("\nInterrupted: stopping after this batch and saving the run "
-                  "(Ctrl-C again to abort).", flush=True)
+            print("\nInterrupted: stopping after this batch and saving the run (Ctrl-C again to abort).", flush=True)
 
         self._previous = signal.signal(signal.SIGINT, handler)
         return self
@@ -158,11 +171,13 @@ class RunLock:
                 os.close(fd)
                 raise RunDirectoryBusy(
                     f"{os.path.dirname(self.path)} is in use by another kflowers run ({holder}); wait "
-                    "for it to finish or choose another --out") from None
+                    "for it to finish or choose another --out"
+                ) from None
             except OSError as error:  # a filesystem without locks (some network mounts)
                 os.close(fd)
-                log.warning("cannot lock %s (%s): nothing stops a second run from using it meanwhile",
-                            self.path, error.strerror)
+                log.warning(
+                    "cannot lock %s (%s): nothing stops a second run from using it meanwhile", self.path, error.strerror
+                )
                 return self
             try:  # the file we locked must still be the one at self.path (see __exit__)
                 same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
@@ -201,8 +216,9 @@ def check_resumable(out, options, strategy, train_split, test_split):
         with open(os.path.join(out, "split.json")) as f:
             split = json.load(f)
     except (OSError, ValueError):
-        raise BackupMismatch(f"{out} holds no readable config.json and split.json to resume from; "
-                             "start afresh without --resume") from None
+        raise BackupMismatch(
+            f"{out} holds no readable config.json and split.json to resume from; start afresh without --resume"
+        ) from None
     ours = _identity(options, strategy)
     theirs = {key: config.get(key) for key in ours}
     theirs["precision"] = config.get("precision", "float32")
@@ -213,16 +229,27 @@ def check_resumable(out, options, strategy, train_split, test_split):
     if different:
         raise BackupMismatch(
             f"--resume: this run differs from the one in {out} in {', '.join(different)}; repeat its "
-            "arguments (see its config.json) or start afresh without --resume")
+            "arguments (see its config.json) or start afresh without --resume"
+        )
 
 
 def _identity(options, strategy):
     """The arguments that make a run what it is (a resumed run must repeat them)."""
-    return {"data": os.path.abspath(options.data), "strategy": strategy.name, "epochs": strategy.epochs,
-            "lr": options.lr, "batch_size": options.batch_size, "image_size": options.image_size,
-            "weights": _weights(options, strategy), "augment": options.augment, "seed": options.seed,
-            "early_stopping": options.early_stopping, "test_size": options.test_size,
-            "feature_cache": options.feature_cache, "precision": options.precision}
+    return {
+        "data": os.path.abspath(options.data),
+        "strategy": strategy.name,
+        "epochs": strategy.epochs,
+        "lr": options.lr,
+        "batch_size": options.batch_size,
+        "image_size": options.image_size,
+        "weights": _weights(options, strategy),
+        "augment": options.augment,
+        "seed": options.seed,
+        "early_stopping": options.early_stopping,
+        "test_size": options.test_size,
+        "feature_cache": options.feature_cache,
+        "precision": options.precision,
+    }
 
 
 def _replace_previous_run(out):
@@ -310,24 +337,34 @@ def _train_locked(options, folder, split, started, rank, processes):
         check_resumable(out, options, strategy, train_split, test_split)
 
     if strategy.freeze and _weights(options, strategy) is None:
-        log.warning("%s starts with a frozen backbone, but --weights none leaves it random: only the "
-                    "head will learn, from random features", strategy.name)
+        log.warning(
+            "%s starts with a frozen backbone, but --weights none leaves it random: only the "
+            "head will learn, from random features",
+            strategy.name,
+        )
     keras.utils.set_random_seed(options.seed)
     previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(PRECISIONS[options.precision])  # the model's layers keep it
     clock = time.perf_counter()
     try:
-        model = build_model(num_classes=len(folder.class_names), weights=_weights(options, strategy),
-                            image_size=options.image_size)
+        model = build_model(
+            num_classes=len(folder.class_names), weights=_weights(options, strategy), image_size=options.image_size
+        )
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
     seconds = {"scan": folder.seconds, "build_model": time.perf_counter() - clock}
-    train_ds = FlowerDataset.from_folder(train_split, batch_size=options.batch_size,
-                                         image_size=options.image_size, shuffle=True,
-                                         augment=options.augment, seed=options.seed,
-                                         workers=options.workers or default_workers())
-    test_ds = FlowerDataset.from_folder(test_split, batch_size=256, image_size=options.image_size,
-                                        workers=options.workers or default_workers())
+    train_ds = FlowerDataset.from_folder(
+        train_split,
+        batch_size=options.batch_size,
+        image_size=options.image_size,
+        shuffle=True,
+        augment=options.augment,
+        seed=options.seed,
+        workers=options.workers or default_workers(),
+    )
+    test_ds = FlowerDataset.from_folder(
+        test_split, batch_size=256, image_size=options.image_size, workers=options.workers or default_workers()
+    )
     # The run has everything it needs: it now owns the directory.
     if not resuming:
         if os.path.exists(backup_dir):
@@ -344,9 +381,19 @@ def _train_locked(options, folder, split, started, rank, processes):
     verbose = 0 if options.quiet or not main_process else 2 if _not_a_terminal() else 1
     clock = time.perf_counter()
     with StopOnInterrupt() as interrupt:
-        result = train(model, strategy, train_ds, test_ds, learning_rate=options.lr,
-                       callbacks=callbacks, verbose=verbose, feature_cache=feature_cache,
-                       backup_dir=backup_dir, early_stopping=options.early_stopping, stop=interrupt.event)
+        result = train(
+            model,
+            strategy,
+            train_ds,
+            test_ds,
+            learning_rate=options.lr,
+            callbacks=callbacks,
+            verbose=verbose,
+            feature_cache=feature_cache,
+            backup_dir=backup_dir,
+            early_stopping=options.early_stopping,
+            stop=interrupt.event,
+        )
     if not main_process:
         return None
     rows = result.rows
@@ -363,8 +410,14 @@ def _train_locked(options, folder, split, started, rank, processes):
     if rows:
         reports.plot_history(history_columns(rows), os.path.join(out, "curves.png"), title=strategy.name)
     reports.plot_confusion(results["confusion"], folder.class_names, os.path.join(out, "confusion.png"))
-    plot_top_losses(test_split.paths, results["labels"], results["logits"], folder.class_names,
-                    os.path.join(out, "top_losses.png"), image_size=options.image_size)
+    plot_top_losses(
+        test_split.paths,
+        results["labels"],
+        results["logits"],
+        folder.class_names,
+        os.path.join(out, "top_losses.png"),
+        image_size=options.image_size,
+    )
     test_accuracies = [row["test_accuracy"] for row in rows if "test_accuracy" in row]
     metrics = {
         "strategy": strategy.name,
@@ -408,23 +461,29 @@ def _weights(options, strategy):
 def _write_setup(out, options, strategy, folder, train_split, test_split, processes):
     import keras
 
-    write_json(os.path.join(out, "split.json"), {
-        "classes": folder.class_names,
-        "train": train_split.paths,
-        "test": test_split.paths,
-    })
+    write_json(
+        os.path.join(out, "split.json"),
+        {
+            "classes": folder.class_names,
+            "train": train_split.paths,
+            "test": test_split.paths,
+        },
+    )
     backend = keras.backend.backend()
-    write_json(os.path.join(out, "config.json"), {
-        **dataclasses.asdict(options),
-        "strategy": strategy.name,
-        "epochs": strategy.epochs,
-        "weights": _weights(options, strategy),
-        "backend": backend,
-        "processes": processes,
-        "devices": len(keras.distribution.list_devices()) if backend == "jax" else 1,
-        "versions": _versions(),
-        "skipped_files": [f"{p}: {reason}" for p, reason in folder.skipped],
-    })
+    write_json(
+        os.path.join(out, "config.json"),
+        {
+            **dataclasses.asdict(options),
+            "strategy": strategy.name,
+            "epochs": strategy.epochs,
+            "weights": _weights(options, strategy),
+            "backend": backend,
+            "processes": processes,
+            "devices": len(keras.distribution.list_devices()) if backend == "jax" else 1,
+            "versions": _versions(),
+            "skipped_files": [f"{p}: {reason}" for p, reason in folder.skipped],
+        },
+    )
 
 
 def _not_a_terminal():
@@ -459,8 +518,18 @@ def _versions():
     from importlib import metadata
 
     versions = {"python": platform.python_version()}
-    for package in ("keras", "keras-hub", "torch", "jax", "tensorflow", "numpy", "albumentations",
-                    "scikit-image", "scikit-learn", "kflowers"):
+    for package in (
+        "keras",
+        "keras-hub",
+        "torch",
+        "jax",
+        "tensorflow",
+        "numpy",
+        "albumentations",
+        "scikit-image",
+        "scikit-learn",
+        "kflowers",
+    ):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:

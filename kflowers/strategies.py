@@ -64,10 +64,8 @@ STRATEGIES = {
         Strategy("scratch", weights=None, epochs=15),
         Strategy("frozen", freeze=True),
         Strategy("finetune"),
-        Strategy("two-stage", epochs=10, freeze=True, unfreeze_epoch=5,
-                 unfreeze_learning_rate=1e-4),
-        Strategy("discriminative", optimizer="adam", learning_rate=1e-3,
-                 backbone_learning_rate=1e-4),
+        Strategy("two-stage", epochs=10, freeze=True, unfreeze_epoch=5, unfreeze_learning_rate=1e-4),
+        Strategy("discriminative", optimizer="adam", learning_rate=1e-3, backbone_learning_rate=1e-4),
     ]
 }
 
@@ -89,8 +87,9 @@ def make_optimizer(name, learning_rate):
     return optimizers[name](learning_rate=learning_rate)
 
 
-def discriminative_optimizer(model, backbone_learning_rate=1e-4, head_learning_rate=1e-3,
-                             optimizer="adam", layer="backbone"):
+def discriminative_optimizer(
+    model, backbone_learning_rate=1e-4, head_learning_rate=1e-3, optimizer="adam", layer="backbone"
+):
     """One optimizer, two learning rates: slow for the backbone, fast elsewhere.
 
     A `keras.optimizers.MultiOptimizer` whose map sends every variable of the
@@ -133,9 +132,7 @@ def compile_for(model, strategy, learning_rate=None):
 
     model_parts(model).backbone.trainable = not strategy.freeze
     if strategy.backbone_learning_rate is not None:
-        optimizer = discriminative_optimizer(
-            model, strategy.backbone_learning_rate, rate, optimizer=strategy.optimizer
-        )
+        optimizer = discriminative_optimizer(model, strategy.backbone_learning_rate, rate, optimizer=strategy.optimizer)
     else:
         optimizer = make_optimizer(strategy.optimizer, rate)
     model.compile(optimizer=optimizer, loss=classification_loss(), metrics=["accuracy"])

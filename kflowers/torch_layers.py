@@ -76,8 +76,10 @@ def fast_path_applies(inputs, channels_last=True):
         say_once(f"the torch fast path steps aside for {dtype} inputs: Keras's layers run them")
         return False
     if compiling():
-        say_once("the torch fast path steps aside under torch.compile (jit_compile=True): "
-                 "it compiles Keras's layers its own way")
+        say_once(
+            "the torch fast path steps aside under torch.compile (jit_compile=True): "
+            "it compiles Keras's layers its own way"
+        )
         return False
     return True
 
@@ -165,13 +167,11 @@ def batch_norm_training(layer, x):
     statistics = stored(layer.moving_mean).dtype  # float32 under mixed precision too
     mean = torch.zeros(channels, dtype=statistics, device=x.device)
     var = torch.ones(channels, dtype=statistics, device=x.device)
-    outputs = torch.nn.functional.batch_norm(
-        x, mean, var, gamma, beta, training=True, momentum=1.0, eps=layer.epsilon)
+    outputs = torch.nn.functional.batch_norm(x, mean, var, gamma, beta, training=True, momentum=1.0, eps=layer.epsilon)
     n = x.numel() // channels
     biased_var = var * ((n - 1) / n) if n > 1 else var
     layer.moving_mean.assign(layer.moving_mean * layer.momentum + mean * (1.0 - layer.momentum))
-    layer.moving_variance.assign(
-        layer.moving_variance * layer.momentum + biased_var * (1.0 - layer.momentum))
+    layer.moving_variance.assign(layer.moving_variance * layer.momentum + biased_var * (1.0 - layer.momentum))
     return outputs
 
 
@@ -184,8 +184,9 @@ def _conv_convolution_op(self, inputs, kernel):
 
     weight = reordered_kernel(self, stored(kernel), inputs.dtype)
     x = to_nchw(inputs).contiguous(memory_format=torch.channels_last)
-    outputs = torch.nn.functional.conv2d(x, weight, stride=self.strides, padding=padding,
-                                         dilation=self.dilation_rate, groups=self.groups)
+    outputs = torch.nn.functional.conv2d(
+        x, weight, stride=self.strides, padding=padding, dilation=self.dilation_rate, groups=self.groups
+    )
     return to_nhwc(outputs)
 
 
@@ -201,8 +202,7 @@ def _torch_padding(conv):
 def _batch_norm_call(self, inputs, training=None, mask=None):
     """BatchNormalization: torch's fused batch norm, with Keras's statistics rule
     (the moving variance follows the biased batch variance, not torch's unbiased one)."""
-    if (mask is not None or self.renorm or self.synchronized
-            or not fast_path_applies(inputs, self.axis in (-1, 3))):
+    if mask is not None or self.renorm or self.synchronized or not fast_path_applies(inputs, self.axis in (-1, 3)):
         return type(self).call(self, inputs, training=training, mask=mask)
     import torch
 
@@ -211,9 +211,14 @@ def _batch_norm_call(self, inputs, training=None, mask=None):
         outputs = batch_norm_training(self, x)
     else:
         outputs = torch.nn.functional.batch_norm(
-            x, stored(self.moving_mean), stored(self.moving_variance),
-            stored(self.gamma) if self.scale else None, stored(self.beta) if self.center else None,
-            training=False, eps=self.epsilon)
+            x,
+            stored(self.moving_mean),
+            stored(self.moving_variance),
+            stored(self.gamma) if self.scale else None,
+            stored(self.beta) if self.center else None,
+            training=False,
+            eps=self.epsilon,
+        )
     return to_nhwc(outputs)
 
 

@@ -64,10 +64,10 @@ def install(backbone):
     plan = _plan(backbone)
     if plan is None:
         policy = backbone.dtype_policy
-        reason = ("not ResNet18's layout" if _is(backbone, type(backbone))
-                  else f"dtype policy {policy.name}")
-        torch_layers.say_once(f"the torch fast path does not serve {backbone.name} ({reason}); "
-                              "it runs Keras's layers one by one")
+        reason = "not ResNet18's layout" if _is(backbone, type(backbone)) else f"dtype policy {policy.name}"
+        torch_layers.say_once(
+            f"the torch fast path does not serve {backbone.name} ({reason}); it runs Keras's layers one by one"
+        )
         return False
     backbone._torch_plan = plan
     backbone.call = types.MethodType(_call, backbone)
@@ -91,9 +91,12 @@ def _plan(backbone):
     """The stem's and each block's (conv, bn, stride, padding), or `None` if
     `backbone` isn't ResNet18's layout."""
     config = backbone.get_config()
-    if (config.get("block_type") != "basic_block" or config.get("use_pre_activation")
-            or getattr(backbone, "data_format", "channels_last") != "channels_last"
-            or len(config.get("input_conv_filters", [])) != 1):
+    if (
+        config.get("block_type") != "basic_block"
+        or config.get("use_pre_activation")
+        or getattr(backbone, "data_format", "channels_last") != "channels_last"
+        or len(config.get("input_conv_filters", [])) != 1
+    ):
         return None
     try:
         stem_kernel = config["input_conv_kernel_sizes"][0]
@@ -101,9 +104,9 @@ def _plan(backbone):
         _check_pool(_layer(backbone, "pool1_pad"), _layer(backbone, "pool1_pool"))
         blocks = []
         channels = config["input_conv_filters"][0]
-        for s, (filters, count, stride) in enumerate(zip(
-                config["stackwise_num_filters"], config["stackwise_num_blocks"],
-                config["stackwise_num_strides"])):
+        for s, (filters, count, stride) in enumerate(
+            zip(config["stackwise_num_filters"], config["stackwise_num_blocks"], config["stackwise_num_strides"])
+        ):
             for b in range(count):
                 name = f"stack{s}_block{b}"
                 block_stride = stride if b == 0 else 1
@@ -115,9 +118,11 @@ def _plan(backbone):
                     raise _NotResNet
                 first = _conv_bn(backbone, f"{name}_1", 3, block_stride, 1)
                 second = _conv_bn(backbone, f"{name}_2", 3, 1, 1)
-                _check(_is(_layer(backbone, f"{name}_add"), keras.layers.Add)
-                       and _is_relu(_layer(backbone, f"{name}_1_relu"))
-                       and _is_relu(_layer(backbone, f"{name}_out")))
+                _check(
+                    _is(_layer(backbone, f"{name}_add"), keras.layers.Add)
+                    and _is_relu(_layer(backbone, f"{name}_1_relu"))
+                    and _is_relu(_layer(backbone, f"{name}_out"))
+                )
                 blocks.append((shortcut, first, second))
                 channels = filters
     except _NotResNet:
@@ -144,8 +149,11 @@ def _layer(backbone, name, optional=False):
 
 def _is(layer, cls):
     policy = layer.dtype_policy
-    return (isinstance(layer, cls) and policy.variable_dtype == "float32"
-            and policy.compute_dtype in torch_layers.FAST_DTYPES)
+    return (
+        isinstance(layer, cls)
+        and policy.variable_dtype == "float32"
+        and policy.compute_dtype in torch_layers.FAST_DTYPES
+    )
 
 
 def _is_relu(layer):
@@ -163,22 +171,37 @@ def _conv_bn(backbone, prefix, kernel_size, stride, padding):
     if pad is not None:
         _check(_is(pad, keras.layers.ZeroPadding2D) and pad.padding == ((padding,) * 2,) * 2)
     conv_padding = "same" if padding and pad is None else "valid"
-    _check(_is(conv, keras.layers.Conv2D) and _is(bn, keras.layers.BatchNormalization)
-           and tuple(conv.kernel_size) == (kernel_size,) * 2 and tuple(conv.strides) == (stride,) * 2
-           and conv.padding == conv_padding and not conv.use_bias and conv.groups == 1
-           and tuple(conv.dilation_rate) == (1, 1) and conv.activation is keras.activations.linear
-           and conv.data_format == "channels_last"
-           and bn.axis in (-1, 3) and bn.center and bn.scale and not bn.renorm
-           and not bn.synchronized)
+    _check(
+        _is(conv, keras.layers.Conv2D)
+        and _is(bn, keras.layers.BatchNormalization)
+        and tuple(conv.kernel_size) == (kernel_size,) * 2
+        and tuple(conv.strides) == (stride,) * 2
+        and conv.padding == conv_padding
+        and not conv.use_bias
+        and conv.groups == 1
+        and tuple(conv.dilation_rate) == (1, 1)
+        and conv.activation is keras.activations.linear
+        and conv.data_format == "channels_last"
+        and bn.axis in (-1, 3)
+        and bn.center
+        and bn.scale
+        and not bn.renorm
+        and not bn.synchronized
+    )
     return conv, bn, stride, padding
 
 
 def _check_pool(pad, pool):
     """The stem's max pool: zero padding 1, then a 3x3 "valid" pool of stride 2."""
-    _check(_is(pad, keras.layers.ZeroPadding2D) and pad.padding == ((1, 1), (1, 1))
-           and _is(pool, keras.layers.MaxPooling2D) and pool.padding == "valid"
-           and tuple(pool.pool_size) == (3, 3) and tuple(pool.strides) == (2, 2)
-           and pool.data_format == "channels_last")
+    _check(
+        _is(pad, keras.layers.ZeroPadding2D)
+        and pad.padding == ((1, 1), (1, 1))
+        and _is(pool, keras.layers.MaxPooling2D)
+        and pool.padding == "valid"
+        and tuple(pool.pool_size) == (3, 3)
+        and tuple(pool.strides) == (2, 2)
+        and pool.data_format == "channels_last"
+    )
 
 
 def _call(self, inputs, training=None, mask=None):
@@ -205,8 +228,7 @@ def _conv_bn_forward(x, conv, bn, stride, padding, training):
 
     kernel, gamma, beta = (torch_layers.stored(v) for v in (conv.kernel, bn.gamma, bn.beta))
     bn_training = bool(training) and bn.trainable
-    needs_grad = torch.is_grad_enabled() and (
-        kernel.requires_grad or gamma.requires_grad or beta.requires_grad)
+    needs_grad = torch.is_grad_enabled() and (kernel.requires_grad or gamma.requires_grad or beta.requires_grad)
     if not bn_training and not needs_grad:
         weight, bias = _folded(conv, bn, x.dtype)
         return torch.nn.functional.conv2d(x, weight, bias, stride=stride, padding=padding)
@@ -215,8 +237,14 @@ def _conv_bn_forward(x, conv, bn, stride, padding, training):
     if bn_training:
         return torch_layers.batch_norm_training(bn, y)
     return torch.nn.functional.batch_norm(
-        y, torch_layers.stored(bn.moving_mean), torch_layers.stored(bn.moving_variance), gamma, beta, training=False,
-        eps=bn.epsilon)
+        y,
+        torch_layers.stored(bn.moving_mean),
+        torch_layers.stored(bn.moving_variance),
+        gamma,
+        beta,
+        training=False,
+        eps=bn.epsilon,
+    )
 
 
 def _folded(conv, bn, dtype):
@@ -226,8 +254,7 @@ def _folded(conv, bn, dtype):
     """
     import torch
 
-    variables = [torch_layers.stored(v) for v in (conv.kernel, bn.gamma, bn.beta, bn.moving_mean,
-                                                   bn.moving_variance)]
+    variables = [torch_layers.stored(v) for v in (conv.kernel, bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance)]
     key = (torch_layers.versions(*variables), dtype)
     cached = _FOLDED.get(conv)
     if cached is None or cached[0] != key:

@@ -59,8 +59,9 @@ class TrainingResult:
         feature_seconds: the feature cache's pass over the images (0 without it).
     """
 
-    def __init__(self, rows=(), interrupted=False, stopped_early=False, best_epoch=None,
-                 test_features=None, feature_seconds=0.0):
+    def __init__(
+        self, rows=(), interrupted=False, stopped_early=False, best_epoch=None, test_features=None, feature_seconds=0.0
+    ):
         self.feature_seconds = feature_seconds
         self.rows = list(rows)
         self.interrupted = interrupted
@@ -74,9 +75,21 @@ class TrainingResult:
         return not self.interrupted
 
 
-def train(model, strategy, train_data, test_data=None, epochs=None, learning_rate=None,
-          callbacks=(), verbose=1, feature_cache=None, backup_dir=None, early_stopping=False,
-          patience=3, stop=None):
+def train(
+    model,
+    strategy,
+    train_data,
+    test_data=None,
+    epochs=None,
+    learning_rate=None,
+    callbacks=(),
+    verbose=1,
+    feature_cache=None,
+    backup_dir=None,
+    early_stopping=False,
+    patience=3,
+    stop=None,
+):
     """Compile `model` for `strategy` and train it: the lesson's run, in Keras.
 
     This is the one owner of a run's lifecycle. It splits the run into
@@ -123,9 +136,20 @@ def train(model, strategy, train_data, test_data=None, epochs=None, learning_rat
     """
     strategy = get_strategy(strategy) if isinstance(strategy, str) else strategy
     strategy = strategy.with_epochs(epochs)
-    loop = RunLoop(model, strategy, train_data, test_data, learning_rate=learning_rate,
-                   callbacks=callbacks, verbose=verbose, feature_cache=feature_cache,
-                   backup_dir=backup_dir, early_stopping=early_stopping, patience=patience, stop=stop)
+    loop = RunLoop(
+        model,
+        strategy,
+        train_data,
+        test_data,
+        learning_rate=learning_rate,
+        callbacks=callbacks,
+        verbose=verbose,
+        feature_cache=feature_cache,
+        backup_dir=backup_dir,
+        early_stopping=early_stopping,
+        patience=patience,
+        stop=stop,
+    )
     return loop.run()
 
 
@@ -181,8 +205,7 @@ class EarlyStopping:
         return self.wait >= self.patience
 
     def state(self):
-        return {"best": self.best if np.isfinite(self.best) else None, "wait": self.wait,
-                "best_epoch": self.best_epoch}
+        return {"best": self.best if np.isfinite(self.best) else None, "wait": self.wait, "best_epoch": self.best_epoch}
 
     def restore_state(self, state, best_weights):
         self.best = np.inf if state["best"] is None else state["best"]
@@ -192,9 +215,21 @@ class EarlyStopping:
 class RunLoop:
     """Runs one strategy's stages; see `train` for the arguments."""
 
-    def __init__(self, model, strategy, train_data, test_data=None, learning_rate=None, callbacks=(),
-                 verbose=1, feature_cache=None, backup_dir=None, early_stopping=False, patience=3,
-                 stop=None):
+    def __init__(
+        self,
+        model,
+        strategy,
+        train_data,
+        test_data=None,
+        learning_rate=None,
+        callbacks=(),
+        verbose=1,
+        feature_cache=None,
+        backup_dir=None,
+        early_stopping=False,
+        patience=3,
+        stop=None,
+    ):
         from kflowers.data import FlowerDataset
 
         self.model, self.strategy = model, strategy
@@ -211,13 +246,18 @@ class RunLoop:
         if feature_cache is None:
             feature_cache = cacheable
         elif feature_cache and not cacheable:
-            raise ValueError("the feature cache needs a strategy with a frozen backbone and a "
-                             "FlowerDataset without augmentation")
+            raise ValueError(
+                "the feature cache needs a strategy with a frozen backbone and a FlowerDataset without augmentation"
+            )
         self.stages = plan_stages(strategy, feature_cache)
         if strategy.unfreeze_epoch is not None and len(self.stages) == 1:
-            log.warning("%s over %d epoch(s) never unfreezes the backbone (it unfreezes after epoch "
-                        "%d): this run trains as 'frozen'", strategy.name, strategy.epochs,
-                        strategy.unfreeze_epoch)
+            log.warning(
+                "%s over %d epoch(s) never unfreezes the backbone (it unfreezes after epoch "
+                "%d): this run trains as 'frozen'",
+                strategy.name,
+                strategy.epochs,
+                strategy.unfreeze_epoch,
+            )
         self.cache = None
         self.rows = []
         self.optimizer = None  # the optimizer of the stage being trained
@@ -235,13 +275,16 @@ class RunLoop:
                 compile_for(self.model, self.strategy, learning_rate=self.learning_rate)
                 previous = self.model.optimizer
             self.parts.backbone.trainable = True
-            optimizer = rebuilt_optimizer(previous, self.model.trainable_variables,
-                                          self.strategy.unfreeze_learning_rate)
+            optimizer = rebuilt_optimizer(
+                previous, self.model.trainable_variables, self.strategy.unfreeze_learning_rate
+            )
             self.model.compile(optimizer=optimizer, loss=classification_loss(), metrics=["accuracy"])
             self.optimizer = self.model.optimizer
             if self.verbose:
-                print(f"Epoch {stage.start + 1}: backbone unfrozen, learning rate "
-                      f"{self.strategy.unfreeze_learning_rate:g}")
+                print(
+                    f"Epoch {stage.start + 1}: backbone unfrozen, learning rate "
+                    f"{self.strategy.unfreeze_learning_rate:g}"
+                )
             return
         compile_for(self.model, self.strategy, learning_rate=self.learning_rate)
         if stage.name == "cached":
@@ -249,8 +292,7 @@ class RunLoop:
 
             self.cache = FeatureCache(self.model, self.train_data, self.test_data, verbose=self.verbose)
             optimizer = type(self.model.optimizer).from_config(self.model.optimizer.get_config())
-            self.cache.head_model.compile(optimizer=optimizer, loss=classification_loss(),
-                                          metrics=["accuracy"])
+            self.cache.head_model.compile(optimizer=optimizer, loss=classification_loss(), metrics=["accuracy"])
             self.optimizer = self.cache.head_model.optimizer
             self.optimizer.build(self.cache.head_model.trainable_variables)
         else:
@@ -263,43 +305,68 @@ class RunLoop:
         recorder = _Recorder(self)
         if stage.name == "cached":
             file_writers = (keras.callbacks.BackupAndRestore, keras.callbacks.ModelCheckpoint)
-            callbacks = [self.cache.follow_epochs, *[c for c in self.callbacks if not isinstance(c, file_writers)],
-                         recorder]
-            self.cache.head_model.fit(self.cache.batches, validation_data=self.cache.validation,
-                                      initial_epoch=first_epoch, epochs=stage.end, shuffle=False,
-                                      verbose=self.verbose, callbacks=callbacks)
+            callbacks = [
+                self.cache.follow_epochs,
+                *[c for c in self.callbacks if not isinstance(c, file_writers)],
+                recorder,
+            ]
+            self.cache.head_model.fit(
+                self.cache.batches,
+                validation_data=self.cache.validation,
+                initial_epoch=first_epoch,
+                epochs=stage.end,
+                shuffle=False,
+                verbose=self.verbose,
+                callbacks=callbacks,
+            )
             return
         callbacks = [*self.callbacks, recorder]
         if self.is_flower_data:
             callbacks.insert(0, SetDatasetEpoch(self.train_data))
             build_training_state(self.model, self.train_data)
-        self.model.fit(self.train_data, validation_data=self.test_data, initial_epoch=first_epoch,
-                       epochs=stage.end, shuffle=False, verbose=self.verbose, callbacks=callbacks)
+        self.model.fit(
+            self.train_data,
+            validation_data=self.test_data,
+            initial_epoch=first_epoch,
+            epochs=stage.end,
+            shuffle=False,
+            verbose=self.verbose,
+            callbacks=callbacks,
+        )
 
     # ------------------------------------------------------------ backup
 
     def fingerprint(self):
         """What a backup must agree with to be resumed by this run (JSON values)."""
         data = self.train_data
-        return {"strategy": self.strategy.name, "epochs": self.strategy.epochs,
-                "learning_rate": self.learning_rate,
-                "stages": [[stage.name, stage.start, stage.end] for stage in self.stages],
-                "train_images": _digest(getattr(data, "paths", [])),
-                "batch_size": getattr(data, "batch_size", None),
-                "image_size": getattr(data, "image_size", None),
-                "seed": getattr(data, "seed", None),
-                "early_stopping": self.early is not None}
+        return {
+            "strategy": self.strategy.name,
+            "epochs": self.strategy.epochs,
+            "learning_rate": self.learning_rate,
+            "stages": [[stage.name, stage.start, stage.end] for stage in self.stages],
+            "train_images": _digest(getattr(data, "paths", [])),
+            "batch_size": getattr(data, "batch_size", None),
+            "image_size": getattr(data, "image_size", None),
+            "seed": getattr(data, "seed", None),
+            "early_stopping": self.early is not None,
+        }
 
     def _save(self, epoch, stage):
         if not self.backup_dir:
             return
-        backup.save(self.backup_dir, backup.RunState(
-            epoch=epoch, stage=stage.name, rows=self.rows,
-            early_stopping=self.early.state() if self.early else None,
-            weights=self.model.get_weights(),
-            optimizer=[keras.ops.convert_to_numpy(v) for v in self.optimizer.variables],
-            best_weights=self.early.best_weights if self.early else None,
-            fingerprint=self.fingerprint()))
+        backup.save(
+            self.backup_dir,
+            backup.RunState(
+                epoch=epoch,
+                stage=stage.name,
+                rows=self.rows,
+                early_stopping=self.early.state() if self.early else None,
+                weights=self.model.get_weights(),
+                optimizer=[keras.ops.convert_to_numpy(v) for v in self.optimizer.variables],
+                best_weights=self.early.best_weights if self.early else None,
+                fingerprint=self.fingerprint(),
+            ),
+        )
 
     def _restore(self, state):
         if state.fingerprint != self.fingerprint():
@@ -307,7 +374,8 @@ class RunLoop:
             different = [k for k in ours if theirs.get(k) != ours[k]]
             raise backup.BackupMismatch(
                 f"the backup in {self.backup_dir} is of another run ({', '.join(different)} differ); "
-                "start afresh without --resume or use another --out")
+                "start afresh without --resume or use another --out"
+            )
         stage = next(s for s in self.stages if s.name == state.stage)
         self._enter(stage)
         self.model.set_weights(state.weights)
@@ -337,8 +405,10 @@ class RunLoop:
             self._fit(stage, max(first_epoch, stage.start))
             if self.diverged:
                 epoch, batch, loss = self.diverged
-                raise TrainingDiverged(f"training diverged: the loss became {loss} at epoch {epoch}, "
-                                       f"batch {batch}; try a lower learning rate (--lr)")
+                raise TrainingDiverged(
+                    f"training diverged: the loss became {loss} at epoch {epoch}, "
+                    f"batch {batch}; try a lower learning rate (--lr)"
+                )
             if self._stop_requested() or self.stopped_early:
                 break
         interrupted = self._stop_requested()
@@ -347,11 +417,14 @@ class RunLoop:
         test_features = None
         if self.cache is not None and all(s.name == "cached" for s in self.stages):
             test_features = self.cache.test_features
-        return TrainingResult(self.rows, interrupted=interrupted,
-                              stopped_early=self.stopped_early or stopped,
-                              best_epoch=self.early.best_epoch if self.early else None,
-                              test_features=test_features,
-                              feature_seconds=self.cache.seconds if self.cache is not None else 0.0)
+        return TrainingResult(
+            self.rows,
+            interrupted=interrupted,
+            stopped_early=self.stopped_early or stopped,
+            best_epoch=self.early.best_epoch if self.early else None,
+            test_features=test_features,
+            feature_seconds=self.cache.seconds if self.cache is not None else 0.0,
+        )
 
     def _stop_requested(self):
         return self.stop is not None and self.stop.is_set()
@@ -369,8 +442,10 @@ class RunLoop:
             if stop:
                 self.stopped_early = True
                 if self.verbose:
-                    print(f"Early stopping after epoch {epoch + 1}: best test loss "
-                          f"{self.early.best:.4f} at epoch {self.early.best_epoch}")
+                    print(
+                        f"Early stopping after epoch {epoch + 1}: best test loss "
+                        f"{self.early.best:.4f} at epoch {self.early.best_epoch}"
+                    )
         stage = next(s for s in self.stages if s.start <= epoch < s.end)
         self._save(epoch + 1, stage)
         return stop

@@ -94,15 +94,21 @@ def torch_features(state, images_uint8):
     t = {k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}
 
     def bn(x, key):
-        return F.batch_norm(x, t[key + ".running_mean"], t[key + ".running_var"],
-                            t[key + ".weight"], t[key + ".bias"], training=False, eps=1e-5)
+        return F.batch_norm(
+            x,
+            t[key + ".running_mean"],
+            t[key + ".running_var"],
+            t[key + ".weight"],
+            t[key + ".bias"],
+            training=False,
+            eps=1e-5,
+        )
 
     with torch.no_grad():
         return _pooled_features(_preprocess(images_uint8, torch.float32), t, bn).numpy()
 
 
-def torch_training_step(state, head_kernel, head_bias, images_uint8, labels, lr, relu_inputs=None,
-                        relu_decisions=None):
+def torch_training_step(state, head_kernel, head_bias, images_uint8, labels, lr, relu_inputs=None, relu_decisions=None):
     """One SGD step of the whole classifier in plain float64 torch, with Keras's BN semantics.
 
     Returns `(new_state, new_head_kernel, new_head_bias)`: the backbone's
@@ -117,8 +123,11 @@ def torch_training_step(state, head_kernel, head_bias, images_uint8, labels, lr,
     import torch
     import torch.nn.functional as F
 
-    t = {k: torch.tensor(np.asarray(v), dtype=torch.float64) for k, v in state.items()
-         if not k.endswith("num_batches_tracked")}
+    t = {
+        k: torch.tensor(np.asarray(v), dtype=torch.float64)
+        for k, v in state.items()
+        if not k.endswith("num_batches_tracked")
+    }
     trainable = [k for k in t if k.endswith((".weight", ".bias")) and not k.startswith("fc.")]
     for k in trainable:
         t[k].requires_grad_(True)

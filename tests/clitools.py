@@ -8,13 +8,22 @@ import sys
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
 TRAIN_FLAGS = ["--image-size", "32", "--batch-size", "16", "--seed", "3"]
-RUN_FILES = ["model.keras", "history.csv", "metrics.json", "curves.png", "confusion.png", "top_losses.png",
-             "split.json", "config.json"]
+RUN_FILES = [
+    "model.keras",
+    "history.csv",
+    "metrics.json",
+    "curves.png",
+    "confusion.png",
+    "top_losses.png",
+    "split.json",
+    "config.json",
+]
 
 
 def kflowers(*args, check=True, timeout=600):
-    result = subprocess.run([sys.executable, "-m", "kflowers", *map(str, args)], capture_output=True,
-                            text=True, timeout=timeout, env=ENV)
+    result = subprocess.run(
+        [sys.executable, "-m", "kflowers", *map(str, args)], capture_output=True, text=True, timeout=timeout, env=ENV
+    )
     if check:
         assert result.returncode == 0, result.stderr[-3000:]
     return result
@@ -23,8 +32,13 @@ def kflowers(*args, check=True, timeout=600):
 def kill_when(command, line_start):
     """Run `python -m COMMAND...` and SIGKILL it once a line of its output starts with `line_start`
     ("Epoch 2/N": epoch 1 is backed up once epoch 2 has begun)."""
-    process = subprocess.Popen([sys.executable, "-m", *map(str, command)], stdout=subprocess.PIPE,
-                               stderr=subprocess.DEVNULL, text=True, env=ENV)
+    process = subprocess.Popen(
+        [sys.executable, "-m", *map(str, command)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=ENV,
+    )
     for line in process.stdout:
         if line.startswith(line_start):
             process.send_signal(signal.SIGKILL)

@@ -51,9 +51,10 @@ if size > 1:
     dataset = dataset.shard(rank, size)
     callbacks[0].dataset = dataset
     callbacks.append(distributed.SyncReplicas())
-train(model, strategy, dataset, epochs=1, verbose=0, callbacks=callbacks, feature_cache=False,
-      learning_rate=1e-3)
-np.savez(os.path.join(out, f"rank{rank}.npz"),
-         **{f"{i}:{v.path}": keras.ops.convert_to_numpy(v) for i, v in enumerate(model.variables)})
+train(model, strategy, dataset, epochs=1, verbose=0, callbacks=callbacks, feature_cache=False, learning_rate=1e-3)
+np.savez(
+    os.path.join(out, f"rank{rank}.npz"),
+    **{f"{i}:{v.path}": keras.ops.convert_to_numpy(v) for i, v in enumerate(model.variables)},
+)
 with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
     json.dump({"seen": dataset.seen, "paths": folder.paths}, f)

@@ -40,8 +40,13 @@ def available(backend):
 
 
 def run(code, backend, *args):
-    result = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True,
-                            env={**ENV, "KERAS_BACKEND": backend}, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**ENV, "KERAS_BACKEND": backend},
+        timeout=300,
+    )
     assert result.returncode == 0, f"{backend}: {result.stderr[-3000:]}"
 
 
@@ -58,8 +63,9 @@ def test_a_model_saved_under_one_backend_predicts_the_same_under_each_other(tmp_
         reference = np.load(tmp_path / f"predicted-by-{source}.npz")[source]
         for backend in backends:
             predicted = np.load(tmp_path / f"predicted-by-{backend}.npz")[source]
-            np.testing.assert_allclose(predicted, reference, atol=1e-4,
-                                       err_msg=f"saved by {source}, loaded by {backend}")
+            np.testing.assert_allclose(
+                predicted, reference, atol=1e-4, err_msg=f"saved by {source}, loaded by {backend}"
+            )
 
 
 WITHOUT_TORCH = """
@@ -97,12 +103,21 @@ def test_safetensors_and_h5_load_without_torch_and_pth_says_it_needs_it(tmp_path
     save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(tmp_path / "w.safetensors"))
     import kflowers
 
-    kflowers.build_model(weights=None, image_size=32).get_layer("backbone").save_weights(
-        str(tmp_path / "b.weights.h5"))
+    kflowers.build_model(weights=None, image_size=32).get_layer("backbone").save_weights(str(tmp_path / "b.weights.h5"))
     (tmp_path / "w.pth").write_bytes(b"whatever")
     result = subprocess.run(
-        [sys.executable, "-c", WITHOUT_TORCH, str(tmp_path / "w.safetensors"), str(tmp_path / "b.weights.h5"),
-         str(tmp_path / "w.pth")], capture_output=True, text=True, env={**ENV, "KERAS_BACKEND": backend})
+        [
+            sys.executable,
+            "-c",
+            WITHOUT_TORCH,
+            str(tmp_path / "w.safetensors"),
+            str(tmp_path / "b.weights.h5"),
+            str(tmp_path / "w.pth"),
+        ],
+        capture_output=True,
+        text=True,
+        env={**ENV, "KERAS_BACKEND": backend},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "SAFETENSORS OK" in result.stdout and "H5 OK" in result.stdout
     assert "PTH: reading" in result.stdout and "needs PyTorch (pip install torch)" in result.stdout

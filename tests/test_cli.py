@@ -26,18 +26,32 @@ def assert_png_not_blank(path):
 @pytest.fixture(scope="module")
 def run(flowers_dir, resnet18_pth, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "frozen"
-    result = kflowers("train", "--data", flowers_dir, "--strategy", "frozen", "--epochs", "2",
-                      "--weights", resnet18_pth, "--out", out, *TRAIN_FLAGS)
+    result = kflowers(
+        "train",
+        "--data",
+        flowers_dir,
+        "--strategy",
+        "frozen",
+        "--epochs",
+        "2",
+        "--weights",
+        resnet18_pth,
+        "--out",
+        out,
+        *TRAIN_FLAGS,
+    )
     assert "| daisy | 0 | 12 |" in result.stdout  # the counts table comes first
     assert "frozen: test accuracy" in result.stdout
     return str(out)
 
 
 def test_help_is_fast_because_nothing_heavy_is_imported():
-    code = ("import sys; from kflowers.cli import build_parser\n"
-            "try:\n    build_parser().parse_args(['train', '--help'])\nexcept SystemExit: pass\n"
-            "heavy = [m for m in ('keras', 'torch', 'keras_hub', 'tensorflow') if m in sys.modules]\n"
-            "print('HEAVY', heavy)")
+    code = (
+        "import sys; from kflowers.cli import build_parser\n"
+        "try:\n    build_parser().parse_args(['train', '--help'])\nexcept SystemExit: pass\n"
+        "heavy = [m for m in ('keras', 'torch', 'keras_hub', 'tensorflow') if m in sys.modules]\n"
+        "print('HEAVY', heavy)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV)
     assert "one of scratch, frozen, finetune, two-stage," in result.stdout
     assert "HEAVY []" in result.stdout
@@ -64,9 +78,14 @@ def test_every_flag_has_help_and_its_default():
             shown = action.default not in (None, False, argparse.SUPPRESS) and action.nargs != 0
             if shown and action.option_strings:
                 assert "default" in action.help or f"(default: {action.default})" in " ".join(text.split()), (
-                    parser.prog, action.dest)
-    train_help = " ".join(subprocess.run([sys.executable, "-m", "kflowers", "train", "--help"], capture_output=True,
-                                         text=True, env=ENV).stdout.split())
+                    parser.prog,
+                    action.dest,
+                )
+    train_help = " ".join(
+        subprocess.run(
+            [sys.executable, "-m", "kflowers", "train", "--help"], capture_output=True, text=True, env=ENV
+        ).stdout.split()
+    )
     for default in ("(default: two-stage)", "(default: 224)", "(default: runs/latest)", "(default: 64)"):
         assert default in train_help
 
@@ -74,8 +93,7 @@ def test_every_flag_has_help_and_its_default():
 def test_version_and_strategy_aliases():
     from kflowers.cli import build_parser
 
-    version = subprocess.run([sys.executable, "-m", "kflowers", "--version"], capture_output=True, text=True,
-                             env=ENV)
+    version = subprocess.run([sys.executable, "-m", "kflowers", "--version"], capture_output=True, text=True, env=ENV)
     assert version.returncode == 0 and version.stdout.strip() == f"kflowers {kflowers_version()}"
     parser = build_parser()
     assert parser.parse_args(["train", "--strategy", "fine-tune"]).strategy == "finetune"
@@ -92,17 +110,19 @@ def test_train_writes_the_full_run_directory(run):
     for name in RUN_FILES:
         assert os.path.getsize(os.path.join(run, name)) > 0, name
     metrics = json.load(open(os.path.join(run, "metrics.json")))
-    assert set(metrics) >= {"test_accuracy", "best_test_accuracy", "test_loss", "per_class", "epochs",
-                            "wall_seconds"}
-    assert metrics["epochs"] == 2 and set(metrics["per_class"]) == {"daisy", "dandelion", "rose",
-                                                                    "sunflower", "tulip"}
+    assert set(metrics) >= {"test_accuracy", "best_test_accuracy", "test_loss", "per_class", "epochs", "wall_seconds"}
+    assert metrics["epochs"] == 2 and set(metrics["per_class"]) == {"daisy", "dandelion", "rose", "sunflower", "tulip"}
     history = open(os.path.join(run, "history.csv")).read().splitlines()
     assert history[0].startswith("epoch,loss,accuracy,test_loss,test_accuracy,seconds")
     assert len(history) == 3
     split = json.load(open(os.path.join(run, "split.json")))
     assert len(split["train"]) == 48 and len(split["test"]) == 12 and not set(split["train"]) & set(split["test"])
     config = json.load(open(os.path.join(run, "config.json")))
-    assert config["backend"] == os.environ["KERAS_BACKEND"] and config["strategy"] == "frozen" and "keras" in config["versions"]
+    assert (
+        config["backend"] == os.environ["KERAS_BACKEND"]
+        and config["strategy"] == "frozen"
+        and "keras" in config["versions"]
+    )
     assert_png_not_blank(os.path.join(run, "curves.png"))
     assert_png_not_blank(os.path.join(run, "confusion.png"))
     assert_png_not_blank(os.path.join(run, "top_losses.png"))
@@ -110,22 +130,39 @@ def test_train_writes_the_full_run_directory(run):
 
 
 def test_saved_model_reloads_after_import_kflowers(run):
-    code = ("import kflowers, keras, numpy as np\n"
-            f"m = keras.models.load_model({os.path.join(run, 'model.keras')!r})\n"
-            "print('OUT', m.predict(np.zeros((1, 32, 32, 3), 'uint8'), verbose=0).shape)")
+    code = (
+        "import kflowers, keras, numpy as np\n"
+        f"m = keras.models.load_model({os.path.join(run, 'model.keras')!r})\n"
+        "print('OUT', m.predict(np.zeros((1, 32, 32, 3), 'uint8'), verbose=0).shape)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV)
     assert "OUT (1, 5)" in result.stdout, result.stderr[-2000:]
 
 
 def test_same_seed_same_metrics(run, flowers_dir, resnet18_pth, tmp_path):
     again = tmp_path / "again"
-    kflowers("train", "--data", flowers_dir, "--strategy", "frozen", "--epochs", "2",
-             "--weights", resnet18_pth, "--out", again, "--quiet", *TRAIN_FLAGS)
+    kflowers(
+        "train",
+        "--data",
+        flowers_dir,
+        "--strategy",
+        "frozen",
+        "--epochs",
+        "2",
+        "--weights",
+        resnet18_pth,
+        "--out",
+        again,
+        "--quiet",
+        *TRAIN_FLAGS,
+    )
     assert metrics_without_time(run) == metrics_without_time(again)
 
 
 def test_explain_writes_one_grad_cam_picture_per_image(run, flowers_dir, tmp_path):
-    images = [os.path.join(flowers_dir, "rose", name) for name in sorted(os.listdir(os.path.join(flowers_dir, "rose")))[:2]]
+    images = [
+        os.path.join(flowers_dir, "rose", name) for name in sorted(os.listdir(os.path.join(flowers_dir, "rose")))[:2]
+    ]
     result = kflowers("explain", "--model", os.path.join(run, "model.keras"), *images, "--out", tmp_path / "cams")
     assert "2 Grad-CAM picture(s)" in result.stdout
     for image in images:
@@ -156,8 +193,9 @@ def test_predict_agrees_with_model_predict(run, flowers_dir):
 
 
 def test_evaluate_json_and_class_names_by_name(run, flowers_dir, tmp_path):
-    result = kflowers("evaluate", "--model", os.path.join(run, "model.keras"), "--data", flowers_dir,
-                      "--json", "--out", tmp_path)
+    result = kflowers(
+        "evaluate", "--model", os.path.join(run, "model.keras"), "--data", flowers_dir, "--json", "--out", tmp_path
+    )
     report = json.loads(result.stdout)
     assert set(report) >= {"accuracy", "per_class", "confusion"}
     assert np.sum(report["confusion"]) == 60
@@ -167,8 +205,11 @@ def test_evaluate_json_and_class_names_by_name(run, flowers_dir, tmp_path):
     os.makedirs(subset / "tulip")
     for name in sorted(os.listdir(os.path.join(flowers_dir, "tulip")))[:4]:
         os.link(os.path.join(flowers_dir, "tulip", name), subset / "tulip" / name)
-    partial = json.loads(kflowers("evaluate", "--model", os.path.join(run, "model.keras"), "--data", subset,
-                                  "--json", "--out", tmp_path).stdout)
+    partial = json.loads(
+        kflowers(
+            "evaluate", "--model", os.path.join(run, "model.keras"), "--data", subset, "--json", "--out", tmp_path
+        ).stdout
+    )
     assert partial["per_class"]["tulip"]["support"] == 4 and partial["per_class"]["daisy"]["support"] == 0
 
 
@@ -176,21 +217,29 @@ def test_evaluate_on_other_classes_is_a_one_line_error(run, tmp_path):
     from kflowers.demo import draw_dataset
 
     draw_dataset(tmp_path / "other", ["cat", "dog"], per_class=2, size=32)
-    result = kflowers("evaluate", "--model", os.path.join(run, "model.keras"), "--data", tmp_path / "other",
-                      check=False)
+    result = kflowers(
+        "evaluate", "--model", os.path.join(run, "model.keras"), "--data", tmp_path / "other", check=False
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
         "kflowers evaluate: error: the model was trained on daisy, dandelion, rose, sunflower, tulip; "
-        "the data has other classes: cat, dog")
+        "the data has other classes: cat, dog"
+    )
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("args, message", [
-    (["train", "--data", "/no/such/folder"], "kflowers train: error: dataset folder not found: /no/such/folder"),
-    (["predict", "--model", "/no/model.keras", "x.jpg"], "kflowers predict: error: model file not found: /no/model.keras"),
-    (["train", "--data", ".", "--epochs", "0"], "argument --epochs: must be a positive integer, got 0"),
-    (["train", "--data", ".", "--strategy", "magic"], "argument --strategy: unknown strategy 'magic'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--data", "/no/such/folder"], "kflowers train: error: dataset folder not found: /no/such/folder"),
+        (
+            ["predict", "--model", "/no/model.keras", "x.jpg"],
+            "kflowers predict: error: model file not found: /no/model.keras",
+        ),
+        (["train", "--data", ".", "--epochs", "0"], "argument --epochs: must be a positive integer, got 0"),
+        (["train", "--data", ".", "--strategy", "magic"], "argument --strategy: unknown strategy 'magic'"),
+    ],
+)
 def test_user_errors_are_one_line(args, message):
     result = kflowers(*args, check=False)
     assert result.returncode == 2
@@ -199,8 +248,9 @@ def test_user_errors_are_one_line(args, message):
 
 
 def test_train_with_missing_weights_file_is_one_line(flowers_dir, tmp_path):
-    result = kflowers("train", "--data", flowers_dir, "--weights", tmp_path / "nope.pth", "--out", tmp_path,
-                      check=False)
+    result = kflowers(
+        "train", "--data", flowers_dir, "--weights", tmp_path / "nope.pth", "--out", tmp_path, check=False
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "error: unknown weights" in result.stderr
 
@@ -215,8 +265,9 @@ def test_show_prints_counts_and_writes_the_grid(flowers_dir, tmp_path):
 def test_offline_download_says_how_to_use_local_data(tmp_path, command):
     # The real URL can't be reached from the test machine, or any offline machine.
     env = {**ENV, "KERAS_HOME": str(tmp_path), "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}
-    result = subprocess.run([sys.executable, "-m", "kflowers", *command], capture_output=True, text=True,
-                            env=env, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "kflowers", *command], capture_output=True, text=True, env=env, timeout=120
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "pass --data DIR" in result.stderr.strip().splitlines()[-1]
 
@@ -224,16 +275,33 @@ def test_offline_download_says_how_to_use_local_data(tmp_path, command):
 @pytest.mark.slow
 def test_compare_writes_table_and_curves(flowers_dir, resnet18_pth, tmp_path):
     out = tmp_path / "compare"
-    result = kflowers("compare", "--data", flowers_dir, "--strategies", "scratch", "frozen", "discriminative",
-                      "--epochs", "1", "--weights", resnet18_pth, "--out", out, "--quiet", *TRAIN_FLAGS)
+    result = kflowers(
+        "compare",
+        "--data",
+        flowers_dir,
+        "--strategies",
+        "scratch",
+        "frozen",
+        "discriminative",
+        "--epochs",
+        "1",
+        "--weights",
+        resnet18_pth,
+        "--out",
+        out,
+        "--quiet",
+        *TRAIN_FLAGS,
+    )
     table = (out / "compare.md").read_text().splitlines()
     assert table[0] == "| strategy | best_test_accuracy | final_test_accuracy | epochs | wall_seconds |"
     assert [line.split("|")[1].strip() for line in table[2:]] == ["scratch", "frozen", "discriminative"]
     assert_png_not_blank(out / "curves.png")
     rows = json.loads((out / "compare.json").read_text())
     assert rows[0]["strategy"] == "scratch"
-    assert all(len(repr(row["best_test_accuracy"])) <= 6 and row["wall_seconds"] == round(row["wall_seconds"], 1)
-               for row in rows)
+    assert all(
+        len(repr(row["best_test_accuracy"])) <= 6 and row["wall_seconds"] == round(row["wall_seconds"], 1)
+        for row in rows
+    )
     assert json.loads((out / "scratch" / "config.json").read_text())["weights"] is None
     split_a = json.loads((out / "frozen" / "split.json").read_text())
     split_b = json.loads((out / "discriminative" / "split.json").read_text())
@@ -242,8 +310,21 @@ def test_compare_writes_table_and_curves(flowers_dir, resnet18_pth, tmp_path):
 
 
 def test_lr_find_plots_and_suggests(flowers_dir, resnet18_pth, tmp_path):
-    result = kflowers("lr-find", "--data", flowers_dir, "--weights", resnet18_pth, "--image-size", "32",
-                      "--batch-size", "8", "--steps", "12", "--out", tmp_path / "lr.png")
+    result = kflowers(
+        "lr-find",
+        "--data",
+        flowers_dir,
+        "--weights",
+        resnet18_pth,
+        "--image-size",
+        "32",
+        "--batch-size",
+        "8",
+        "--steps",
+        "12",
+        "--out",
+        tmp_path / "lr.png",
+    )
     assert "suggested learning rate: " in result.stdout
     assert_png_not_blank(tmp_path / "lr.png")
 
@@ -290,9 +371,26 @@ def test_kill_and_resume_gives_the_same_metrics(flowers_dir, tmp_path):
 def test_sigint_stops_cleanly_and_saves(flowers_dir, tmp_path):
     out = tmp_path / "run"
     process = subprocess.Popen(
-        [sys.executable, "-m", "kflowers", "train", "--data", flowers_dir, "--strategy", "scratch",
-         "--epochs", "50", "--out", str(out), *TRAIN_FLAGS],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+        [
+            sys.executable,
+            "-m",
+            "kflowers",
+            "train",
+            "--data",
+            flowers_dir,
+            "--strategy",
+            "scratch",
+            "--epochs",
+            "50",
+            "--out",
+            str(out),
+            *TRAIN_FLAGS,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
     for line in process.stdout:
         if line.startswith("Epoch 2/50"):
             process.send_signal(signal.SIGINT)
@@ -309,15 +407,32 @@ def test_sigint_stops_cleanly_and_saves(flowers_dir, tmp_path):
 
 def run_files(run):
     """Every file under `run`, by relative path, with its bytes (but the lock a killed run leaves)."""
-    return {os.path.relpath(os.path.join(folder, name), run): open(os.path.join(folder, name), "rb").read()
-            for folder, _, names in os.walk(run) for name in names if name != ".kflowers.lock"}
+    return {
+        os.path.relpath(os.path.join(folder, name), run): open(os.path.join(folder, name), "rb").read()
+        for folder, _, names in os.walk(run)
+        for name in names
+        if name != ".kflowers.lock"
+    }
 
 
 def test_a_finished_run_keeps_no_backup_and_resuming_it_changes_nothing(run, flowers_dir, resnet18_pth):
     assert not os.path.exists(os.path.join(run, "backup"))  # only an interrupted run needs one
     before = run_files(run)
-    result = kflowers("train", "--data", flowers_dir, "--strategy", "frozen", "--epochs", "2",
-                      "--weights", resnet18_pth, "--out", run, *TRAIN_FLAGS, "--resume")
+    result = kflowers(
+        "train",
+        "--data",
+        flowers_dir,
+        "--strategy",
+        "frozen",
+        "--epochs",
+        "2",
+        "--weights",
+        resnet18_pth,
+        "--out",
+        run,
+        *TRAIN_FLAGS,
+        "--resume",
+    )
     assert "nothing to resume" in result.stdout
     assert run_files(run) == before
 
@@ -344,8 +459,21 @@ def test_metrics_describe_the_saved_model(run):
 
 def test_resume_with_other_arguments_is_one_line_and_touches_nothing(flowers_dir, resnet18_pth, tmp_path):
     out = tmp_path / "run"
-    flags = ["train", "--data", flowers_dir, "--strategy", "finetune", "--epochs", "2", "--weights",
-             resnet18_pth, "--out", out, *TRAIN_FLAGS, "--quiet"]
+    flags = [
+        "train",
+        "--data",
+        flowers_dir,
+        "--strategy",
+        "finetune",
+        "--epochs",
+        "2",
+        "--weights",
+        resnet18_pth,
+        "--out",
+        out,
+        *TRAIN_FLAGS,
+        "--quiet",
+    ]
     kill_when(["kflowers", *flags[:-1]], "Epoch 2/2")
     before = run_files(out)
     result = kflowers(*flags[:-1], "--resume", "--lr", "0.5", check=False)

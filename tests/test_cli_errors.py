@@ -59,37 +59,60 @@ def edit_class_names(source, target, names):
 
 # (id, arguments with {root}, {data}, {image} filled in, the one line's text)
 ROWS = [
-    ("out is a file", ["train", "--data", "{data}", "--out", "{root}/file", *FAST],
-     "--out {root}/file is a file, not a folder"),
-    ("out name too long", ["train", "--data", "{data}", "--out", "{root}/" + "x" * 300, *FAST],
-     "File name too long"),
-    ("too few images for the split", ["train", "--data", "{root}/tiny", "--out", "{root}/run", *FAST],
-     "10 images are too few"),
-    ("one class", ["train", "--data", "{root}/single", "--out", "{root}/run", *FAST],
-     "a classifier needs at least 2 class folders"),
+    (
+        "out is a file",
+        ["train", "--data", "{data}", "--out", "{root}/file", *FAST],
+        "--out {root}/file is a file, not a folder",
+    ),
+    ("out name too long", ["train", "--data", "{data}", "--out", "{root}/" + "x" * 300, *FAST], "File name too long"),
+    (
+        "too few images for the split",
+        ["train", "--data", "{root}/tiny", "--out", "{root}/run", *FAST],
+        "10 images are too few",
+    ),
+    (
+        "one class",
+        ["train", "--data", "{root}/single", "--out", "{root}/run", *FAST],
+        "a classifier needs at least 2 class folders",
+    ),
     ("negative seed", ["train", "--data", "{data}", "--seed", "-1"], "argument --seed: must be an integer"),
     ("huge seed", ["train", "--data", "{data}", "--seed", "5000000000"], "argument --seed: must be an integer"),
     ("infinite lr", ["train", "--data", "{data}", "--lr", "inf"], "argument --lr: must be a finite positive"),
     ("zero lr", ["train", "--data", "{data}", "--lr", "0"], "argument --lr: must be a finite positive"),
     ("nan lr", ["train", "--data", "{data}", "--lr", "nan"], "argument --lr: must be a finite positive"),
     ("image size 1", ["train", "--data", "{data}", "--image-size", "1"], "argument --image-size: must be at least 8"),
-    ("lr that diverges", ["train", "--data", "{data}", "--out", "{root}/diverged", *FAST, "--lr", "1e30"],
-     "training diverged: the loss became nan at epoch 1"),
+    (
+        "lr that diverges",
+        ["train", "--data", "{data}", "--out", "{root}/diverged", *FAST, "--lr", "1e30"],
+        "training diverged: the loss became nan at epoch 1",
+    ),
     ("unknown command", ["trian"], "argument COMMAND: invalid choice: 'trian'"),
-    ("another Keras model", ["predict", "--model", "{root}/other.keras", "{image}"],
-     "is a Keras model but not a kflowers classifier"),
+    (
+        "another Keras model",
+        ["predict", "--model", "{root}/other.keras", "{image}"],
+        "is a Keras model but not a kflowers classifier",
+    ),
     ("truncated model", ["predict", "--model", "{root}/truncated.keras", "{image}"], "is corrupt"),
     ("noise as a model", ["evaluate", "--model", "{root}/noise.keras", "--data", "{data}"], "is corrupt"),
-    ("fewer class names", ["predict", "--model", "{root}/fewer.keras", "{image}"],
-     "its class names (2) don't match its 5 outputs"),
+    (
+        "fewer class names",
+        ["predict", "--model", "{root}/fewer.keras", "{image}"],
+        "its class names (2) don't match its 5 outputs",
+    ),
     ("class names a string", ["predict", "--model", "{root}/string.keras", "{image}"], "class names"),
-    ("repeated class names", ["predict", "--model", "{root}/repeated.keras", "{image}"],
-     "expected a list of distinct strings"),
+    (
+        "repeated class names",
+        ["predict", "--model", "{root}/repeated.keras", "{image}"],
+        "expected a list of distinct strings",
+    ),
     ("missing image", ["predict", "--model", "{root}/model.keras", "{root}/none.jpg"], "no such file or folder"),
     ("download into a file", ["download", "--dir", "{root}/file/sub"], "Not a directory"),
     ("show a missing folder", ["show", "--data", "{root}/nothing"], "dataset folder not found"),
-    ("resume with nothing to resume", ["train", "--data", "{data}", "--out", "{root}/file", "--resume", *FAST],
-     "is a file, not a folder"),
+    (
+        "resume with nothing to resume",
+        ["train", "--data", "{data}", "--out", "{root}/file", "--resume", *FAST],
+        "is a file, not a folder",
+    ),
 ]
 
 

@@ -68,7 +68,8 @@ def epoch_batches(ds, epoch):
 def test_shuffle_and_augmentation_depend_only_on_seed_and_epoch(flowers_dir, augment):
     folder = kflowers.scan_folder(flowers_dir)
     make = lambda **kw: FlowerDataset.from_folder(  # noqa: E731
-        folder, batch_size=8, image_size=32, shuffle=True, augment=augment, **kw)
+        folder, batch_size=8, image_size=32, shuffle=True, augment=augment, **kw
+    )
     first, second = make(seed=1), make(seed=1, workers=2)
     e0, e1 = epoch_batches(first, 0), epoch_batches(first, 1)
     for (xa, ya), (xb, yb) in zip(e1, epoch_batches(second, 1)):
@@ -98,8 +99,9 @@ def test_fit_with_worker_threads_matches_single_thread(flowers_dir):
     def run(workers):
         keras.utils.set_random_seed(0)
         model = kflowers.build_model(weights=None, image_size=32)
-        ds = FlowerDataset.from_folder(folder, batch_size=20, image_size=32, shuffle=True,
-                                       augment=True, seed=5, workers=workers)
+        ds = FlowerDataset.from_folder(
+            folder, batch_size=20, image_size=32, shuffle=True, augment=True, seed=5, workers=workers
+        )
         history = train(model, "frozen", ds, epochs=2, verbose=0)
         assert len(history.rows) == 2
         return keras.ops.convert_to_numpy(model.get_layer("head").kernel)

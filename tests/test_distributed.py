@@ -20,15 +20,17 @@ TORCH_ENV = {**ENV, "KERAS_BACKEND": "torch"}  # torch.distributed runs need the
 def test_shards_deal_out_each_global_batch(flowers_dir):
     folder = kflowers.scan_folder(flowers_dir)  # 60 images
     whole = FlowerDataset.from_folder(folder, batch_size=14, image_size=8, shuffle=True, seed=3)
-    shards = [FlowerDataset.from_folder(folder, batch_size=7, image_size=8, shuffle=True, seed=3).shard(r, 2)
-              for r in range(2)]
+    shards = [
+        FlowerDataset.from_folder(folder, batch_size=7, image_size=8, shuffle=True, seed=3).shard(r, 2)
+        for r in range(2)
+    ]
     for epoch in (0, 1):
         order = whole.order(epoch)
         assert len(shards[0]) == len(shards[1]) == len(whole) == 5
         seen = []
         for batch in range(len(whole)):
-            global_batch = order[batch * 14:(batch + 1) * 14]
-            parts = [s.order(epoch)[batch * 14:(batch + 1) * 14][s.shard_index::2] for s in shards]
+            global_batch = order[batch * 14 : (batch + 1) * 14]
+            parts = [s.order(epoch)[batch * 14 : (batch + 1) * 14][s.shard_index :: 2] for s in shards]
             assert sorted(np.concatenate(parts).tolist()) == sorted(global_batch.tolist())
             seen += np.concatenate(parts).tolist()
         assert sorted(seen) == list(range(60))
@@ -36,8 +38,9 @@ def test_shards_deal_out_each_global_batch(flowers_dir):
 
 def test_a_tiny_last_batch_joins_the_one_before(flowers_dir):
     folder = kflowers.scan_folder(flowers_dir)
-    shards = [FlowerDataset.from_folder(folder, batch_size=14, image_size=8).shard(r, 3)
-              for r in range(3)]  # global batch 42: 60 = 42 + 18
+    shards = [
+        FlowerDataset.from_folder(folder, batch_size=14, image_size=8).shard(r, 3) for r in range(3)
+    ]  # global batch 42: 60 = 42 + 18
     sizes = [[len(s[i][1]) for i in range(len(s))] for s in shards]
     assert sum(map(sum, sizes)) == 60 and all(len(row) == 2 for row in sizes)
     folder_small = folder.subset(range(43))  # 42 + 1: the 1 can't be dealt to 3 processes
@@ -47,15 +50,30 @@ def test_a_tiny_last_batch_joins_the_one_before(flowers_dir):
 
 
 def torchrun(out, data, strategy, batch, processes=2):
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-               os.path.join(HERE, "ddp_worker.py"), str(out), data, strategy, str(batch)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={processes}",
+        os.path.join(HERE, "ddp_worker.py"),
+        str(out),
+        data,
+        strategy,
+        str(batch),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=TORCH_ENV)
     assert result.returncode == 0, result.stderr[-3000:]
 
 
 def single(out, data, strategy, batch):
-    result = subprocess.run([sys.executable, os.path.join(HERE, "ddp_worker.py"), str(out), data, strategy,
-                             str(batch)], capture_output=True, text=True, timeout=600, env=TORCH_ENV)
+    result = subprocess.run(
+        [sys.executable, os.path.join(HERE, "ddp_worker.py"), str(out), data, strategy, str(batch)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=TORCH_ENV,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
 
@@ -95,9 +113,30 @@ def test_two_processes_match_one_with_the_same_global_batch(flowers_dir, tmp_pat
 def test_torchrun_cli_writes_the_run_once(flowers_dir, tmp_path):
     pytest.importorskip("torch")
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-               "-m", "kflowers", "train", "--data", flowers_dir, "--strategy", "finetune", "--epochs", "1",
-               "--weights", "none", "--image-size", "32", "--batch-size", "8", "--out", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        "-m",
+        "kflowers",
+        "train",
+        "--data",
+        flowers_dir,
+        "--strategy",
+        "finetune",
+        "--epochs",
+        "1",
+        "--weights",
+        "none",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "8",
+        "--out",
+        str(out),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=TORCH_ENV)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("finetune: test accuracy") == 1
@@ -115,10 +154,33 @@ def test_jax_data_parallel_over_two_host_devices(flowers_dir, tmp_path):
     for name, extra in (("two", env), ("one", {**ENV, "KERAS_BACKEND": "jax"})):
         out = tmp_path / name
         result = subprocess.run(
-            [sys.executable, "-m", "kflowers", "train", "--data", flowers_dir, "--strategy", "frozen",
-             "--no-feature-cache", "--epochs", "1", "--weights", "none", "--image-size", "32",
-             "--batch-size", "8", "--out", str(out), "--quiet"],
-            capture_output=True, text=True, timeout=600, env=extra)
+            [
+                sys.executable,
+                "-m",
+                "kflowers",
+                "train",
+                "--data",
+                flowers_dir,
+                "--strategy",
+                "frozen",
+                "--no-feature-cache",
+                "--epochs",
+                "1",
+                "--weights",
+                "none",
+                "--image-size",
+                "32",
+                "--batch-size",
+                "8",
+                "--out",
+                str(out),
+                "--quiet",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=extra,
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         runs[name] = json.load(open(out / "metrics.json"))
         assert json.load(open(out / "config.json"))["devices"] == (2 if name == "two" else 1)
@@ -128,8 +190,15 @@ def test_jax_data_parallel_over_two_host_devices(flowers_dir, tmp_path):
 @pytest.mark.slow
 def test_under_torchrun_rank_0_fills_a_shared_cache_before_the_others(tmp_path):
     pytest.importorskip("torch")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=3",
-               os.path.join(HERE, "ddp_main_first.py"), str(tmp_path)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=3",
+        os.path.join(HERE, "ddp_main_first.py"),
+        str(tmp_path),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=TORCH_ENV)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = sorted(line for line in result.stdout.splitlines() if line.startswith("rank "))

@@ -11,15 +11,37 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script, epochs", [
-    ("scratch.py", 1), ("frozen.py", 1), ("fine_tune.py", 1), ("two_stage.py", 2), ("discriminative.py", 1),
-])
+@pytest.mark.parametrize(
+    "script, epochs",
+    [
+        ("scratch.py", 1),
+        ("frozen.py", 1),
+        ("fine_tune.py", 1),
+        ("two_stage.py", 2),
+        ("discriminative.py", 1),
+    ],
+)
 def test_example_runs(script, epochs, flowers_dir, resnet18_pth):
     weights = "none" if script == "scratch.py" else resnet18_pth
     result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "examples", script), "--data", flowers_dir,
-         "--epochs", str(epochs), "--image-size", "32", "--batch-size", "16", "--weights", weights],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        [
+            sys.executable,
+            os.path.join(ROOT, "examples", script),
+            "--data",
+            flowers_dir,
+            "--epochs",
+            str(epochs),
+            "--image-size",
+            "32",
+            "--batch-size",
+            "16",
+            "--weights",
+            weights,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert re.search(r"final test accuracy: [01]\.\d{4}", result.stdout), result.stdout[-2000:]

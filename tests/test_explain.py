@@ -18,7 +18,7 @@ def spotted(rng, count, quadrant=None):
         for image in images:
             row, col = QUADRANTS[quadrant] if quadrant != "any" else list(QUADRANTS.values())[rng.integers(4)]
             top, left = row * 64 + rng.integers(4, 28), col * 64 + rng.integers(4, 28)
-            image[top:top + 24, left:left + 24] = 255
+            image[top : top + 24, left : left + 24] = 255
     return images
 
 
@@ -32,8 +32,11 @@ def spot_model():
     images = np.concatenate([spotted(rng, 64), spotted(rng, 64, "any")])
     labels = np.array([0] * 64 + [1] * 64)
     model = kflowers.build_model(num_classes=2, weights=None, image_size=SIZE)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
     model.fit(images, labels, batch_size=32, epochs=4, shuffle=True, verbose=0)
     test = np.concatenate([spotted(rng, 16), spotted(rng, 16, "any")])
     _, accuracy = model.evaluate(test, np.array([0] * 16 + [1] * 16), verbose=0)

@@ -12,6 +12,7 @@ from kflowers.export import ExportMismatch
 from kflowers.export import class_names_path
 from kflowers.export import export_model
 
+
 @pytest.fixture(scope="module")
 def model_file(small_model_file):
     return small_model_file
@@ -20,8 +21,10 @@ def model_file(small_model_file):
 @pytest.mark.slow
 @pytest.mark.parametrize("format", ["onnx", "saved_model", "litert"])
 def test_export_is_checked_against_the_keras_model(model_file, flowers_dir, tmp_path, format):
-    pytest.importorskip("onnxruntime" if format == "onnx" else "tensorflow",
-                        reason=f"{format} export needs its runtime: pip install 'kflowers[export]'")
+    pytest.importorskip(
+        "onnxruntime" if format == "onnx" else "tensorflow",
+        reason=f"{format} export needs its runtime: pip install 'kflowers[export]'",
+    )
     image = kflowers.scan_folder(flowers_dir).paths[0]
     out = tmp_path / f"flowers.{format}"
     result = run_cli("export", "--model", model_file, "--format", format, "--out", out, "--check-images", image)
@@ -62,7 +65,8 @@ def test_an_export_that_disagrees_is_not_kept(model_file, tmp_path, monkeypatch)
 def test_unknown_format_and_missing_model_are_one_line(model_file, tmp_path):
     result = run_cli("export", "--model", model_file, "--format", "coreml", "--out", tmp_path / "x", check=False)
     assert result.returncode == 2 and "invalid choice: 'coreml'" in result.stderr
-    result = run_cli("export", "--model", tmp_path / "none.keras", "--format", "onnx", "--out", tmp_path / "x",
-                     check=False)
+    result = run_cli(
+        "export", "--model", tmp_path / "none.keras", "--format", "onnx", "--out", tmp_path / "x", check=False
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "model file not found" in result.stderr

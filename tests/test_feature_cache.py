@@ -17,8 +17,10 @@ def splits(flowers_dir):
 
 def datasets(splits):
     train_split, test_split = splits
-    return (FlowerDataset.from_folder(train_split, batch_size=9, image_size=32, shuffle=True, seed=1),
-            FlowerDataset.from_folder(test_split, batch_size=32, image_size=32))
+    return (
+        FlowerDataset.from_folder(train_split, batch_size=9, image_size=32, shuffle=True, seed=1),
+        FlowerDataset.from_folder(test_split, batch_size=32, image_size=32),
+    )
 
 
 def run(splits, pth, feature_cache, strategy="frozen", epochs=4):
@@ -27,8 +29,9 @@ def run(splits, pth, feature_cache, strategy="frozen", epochs=4):
     train_ds, test_ds = datasets(splits)
     backbone_before = [np.array(keras.ops.convert_to_numpy(v)) for v in model.get_layer("backbone").variables]
     # A small rate: the random checkpoint's features are large (~50), as are its gradients.
-    history = train(model, strategy, train_ds, test_ds, epochs=epochs, verbose=0, feature_cache=feature_cache,
-                    learning_rate=1e-4)
+    history = train(
+        model, strategy, train_ds, test_ds, epochs=epochs, verbose=0, feature_cache=feature_cache, learning_rate=1e-4
+    )
     return model, history, backbone_before
 
 
@@ -42,8 +45,11 @@ def test_cached_frozen_run_matches_uncached(splits, resnet18_pth):
     plain_acc = [row["test_accuracy"] for row in plain_history.rows]
     assert np.abs(np.array(cached_acc) - np.array(plain_acc)).max() <= 0.01
     # Same batches, same head: the trained heads agree to float32 noise.
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(cached.get_layer("head").kernel),
-                               keras.ops.convert_to_numpy(plain.get_layer("head").kernel), atol=1e-4)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(cached.get_layer("head").kernel),
+        keras.ops.convert_to_numpy(plain.get_layer("head").kernel),
+        atol=1e-4,
+    )
 
 
 def test_two_stage_caches_the_first_stage_then_trains_everything(splits, resnet18_pth):

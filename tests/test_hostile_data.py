@@ -46,33 +46,51 @@ def hostile(tmp_path_factory):
     def keep(path, shape=(30, 40, 3)):
         good[str(path)] = shape
 
-    base.save(rose / "plain.jpg"); keep(rose / "plain.jpg")
-    base.convert("L").save(rose / "grey.png"); keep(rose / "grey.png")
-    rgba = base.convert("RGBA"); rgba.putalpha(128); rgba.save(rose / "alpha.png"); keep(rose / "alpha.png")
-    base.convert("P").save(rose / "palette.png"); keep(rose / "palette.png")
-    base.convert("CMYK").save(rose / "cmyk.jpg"); keep(rose / "cmyk.jpg")
+    base.save(rose / "plain.jpg")
+    keep(rose / "plain.jpg")
+    base.convert("L").save(rose / "grey.png")
+    keep(rose / "grey.png")
+    rgba = base.convert("RGBA")
+    rgba.putalpha(128)
+    rgba.save(rose / "alpha.png")
+    keep(rose / "alpha.png")
+    base.convert("P").save(rose / "palette.png")
+    keep(rose / "palette.png")
+    base.convert("CMYK").save(rose / "cmyk.jpg")
+    keep(rose / "cmyk.jpg")
     Image.fromarray((gradient()[..., 0].astype(np.uint16) * 257)).save(rose / "sixteen.png")
     keep(rose / "sixteen.png")
-    exif = Image.Exif(); exif[0x0112] = 6  # rotate 90° when shown
-    base.save(rose / "rotated.jpg", exif=exif); keep(rose / "rotated.jpg", (40, 30, 3))
-    Image.new("RGB", (1, 1), (200, 0, 0)).save(rose / "one.png"); keep(rose / "one.png", (1, 1, 3))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° when shown
+    base.save(rose / "rotated.jpg", exif=exif)
+    keep(rose / "rotated.jpg", (40, 30, 3))
+    Image.new("RGB", (1, 1), (200, 0, 0)).save(rose / "one.png")
+    keep(rose / "one.png", (1, 1, 3))
     (rose / "nested" / "deeper").mkdir(parents=True)
-    base.save(rose / "nested" / "deeper" / "inner.JPEG"); keep(rose / "nested" / "deeper" / "inner.JPEG")
-    base.save(tulip / "name with spaces ü 花.jpg"); keep(tulip / "name with spaces ü 花.jpg")
+    base.save(rose / "nested" / "deeper" / "inner.JPEG")
+    keep(rose / "nested" / "deeper" / "inner.JPEG")
+    base.save(tulip / "name with spaces ü 花.jpg")
+    keep(tulip / "name with spaces ü 花.jpg")
     (root / ".store").mkdir()  # hidden: not a class, but inside the dataset
     base.save(root / ".store" / "kept.jpg")
-    os.symlink(root / ".store" / "kept.jpg", tulip / "link.jpg"); keep(tulip / "link.jpg")
+    os.symlink(root / ".store" / "kept.jpg", tulip / "link.jpg")
+    keep(tulip / "link.jpg")
 
-    (rose / "zero.jpg").write_bytes(b""); bad[str(rose / "zero.jpg")] = "empty file"
+    (rose / "zero.jpg").write_bytes(b"")
+    bad[str(rose / "zero.jpg")] = "empty file"
     whole = jpeg_bytes(base)
     (rose / "truncated.jpg").write_bytes(whole[: len(whole) // 2])
     bad[str(rose / "truncated.jpg")] = "truncated"
-    (rose / "page.jpg").write_text("<html><body>404</body></html>"); bad[str(rose / "page.jpg")] = "not an image"
-    (rose / "notes.txt").write_text("hello"); bad[str(rose / "notes.txt")] = "not an image file"
+    (rose / "page.jpg").write_text("<html><body>404</body></html>")
+    bad[str(rose / "page.jpg")] = "not an image"
+    (rose / "notes.txt").write_text("hello")
+    bad[str(rose / "notes.txt")] = "not an image file"
     (rose / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
-    os.symlink(rose / "missing.jpg", tulip / "dangling.jpg"); bad[str(tulip / "dangling.jpg")] = "missing file"
+    os.symlink(rose / "missing.jpg", tulip / "dangling.jpg")
+    bad[str(tulip / "dangling.jpg")] = "missing file"
     big = Image.new("L", (9000, 8000))
-    big.save(tulip / "bomb.png", optimize=False); bad[str(tulip / "bomb.png")] = "too large"
+    big.save(tulip / "bomb.png", optimize=False)
+    bad[str(tulip / "bomb.png")] = "too large"
     return str(root), good, bad
 
 
@@ -119,8 +137,12 @@ def test_explicit_empty_class_is_an_error(hostile):
 def test_no_usable_image_at_all_is_one_line(tmp_path):
     (tmp_path / "rose").mkdir()
     (tmp_path / "rose" / "a.jpg").write_bytes(b"")
-    result = subprocess.run([sys.executable, "-m", "kflowers", "train", "--data", str(tmp_path)],
-                            capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    result = subprocess.run(
+        [sys.executable, "-m", "kflowers", "train", "--data", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == f"kflowers train: error: no usable image found in {tmp_path}"
 
@@ -129,9 +151,29 @@ def test_no_usable_image_at_all_is_one_line(tmp_path):
 def test_train_on_hostile_folder_names_every_skipped_file(hostile, tmp_path):
     root, _, bad = hostile
     result = subprocess.run(
-        [sys.executable, "-m", "kflowers", "train", "--data", root, "--strategy", "scratch", "--epochs", "1",
-         "--image-size", "32", "--batch-size", "4", "--out", str(tmp_path / "run"), "--quiet"],
-        capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        [
+            sys.executable,
+            "-m",
+            "kflowers",
+            "train",
+            "--data",
+            root,
+            "--strategy",
+            "scratch",
+            "--epochs",
+            "1",
+            "--image-size",
+            "32",
+            "--batch-size",
+            "4",
+            "--out",
+            str(tmp_path / "run"),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     for path in bad:
         assert f"skipped {path}" in result.stderr
@@ -191,8 +233,11 @@ def test_random_bytes_only_raise_unreadable_image(tmp_path, data):
 
 
 @settings(max_examples=200, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(kind=st.sampled_from(["jpeg", "png"]), cut=st.integers(0, 400),
-       flips=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=8))
+@given(
+    kind=st.sampled_from(["jpeg", "png"]),
+    cut=st.integers(0, 400),
+    flips=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=8),
+)
 def test_mutated_headers_only_raise_unreadable_image(tmp_path, kind, cut, flips):
     data = bytearray(SEEDS[kind])
     for position, value in flips:
@@ -313,8 +358,10 @@ def test_unreadable_folder_is_named_in_a_warning(tmp_path):
         os.chmod(directory, 0o755)
     for path in [*(root / "a").glob("*.png"), *(root / "b").glob("*.png")]:
         os.chmod(path, 0o644)
-    code = ("import os, kflowers.data; os.setgid(65534); os.setuid(65534); f = kflowers.data.scan_folder(%r); "
-            "print(f.counts())" % str(root))
+    code = (
+        "import os, kflowers.data; os.setgid(65534); os.setuid(65534); f = kflowers.data.scan_folder(%r); "
+        "print(f.counts())" % str(root)
+    )
     try:
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     finally:

@@ -61,8 +61,11 @@ def test_bf16_training_keeps_float32_variables_and_statistics(resnet18_pth):
     fast.train_on_batch(images, np.arange(8) % 5)
     for variable in fast.weights:
         assert keras.backend.standardize_dtype(variable.dtype) == "float32", variable.path
-    moved = [v.path for v in fast.weights if "moving" in v.path
-             and not np.array_equal(keras.ops.convert_to_numpy(v), before[v.path])]
+    moved = [
+        v.path
+        for v in fast.weights
+        if "moving" in v.path and not np.array_equal(keras.ops.convert_to_numpy(v), before[v.path])
+    ]
     assert len(moved) == 2 * 20  # every BatchNorm's mean and variance followed the batch
 
 

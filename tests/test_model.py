@@ -94,9 +94,15 @@ class _Recorder:
 
 
 # keras-hub's name for the input of each ReLU, by the reference's name (checkpoints.py).
-RELU_LAYERS = {"relu": "conv1_relu", **{
-    f"layer{s + 1}.{b}.relu{i + 1}": f"stack{s}_block{b}_{name}"
-    for s in range(4) for b in range(2) for i, name in enumerate(["1_relu", "out"])}}
+RELU_LAYERS = {
+    "relu": "conv1_relu",
+    **{
+        f"layer{s + 1}.{b}.relu{i + 1}": f"stack{s}_block{b}_{name}"
+        for s in range(4)
+        for b in range(2)
+        for i, name in enumerate(["1_relu", "out"])
+    },
+}
 
 # Float32 forward error measured at the deepest ReLU is about 3e-5 of the
 # activations' spread (Keras on all three backends, oneDNN on any ISA): a
@@ -110,8 +116,7 @@ def keras_relu_inputs(weights_path, images):
     backbone = model.get_layer("backbone")
     probe = keras.Model(backbone.inputs, [backbone.get_layer(n).input for n in RELU_LAYERS.values()])
     outputs = probe(model.get_layer("preprocess")(images.astype("float32")), training=True)
-    return {key: keras.ops.convert_to_numpy(out).transpose(0, 3, 1, 2)
-            for key, out in zip(RELU_LAYERS, outputs)}
+    return {key: keras.ops.convert_to_numpy(out).transpose(0, 3, 1, 2) for key, out in zip(RELU_LAYERS, outputs)}
 
 
 def near_tie_decisions(reference, actual):
@@ -127,7 +132,9 @@ def near_tie_decisions(reference, actual):
         flipped = (ref > 0) != (actual[key] > 0)
         near = np.abs(ref) < NEAR_TIE * scale
         far = flipped & ~near
-        assert not far.any(), f"{key}: ReLU input on the other side of zero {np.abs(ref[far]).max() / scale:.2g} of its spread away"
+        assert not far.any(), (
+            f"{key}: ReLU input on the other side of zero {np.abs(ref[far]).max() / scale:.2g} of its spread away"
+        )
         decisions[key] = (near, actual[key] > 0)
         flips += [f"{key} ({np.abs(ref[i]) / scale:.1g} of its spread)" for i in zip(*np.nonzero(flipped))]
     return decisions, flips
@@ -164,11 +171,19 @@ def assert_step_matches(model, state, head, expected, kernel, bias, rel):
     def torch_layout(values, variable, hook):
         return hook(values, list(variable.shape)) if hook else values
 
-    checked = [(key, keras.ops.convert_to_numpy(variable), torch_layout(expected[key], variable, hook),
-                torch_layout(state[key], variable, hook))
-               for variable, key, hook in recorder.pairs]
-    checked += [("fc.weight", model.get_layer("head").get_weights()[0], kernel, head[0]),
-                ("fc.bias", model.get_layer("head").get_weights()[1], bias, head[1])]
+    checked = [
+        (
+            key,
+            keras.ops.convert_to_numpy(variable),
+            torch_layout(expected[key], variable, hook),
+            torch_layout(state[key], variable, hook),
+        )
+        for variable, key, hook in recorder.pairs
+    ]
+    checked += [
+        ("fc.weight", model.get_layer("head").get_weights()[0], kernel, head[0]),
+        ("fc.bias", model.get_layer("head").get_weights()[1], bias, head[1]),
+    ]
     assert len(checked) == 20 + 20 * 4 + 2  # convs, BatchNorms (4 each), head
     failures = []
     for key, actual, want, before in checked:
@@ -238,11 +253,23 @@ def test_training_step_on_onednn_sse41_kernels():
     import subprocess
     import sys
 
-    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "ONEDNN_MAX_CPU_ISA": "SSE41",
-           "TF_ENABLE_ONEDNN_OPTS": "1"}
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "ONEDNN_MAX_CPU_ISA": "SSE41", "TF_ENABLE_ONEDNN_OPTS": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", f"{__file__}::test_one_training_step_matches_plain_torch"],
-        env=env, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-s",
+            "-p",
+            "no:cacheprovider",
+            f"{__file__}::test_one_training_step_matches_plain_torch",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert "1 passed" in result.stdout
 
@@ -261,7 +288,9 @@ def test_parity_with_torchvision_when_installed(images, tmp_path):
     torch.save(net.state_dict(), path)
     model = kflowers.build_model(weights=str(path), image_size=SIZE)
     x = torch.from_numpy(images.astype("float32") / 255).permute(0, 3, 1, 2)
-    x = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    x = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(
+        1, 3, 1, 1
+    )
     net.fc = torch.nn.Identity()
     with torch.no_grad():
         expected = net(x).numpy()
@@ -282,8 +311,9 @@ def test_local_timm_preset_folder_loads_through_keras_hub(state, images, tmp_pat
 
     preset = tmp_path / "resnet18_timm"
     preset.mkdir()
-    (preset / "config.json").write_text(json.dumps(
-        {"architecture": "resnet18", "num_classes": 1000, "num_features": 512}))
+    (preset / "config.json").write_text(
+        json.dumps({"architecture": "resnet18", "num_classes": 1000, "num_features": 512})
+    )
     save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(preset / "model.safetensors"))
     model = kflowers.build_model(weights=str(preset), image_size=SIZE)
     assert_features_match(pooled(model, images), torch_features(state, images))
@@ -299,14 +329,16 @@ def test_keras_weights_h5_round_trip(images, tmp_path):
     from_model = kflowers.build_model(weights=model_file, image_size=SIZE)
     expected = pooled(source, images)
     np.testing.assert_array_equal(pooled(from_backbone, images), expected)
-    np.testing.assert_array_equal(keras.ops.convert_to_numpy(from_model(images)),
-                                  keras.ops.convert_to_numpy(source(images)))
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(from_model(images)), keras.ops.convert_to_numpy(source(images))
+    )
 
 
 def test_uint8_and_float_pixels_give_the_same_logits(images):
     model = kflowers.build_model(weights=None, image_size=SIZE)
-    np.testing.assert_allclose(model.predict(images, verbose=0),
-                               model.predict(images.astype("float32"), verbose=0), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        model.predict(images, verbose=0), model.predict(images.astype("float32"), verbose=0), rtol=1e-6, atol=1e-6
+    )
 
 
 def test_other_architecture_is_named(tmp_path):
@@ -417,10 +449,13 @@ def test_mixed_precision_trains_with_float32_logits_and_says_what_the_fast_path_
         assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     assert model.get_layer("backbone").compute_dtype == policy.removeprefix("mixed_")
     assert all(v.dtype == "float32" for v in model.weights)  # variables stay float32
-    moved = [not np.array_equal(a, keras.ops.convert_to_numpy(v))
-             for a, v in zip(backbone_before, model.get_layer("backbone").trainable_variables)]
+    moved = [
+        not np.array_equal(a, keras.ops.convert_to_numpy(v))
+        for a, v in zip(backbone_before, model.get_layer("backbone").trainable_variables)
+    ]
     assert any(moved)
     if keras.backend.backend() == "torch":
         said = [r.getMessage() for r in caplog.records if "fast path" in r.getMessage()]
-        assert said == [f"the torch fast path does not serve backbone (dtype policy {policy}); "
-                        "it runs Keras's layers one by one"]  # once, while building
+        assert said == [
+            f"the torch fast path does not serve backbone (dtype policy {policy}); it runs Keras's layers one by one"
+        ]  # once, while building

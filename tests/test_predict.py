@@ -66,8 +66,7 @@ def test_class_names_survive_save_and_load(model, tmp_path):
 
 def same(answers, expected):
     assert [[n for n, _ in a] for a in answers] == [[n for n, _ in e] for e in expected]
-    np.testing.assert_allclose([[p for _, p in a] for a in answers], [[p for _, p in e] for e in expected],
-                               atol=1e-5)
+    np.testing.assert_allclose([[p for _, p in a] for a in answers], [[p for _, p in e] for e in expected], atol=1e-5)
 
 
 def test_decode_predictions_orders_by_probability():

@@ -41,8 +41,11 @@ def test_readme_python_block_runs(index, flowers_dir, resnet18_pth, tmp_path, mo
         code = code.replace(old, new)
     monkeypatch.chdir(tmp_path)
     model = str(tmp_path / "model.keras")
-    kflowers.save_model(kflowers.build_model(num_classes=5, weights=None, image_size=32), model,
-                        ["daisy", "dandelion", "rose", "sunflower", "tulip"])
+    kflowers.save_model(
+        kflowers.build_model(num_classes=5, weights=None, image_size=32),
+        model,
+        ["daisy", "dandelion", "rose", "sunflower", "tulip"],
+    )
     image = kflowers.scan_folder(flowers_dir).paths[0]
     namespace = {"FLOWERS": flowers_dir, "WEIGHTS": resnet18_pth, "MODEL": model, "IMAGE": image}
     exec(compile(code, f"README.md python block {index + 1}", "exec"), namespace)

@@ -34,19 +34,26 @@ def straight(flowers_dir, tmp_path_factory):
 def test_a_second_run_into_the_same_out_refuses_at_once(flowers_dir, tmp_path, straight):
     out = tmp_path / "run"
     # The first run pauses after its first backup until the test lets it go on (a line on its stdin).
-    code = ("import sys\n"
-            "import kflowers.backup as backup\n"
-            "saved = backup.save\n"
-            "def pausing(folder, state):\n"
-            "    saved(folder, state)\n"
-            "    if state.epoch == 1:\n"
-            "        print('PAUSED', flush=True); sys.stdin.readline()\n"
-            "backup.save = pausing\n"
-            "from kflowers.cli import main\n"
-            "sys.exit(main(sys.argv[1:]))\n")
-    first = subprocess.Popen([sys.executable, "-c", code, *train_args(flowers_dir, out, "--quiet")],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                             env=ENV)
+    code = (
+        "import sys\n"
+        "import kflowers.backup as backup\n"
+        "saved = backup.save\n"
+        "def pausing(folder, state):\n"
+        "    saved(folder, state)\n"
+        "    if state.epoch == 1:\n"
+        "        print('PAUSED', flush=True); sys.stdin.readline()\n"
+        "backup.save = pausing\n"
+        "from kflowers.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    first = subprocess.Popen(
+        [sys.executable, "-c", code, *train_args(flowers_dir, out, "--quiet")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=ENV,
+    )
     for line in first.stdout:
         if line.startswith("PAUSED"):
             break
@@ -74,14 +81,21 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(flowers_dir, tmp_path, stra
 def test_killed_while_writing_the_first_backup_then_resume(flowers_dir, tmp_path, straight):
     out = tmp_path / "run"
     # Die half-way through the first write of backup/state.npz.
-    code = ("import os, signal, sys, numpy as np\n"
-            "def dying(f, **arrays):\n"
-            "    f.write(b'half a backup'); f.flush(); os.kill(os.getpid(), signal.SIGKILL)\n"
-            "np.savez = dying\n"
-            "from kflowers.cli import main\n"
-            "sys.exit(main(sys.argv[1:]))\n")
-    died = subprocess.run([sys.executable, "-c", code, *train_args(flowers_dir, out, "--quiet")],
-                          capture_output=True, text=True, env=ENV, timeout=300)
+    code = (
+        "import os, signal, sys, numpy as np\n"
+        "def dying(f, **arrays):\n"
+        "    f.write(b'half a backup'); f.flush(); os.kill(os.getpid(), signal.SIGKILL)\n"
+        "np.savez = dying\n"
+        "from kflowers.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    died = subprocess.run(
+        [sys.executable, "-c", code, *train_args(flowers_dir, out, "--quiet")],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
     assert died.returncode == -signal.SIGKILL
     assert not os.path.exists(out / "backup" / "state.npz") and temporaries(out)  # the half-written one
     kflowers(*train_args(flowers_dir, out, "--quiet", "--resume"))
@@ -92,18 +106,24 @@ def test_resume_with_other_data_changes_nothing(flowers_dir, tmp_path):
     import shutil
 
     out = tmp_path / "run"
-    code = ("import os, signal, sys\n"
-            "import kflowers.backup as backup\n"
-            "def dying(folder, state):\n"
-            "    os.kill(os.getpid(), signal.SIGKILL)\n"
-            "saved = backup.save\n"
-            "def once(folder, state):\n"
-            "    saved(folder, state); backup.save = dying\n"
-            "backup.save = once\n"
-            "from kflowers.cli import main\n"
-            "sys.exit(main(sys.argv[1:]))\n")  # dies after epoch 1 is backed up
-    subprocess.run([sys.executable, "-c", code, *train_args(flowers_dir, out, "--quiet")], env=ENV, timeout=300,
-                   capture_output=True)
+    code = (
+        "import os, signal, sys\n"
+        "import kflowers.backup as backup\n"
+        "def dying(folder, state):\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "saved = backup.save\n"
+        "def once(folder, state):\n"
+        "    saved(folder, state); backup.save = dying\n"
+        "backup.save = once\n"
+        "from kflowers.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )  # dies after epoch 1 is backed up
+    subprocess.run(
+        [sys.executable, "-c", code, *train_args(flowers_dir, out, "--quiet")],
+        env=ENV,
+        timeout=300,
+        capture_output=True,
+    )
     assert os.path.exists(out / "backup" / "state.npz")
     other = tmp_path / "other"
     shutil.copytree(flowers_dir, other)
@@ -119,8 +139,9 @@ def test_resume_with_other_data_changes_nothing(flowers_dir, tmp_path):
 def small_disk(tmp_path):
     disk = tmp_path / "disk"
     disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=5m", "tmpfs", str(disk)], capture_output=True,
-                             text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=5m", "tmpfs", str(disk)], capture_output=True, text=True
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a 5 MB tmpfs here ({mounted.stderr.strip() or 'mount failed'})")
     yield disk

@@ -57,8 +57,19 @@ def run(splits, pth, strategy, backup_dir=None, callbacks=(), stop=None, precisi
         keras.mixed_precision.set_global_policy(previous)
     train_ds = FlowerDataset.from_folder(splits[0], batch_size=16, image_size=SIZE, shuffle=True, seed=1)
     test_ds = FlowerDataset.from_folder(splits[1], batch_size=32, image_size=SIZE)
-    result = train(model, strategy, train_ds, test_ds, epochs=3, verbose=0, backup_dir=backup_dir,
-                   callbacks=callbacks, stop=stop, learning_rate=1e-4, **kwargs)
+    result = train(
+        model,
+        strategy,
+        train_ds,
+        test_ds,
+        epochs=3,
+        verbose=0,
+        backup_dir=backup_dir,
+        callbacks=callbacks,
+        stop=stop,
+        learning_rate=1e-4,
+        **kwargs,
+    )
     return model, result
 
 
@@ -87,8 +98,13 @@ INTERRUPTIONS = {
     "SIGKILL in epoch 3": ("kill", 2, 0),
 }
 PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
-CASES = [(s, i, early, "float32") for s in STRATEGIES for i in INTERRUPTIONS for early in (False, True)
-         if not (early and i in ("Ctrl-C in epoch 1", "SIGKILL in epoch 3"))]
+CASES = [
+    (s, i, early, "float32")
+    for s in STRATEGIES
+    for i in INTERRUPTIONS
+    for early in (False, True)
+    if not (early and i in ("Ctrl-C in epoch 1", "SIGKILL in epoch 3"))
+]
 # Mixed precision (the torch fast path computes in bfloat16): every strategy, both kinds of interruption.
 CASES += [(s, i, False, "bfloat16") for s in STRATEGIES for i in ("Ctrl-C in epoch 2", "SIGKILL in epoch 2")]
 
@@ -100,23 +116,35 @@ def straight(splits, resnet18_pth):
     def get(strategy, early, precision):
         key = (strategy, early, precision)
         if key not in runs:
-            runs[key] = run(splits, resnet18_pth, early_stopping=early, patience=1, precision=precision,
-                            **STRATEGIES[strategy])
+            runs[key] = run(
+                splits, resnet18_pth, early_stopping=early, patience=1, precision=precision, **STRATEGIES[strategy]
+            )
         return runs[key]
+
     return get
 
 
 # These two also run on jax and tensorflow (CI runs the not-slow tests on every backend); the rest on torch.
-EVERY_BACKEND = {("finetune", "Ctrl-C in epoch 2", False, "float32"),
-                 ("two-stage cached", "SIGKILL in epoch 2", True, "float32")}
+EVERY_BACKEND = {
+    ("finetune", "Ctrl-C in epoch 2", False, "float32"),
+    ("two-stage cached", "SIGKILL in epoch 2", True, "float32"),
+}
 
 
-@pytest.mark.parametrize("strategy, interruption, early, precision", [
-    pytest.param(*case, id=f"{case[0]}-{case[1]}{'-early-stopping' if case[2] else ''}-{case[3]}",
-                 marks=() if case in EVERY_BACKEND else pytest.mark.slow)
-    for case in CASES])
-def test_interrupted_then_resumed_equals_straight(splits, resnet18_pth, straight, tmp_path, strategy,
-                                                  interruption, early, precision):
+@pytest.mark.parametrize(
+    "strategy, interruption, early, precision",
+    [
+        pytest.param(
+            *case,
+            id=f"{case[0]}-{case[1]}{'-early-stopping' if case[2] else ''}-{case[3]}",
+            marks=() if case in EVERY_BACKEND else pytest.mark.slow,
+        )
+        for case in CASES
+    ],
+)
+def test_interrupted_then_resumed_equals_straight(
+    splits, resnet18_pth, straight, tmp_path, strategy, interruption, early, precision
+):
     kind, epoch, batch = INTERRUPTIONS[interruption]
     options = dict(early_stopping=early, patience=1, precision=precision, **STRATEGIES[strategy])
     backup_dir = str(tmp_path / "backup")
@@ -125,8 +153,14 @@ def test_interrupted_then_resumed_equals_straight(splits, resnet18_pth, straight
         with pytest.raises(Crash):
             run(splits, resnet18_pth, backup_dir=backup_dir, callbacks=[InterruptAt(epoch, batch)], **options)
     else:
-        _, cut = run(splits, resnet18_pth, backup_dir=backup_dir,
-                     callbacks=[InterruptAt(epoch, batch, stop)], stop=stop, **options)
+        _, cut = run(
+            splits,
+            resnet18_pth,
+            backup_dir=backup_dir,
+            callbacks=[InterruptAt(epoch, batch, stop)],
+            stop=stop,
+            **options,
+        )
         assert cut.interrupted and not cut.finished
         assert [row["epoch"] for row in cut.rows] == list(range(1, epoch + 1))  # the cut epoch is not in
     resumed = run(splits, resnet18_pth, backup_dir=backup_dir, **options)
@@ -148,8 +182,9 @@ def test_early_stopping_ends_with_the_best_weights(splits, resnet18_pth):
     model = kflowers.build_model(weights=resnet18_pth, image_size=SIZE)
     train_ds = FlowerDataset.from_folder(splits[0], batch_size=16, image_size=SIZE, shuffle=True, seed=1)
     test_ds = FlowerDataset.from_folder(splits[1], batch_size=32, image_size=SIZE)
-    result = train(model, "finetune", train_ds, test_ds, epochs=6, verbose=0, early_stopping=True,
-                   patience=1, learning_rate=5.0)
+    result = train(
+        model, "finetune", train_ds, test_ds, epochs=6, verbose=0, early_stopping=True, patience=1, learning_rate=5.0
+    )
     losses = [row["test_loss"] for row in result.rows]
     assert result.stopped_early and len(losses) < 6
     assert result.best_epoch == int(np.argmin(losses)) + 1
@@ -167,6 +202,5 @@ def test_feature_cache_on_a_shard_uses_the_shards_samples(splits, resnet18_pth):
     cache = FeatureCache(model, shard)
     features, labels = cache.batches[0]
     np.testing.assert_array_equal(labels, shard[0][1])
-    expected = keras.ops.convert_to_numpy(
-        keras.Model(model.input, kflowers.model_parts(model).features)(shard[0][0]))
+    expected = keras.ops.convert_to_numpy(keras.Model(model.input, kflowers.model_parts(model).features)(shard[0][0]))
     np.testing.assert_allclose(features, expected, rtol=1e-4, atol=1e-4)

@@ -48,13 +48,16 @@ def _images(shape=(4, 9, 10, 6)):
 
 
 @torch_only
-@pytest.mark.parametrize("config", [
-    dict(filters=5, kernel_size=3, padding="same"),
-    dict(filters=5, kernel_size=3, padding="valid", strides=2),
-    dict(filters=5, kernel_size=(1, 3), padding="same", dilation_rate=2, use_bias=True),
-    dict(filters=6, kernel_size=3, padding="same", groups=3),
-    dict(filters=5, kernel_size=3, padding="same", strides=2),  # stock path: asymmetric padding
-])
+@pytest.mark.parametrize(
+    "config",
+    [
+        dict(filters=5, kernel_size=3, padding="same"),
+        dict(filters=5, kernel_size=3, padding="valid", strides=2),
+        dict(filters=5, kernel_size=(1, 3), padding="same", dilation_rate=2, use_bias=True),
+        dict(filters=6, kernel_size=3, padding="same", groups=3),
+        dict(filters=5, kernel_size=3, padding="same", strides=2),  # stock path: asymmetric padding
+    ],
+)
 def test_conv2d_matches_keras(config):
     config.setdefault("use_bias", False)
     stock, fast = _pair(keras.layers.Conv2D, config, (4, 9, 10, 6))
@@ -89,8 +92,9 @@ def test_max_pooling_matches_keras(config):
 @torch_only
 def test_channels_first_and_float16_take_the_stock_path():
     x = _images((2, 6, 9, 10))
-    stock, fast = _pair(keras.layers.Conv2D, dict(filters=4, kernel_size=3, data_format="channels_first"),
-                        (2, 6, 9, 10))
+    stock, fast = _pair(
+        keras.layers.Conv2D, dict(filters=4, kernel_size=3, data_format="channels_first"), (2, 6, 9, 10)
+    )
     _assert_same(stock, fast, x)
     stock, fast = _pair(keras.layers.BatchNormalization, dict(axis=1), (2, 6, 9, 10))
     _assert_same(stock, fast, x, training=True)
@@ -184,11 +188,13 @@ def test_jit_compile_trains_the_default_model(caplog):
 
     keras.utils.set_random_seed(0)
     model = kflowers.build_model(weights=None, image_size=32)
-    model.compile(keras.optimizers.SGD(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  jit_compile=True)
+    model.compile(
+        keras.optimizers.SGD(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=True
+    )
     images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype("uint8")
-    torch_layers._SAID.discard("the torch fast path steps aside under torch.compile (jit_compile=True): "
-                               "it compiles Keras's layers its own way")
+    torch_layers._SAID.discard(
+        "the torch fast path steps aside under torch.compile (jit_compile=True): it compiles Keras's layers its own way"
+    )
     before = [np.array(_np(v)) for v in model.trainable_variables]
     with caplog.at_level(logging.INFO, logger="kflowers"):
         losses = [float(model.train_on_batch(images, np.arange(4))) for _ in range(2)]

@@ -50,11 +50,11 @@ def _step(model, images, training):
     x = keras.ops.convert_to_tensor(images).requires_grad_()  # on Keras's device (CPU or GPU)
     logits = model(x, training=training)
     upstream = keras.ops.convert_to_tensor(
-        np.random.default_rng(1).standard_normal(tuple(logits.shape)).astype("float32"))
+        np.random.default_rng(1).standard_normal(tuple(logits.shape)).astype("float32")
+    )
     trainable = [w.value for w in model.trainable_weights]
     grads = torch.autograd.grad((logits * upstream).sum(), trainable + [x])
-    return ([_np(logits.detach())] + [_np(g) for g in grads]
-            + [keras.ops.convert_to_numpy(w) for w in model.weights])
+    return [_np(logits.detach())] + [_np(g) for g in grads] + [keras.ops.convert_to_numpy(w) for w in model.weights]
 
 
 def _assert_close(stock_values, fast_values, rtol=5e-4):
@@ -78,12 +78,15 @@ def _freeze(model, frozen):
                 layer.trainable = False
 
 
-@pytest.mark.parametrize("training,frozen", [
-    (True, None),              # fine-tuning: batch statistics, moving averages updated
-    (True, "stacks 0-2"),      # two-stage / discriminative: frozen blocks in inference mode
-    (True, "backbone"),        # frozen: every batch norm folded, the input gradient still exact
-    (False, None),             # inference with gradients (e.g. a saliency map)
-])
+@pytest.mark.parametrize(
+    "training,frozen",
+    [
+        (True, None),  # fine-tuning: batch statistics, moving averages updated
+        (True, "stacks 0-2"),  # two-stage / discriminative: frozen blocks in inference mode
+        (True, "backbone"),  # frozen: every batch norm folded, the input gradient still exact
+        (False, None),  # inference with gradients (e.g. a saliency map)
+    ],
+)
 def test_matches_the_stock_layers(twins, training, frozen):
     stock, fast = twins
     for model in twins:
@@ -141,9 +144,15 @@ def test_other_layouts_keep_the_stock_layers():
     import keras_hub
 
     bottleneck = keras_hub.models.ResNetBackbone(
-        input_conv_filters=[64], input_conv_kernel_sizes=[7], stackwise_num_filters=[64, 128],
-        stackwise_num_blocks=[1, 1], stackwise_num_strides=[1, 2], block_type="bottleneck_block",
-        use_pre_activation=False, image_shape=(SIZE, SIZE, 3))
+        input_conv_filters=[64],
+        input_conv_kernel_sizes=[7],
+        stackwise_num_filters=[64, 128],
+        stackwise_num_blocks=[1, 1],
+        stackwise_num_strides=[1, 2],
+        block_type="bottleneck_block",
+        use_pre_activation=False,
+        image_shape=(SIZE, SIZE, 3),
+    )
     assert not torch_resnet.install(bottleneck)
     assert "call" not in vars(bottleneck)
 
@@ -163,9 +172,16 @@ def test_torch_compile_and_float64_get_the_layers_one_by_one(twins, monkeypatch)
 
     def small_backbone(dtype):
         return keras_hub.models.ResNetBackbone(
-            input_conv_filters=[64], input_conv_kernel_sizes=[7], stackwise_num_filters=[64, 128],
-            stackwise_num_blocks=[1, 1], stackwise_num_strides=[1, 2], block_type="basic_block",
-            use_pre_activation=False, image_shape=(SIZE, SIZE, 3), dtype=dtype)
+            input_conv_filters=[64],
+            input_conv_kernel_sizes=[7],
+            stackwise_num_filters=[64, 128],
+            stackwise_num_blocks=[1, 1],
+            stackwise_num_strides=[1, 2],
+            block_type="basic_block",
+            use_pre_activation=False,
+            image_shape=(SIZE, SIZE, 3),
+            dtype=dtype,
+        )
 
     assert torch_resnet.install(small_backbone("float32"))  # any basic-block layout
     assert torch_resnet.install(small_backbone("mixed_float16"))  # mixed precision: served

@@ -58,8 +58,14 @@ def test_unfreeze_backbone_in_one_fit():
     start = snapshot(model.get_layer("backbone"))
     recorder = Recorder()
     x, y = data()
-    model.fit(x, y, batch_size=8, epochs=4, verbose=0,
-              callbacks=[UnfreezeBackbone(epoch=2, learning_rate=1e-4, verbose=0), recorder])
+    model.fit(
+        x,
+        y,
+        batch_size=8,
+        epochs=4,
+        verbose=0,
+        callbacks=[UnfreezeBackbone(epoch=2, learning_rate=1e-4, verbose=0), recorder],
+    )
     for epoch in (0, 1):  # frozen: weights and BatchNorm statistics fixed
         for a, b in zip(start, recorder.backbone[epoch]):
             np.testing.assert_array_equal(a, b)
@@ -76,8 +82,9 @@ def test_unfreeze_keeps_the_optimizer_kind_and_settings():
     model.get_layer("backbone").trainable = False
     model.compile(keras.optimizers.SGD(1e-2, momentum=0.9, nesterov=True), classification_loss())
     x, y = data(8)
-    model.fit(x, y, batch_size=8, epochs=2, verbose=0,
-              callbacks=[UnfreezeBackbone(epoch=1, learning_rate=1e-3, verbose=0)])
+    model.fit(
+        x, y, batch_size=8, epochs=2, verbose=0, callbacks=[UnfreezeBackbone(epoch=1, learning_rate=1e-3, verbose=0)]
+    )
     config = model.optimizer.get_config()
     assert isinstance(model.optimizer, keras.optimizers.SGD)
     assert config["momentum"] == 0.9 and config["nesterov"] and config["learning_rate"] == pytest.approx(1e-3)
@@ -102,8 +109,9 @@ def one_step_deltas(optimizer_for):
 def test_discriminative_learning_rates():
     plain_bb, plain_head = one_step_deltas(lambda m: keras.optimizers.SGD(1.0))
     multi_bb, multi_head = one_step_deltas(
-        lambda m: discriminative_optimizer(m, backbone_learning_rate=1e-4,
-                                           head_learning_rate=1e-3, optimizer="sgd"))
+        lambda m: discriminative_optimizer(m, backbone_learning_rate=1e-4, head_learning_rate=1e-3, optimizer="sgd")
+    )
+
     # Same model, same batch, same gradients: each delta is its own rate times
     # the lr=1 delta (fitted per variable; rounding of w - lr*g is ~1e-7 of w,
     # up to 1e-3 of the delta for variables with tiny gradients).
@@ -159,9 +167,13 @@ def test_lr_find_keeps_the_discriminative_ratio_and_leaves_the_model_as_found():
 
         def __getitem__(self, index):
             backbone_opt, head_opt = model.optimizer.optimizers
-            seen.append((float(keras.ops.convert_to_numpy(backbone_opt.learning_rate)),
-                         float(keras.ops.convert_to_numpy(head_opt.learning_rate))))
-            return self.images[index * 8:(index + 1) * 8], self.labels[index * 8:(index + 1) * 8]
+            seen.append(
+                (
+                    float(keras.ops.convert_to_numpy(backbone_opt.learning_rate)),
+                    float(keras.ops.convert_to_numpy(head_opt.learning_rate)),
+                )
+            )
+            return self.images[index * 8 : (index + 1) * 8], self.labels[index * 8 : (index + 1) * 8]
 
         def on_epoch_end(self):
             pass
@@ -199,8 +211,10 @@ class CrashAt(keras.callbacks.Callback):
 @pytest.mark.parametrize("crash_epoch", [0, 2], ids=["before the switch", "after the switch"])
 def test_unfreeze_with_keras_backup_and_adam_resumes_exactly(tmp_path, crash_epoch):
     if keras.backend.backend() == "jax":
-        pytest.skip("jax's optimizers update exactly the variables they were built for: the moments "
-                    "restart at the switch (documented in UnfreezeBackbone)")
+        pytest.skip(
+            "jax's optimizers update exactly the variables they were built for: the moments "
+            "restart at the switch (documented in UnfreezeBackbone)"
+        )
     x, y = data(16)
 
     def fit(backup, *extra):
@@ -208,8 +222,11 @@ def test_unfreeze_with_keras_backup_and_adam_resumes_exactly(tmp_path, crash_epo
         model = kflowers.build_model(weights=None, image_size=SIZE)
         kflowers.model_parts(model).backbone.trainable = False
         model.compile(keras.optimizers.Adam(1e-3), classification_loss())
-        callbacks = [keras.callbacks.BackupAndRestore(str(backup)),
-                     UnfreezeBackbone(epoch=1, learning_rate=1e-4, verbose=0), *extra]
+        callbacks = [
+            keras.callbacks.BackupAndRestore(str(backup)),
+            UnfreezeBackbone(epoch=1, learning_rate=1e-4, verbose=0),
+            *extra,
+        ]
         model.fit(x, y, batch_size=8, epochs=4, shuffle=False, verbose=0, callbacks=callbacks)
         return model
 
