@@ -144,7 +144,7 @@ def _keras_step(side, mode, images, labels):
     model = kflowers.build_model(weights=None, image_size=images.shape[1], torch_kernels=side != "B-stock")
     keras.mixed_precision.set_global_policy("float32")
     if mode == "frozen":
-        model.get_layer("backbone").trainable = False
+        kflowers.model_parts(model).backbone.trainable = False
     model.compile(keras.optimizers.SGD(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     y = labels.astype("int32")
 

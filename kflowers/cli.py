@@ -339,14 +339,14 @@ def cmd_evaluate(args):
 
 def _readable_images(items):
     """The image files among `items` (files and folders); unreadable ones skipped with a warning."""
+    from kflowers.data import image_files
     from kflowers.images import UnreadableImage
-    from kflowers.images import is_image_file
     from kflowers.images import read_image
 
     paths = []
     for item in items:
         if os.path.isdir(item):
-            paths += sorted(os.path.join(d, f) for d, _, files in os.walk(item) for f in files if is_image_file(f))
+            paths += image_files(item)
         elif os.path.exists(item):
             paths.append(item)
         else:

@@ -310,6 +310,13 @@ def scan_folder(root, classes=None, check_images=True, threads=4):
 JUNK_FILES = ("Thumbs.db", "desktop.ini")
 
 
+def image_files(folder):
+    """The image files under `folder`, sorted, found by the same rules as `scan_folder`
+    (hidden files left out, links followed only inside `folder`); not decoded."""
+    real_root = os.path.realpath(folder)
+    return sorted(path for path, problem in _walk_files(folder, real_root) if problem is None and is_image_file(path))
+
+
 def _walk_files(folder, real_root):
     """Yield `(path, problem)` for every file under `folder`; `problem` is `None`
     or why the file is left out. Hidden files and folders are left out silently;

@@ -24,6 +24,8 @@ import numpy as np
 from kflowers.errors import WeightsError
 from kflowers.errors import first_line
 from kflowers.options import weights_value
+from kflowers.parts import HEAD
+from kflowers.parts import model_parts
 
 log = logging.getLogger("kflowers")
 
@@ -76,7 +78,7 @@ def build_model(num_classes=5, weights="imagenet", image_size=224, name="kflower
 
     Example:
     >>> model = build_model(num_classes=5, weights="imagenet")
-    >>> model.get_layer("backbone").trainable = False   # freeze
+    >>> kflowers.model_parts(model).backbone.trainable = False   # freeze
     >>> model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     """
     import keras
@@ -123,7 +125,7 @@ def load_weights(model, source):
         WeightsError: unknown source, or weights that don't fit ResNet18; the
             message lists the missing, unexpected or mis-shaped entries.
     """
-    backbone = model.get_layer("backbone")
+    backbone = model_parts(model).backbone
     if source == "imagenet":
         source = fetch_imagenet_checkpoint()
     path = os.fspath(source)
@@ -417,7 +419,7 @@ def _is_classifier(model):
     import keras
 
     try:
-        head = model.get_layer("head")
+        head = model.get_layer(HEAD)
         shape = model.input_shape
     except (ValueError, AttributeError):
         return False

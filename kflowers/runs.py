@@ -46,6 +46,7 @@ from kflowers.files import write_json
 from kflowers.files import write_text
 from kflowers.options import PRECISIONS
 from kflowers.options import RunOptions  # noqa: F401 - re-exported: kflowers.runs.RunOptions
+from kflowers.parts import model_parts
 
 log = logging.getLogger("kflowers")
 
@@ -78,7 +79,7 @@ def evaluate_model(model, dataset, class_names, features=None):
     if features is not None:
         import keras
 
-        head = model.get_layer("head")
+        head = model_parts(model).head
         logits = np.concatenate(
             [keras.ops.convert_to_numpy(head(features[i : i + 1024])) for i in range(0, len(features), 1024)]
         )

@@ -5,7 +5,7 @@ start pretrained, which are trainable, the optimizer, and (two-stage) when the
 backbone unfreezes. `STRATEGIES` holds the lesson's hyper-parameters;
 `kflowers.training.train` runs one.
 
-Freezing is `model.get_layer("backbone").trainable = False`. In Keras a
+Freezing is `model_parts(model).backbone.trainable = False`. In Keras a
 non-trainable BatchNormalization layer also runs in inference mode: it
 normalises with its stored statistics and leaves them untouched. (The PyTorch
 lesson set `requires_grad=False` but kept `model.train()`, so its "frozen"

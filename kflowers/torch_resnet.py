@@ -33,7 +33,7 @@ Tested against the stock layers (outputs, gradients, moving statistics)
 and, for a whole training step, against plain torch.
 
 Example:
->>> backbone = model.get_layer("backbone")
+>>> backbone = kflowers.model_parts(model).backbone
 >>> kflowers.torch_resnet.install(backbone)   # done by kflowers.use_torch_kernels
 True
 """

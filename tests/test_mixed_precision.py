@@ -84,3 +84,24 @@ def test_bf16_training_learns_as_float32_does(flowers_dir, resnet18_pth):
     fp32, bf16 = losses("float32"), losses("mixed_bfloat16")
     assert bf16[-1] < 0.5 * bf16[0] and fp32[-1] < 0.5 * fp32[0]  # both learn
     np.testing.assert_allclose(bf16, fp32, rtol=0.15)  # and along the same curve
+
+
+def test_float16_runs_the_fast_path_with_keras_loss_scaling(resnet18_pth, monkeypatch):
+    from kflowers import torch_resnet
+
+    keras.utils.set_random_seed(0)
+    reference = kflowers.build_model(weights=resnet18_pth, image_size=32, torch_kernels=False)
+    with policy("mixed_float16"):
+        fast = kflowers.build_model(weights=resnet18_pth, image_size=32)
+    fast.set_weights(reference.get_weights())
+    served = []
+    original = torch_resnet._conv_bn_forward
+    monkeypatch.setattr(torch_resnet, "_conv_bn_forward", lambda x, *a: served.append(x.dtype) or original(x, *a))
+    images = np.random.default_rng(3).integers(0, 256, (8, 32, 32, 3)).astype("uint8")
+    expected = keras.ops.convert_to_numpy(reference(images, training=False))
+    got = keras.ops.convert_to_numpy(fast(images, training=False))
+    assert {str(d) for d in served} == {"torch.float16"}
+    assert np.abs(got - expected).max() <= 0.01 * (expected.max() - expected.min())  # 11 bits of mantissa
+    fast.compile(keras.optimizers.SGD(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    assert isinstance(fast.optimizer, keras.optimizers.LossScaleOptimizer)  # as Keras does for float16
+    assert np.isfinite(fast.train_on_batch(images, np.arange(8) % 5))
