@@ -428,7 +428,7 @@ def test_saved_model_loads_with_plain_keras_and_keeps_class_names(images, tmp_pa
 
 
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
-def test_mixed_precision_trains_with_float32_logits_and_says_what_the_fast_path_does(policy, caplog):
+def test_mixed_precision_trains_with_float32_logits_on_the_fast_path(policy, caplog):
     import logging
 
     keras.mixed_precision.set_global_policy(policy)
@@ -454,8 +454,6 @@ def test_mixed_precision_trains_with_float32_logits_and_says_what_the_fast_path_
         for a, v in zip(backbone_before, model.get_layer("backbone").trainable_variables)
     ]
     assert any(moved)
-    if keras.backend.backend() == "torch":
-        said = [r.getMessage() for r in caplog.records if "fast path" in r.getMessage()]
-        assert said == [
-            f"the torch fast path does not serve backbone (dtype policy {policy}); it runs Keras's layers one by one"
-        ]  # once, while building
+    if keras.backend.backend() == "torch":  # the fast path serves mixed precision: nothing to say
+        assert "call" in vars(model.get_layer("backbone"))
+        assert [r.getMessage() for r in caplog.records if "fast path" in r.getMessage()] == []
