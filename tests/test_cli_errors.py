@@ -16,6 +16,10 @@ from PIL import Image
 from clitools import TRAIN_FLAGS
 from clitools import kflowers
 
+# Two dozen command lines in subprocesses: the torch run of CI covers them (each row is backend-independent
+# up to Keras's import).
+pytestmark = pytest.mark.slow
+
 FAST = ["--strategy", "finetune", "--epochs", "1", "--weights", "none", "--quiet", *TRAIN_FLAGS[:4]]
 
 

@@ -44,6 +44,7 @@ def spot_model():
     return model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("quadrant", QUADRANTS)
 def test_grad_cam_lights_up_the_quadrant_holding_the_evidence(spot_model, quadrant):
     images = spotted(np.random.default_rng(1), 8, quadrant)
@@ -54,6 +55,7 @@ def test_grad_cam_lights_up_the_quadrant_holding_the_evidence(spot_model, quadra
     assert sum(cell == QUADRANTS[quadrant] for cell in hottest) >= 7, hottest
 
 
+@pytest.mark.slow
 def test_grad_cam_equals_autodiff_grad_cam(spot_model):
     """The closed form (head weights as channel weights) against Grad-CAM by the book, with torch autograd."""
     import keras

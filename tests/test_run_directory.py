@@ -13,6 +13,8 @@ from clitools import TRAIN_FLAGS
 from clitools import kflowers
 from clitools import metrics_without_time as metrics
 
+pytestmark = pytest.mark.slow  # whole training runs in subprocesses
+
 FLAGS = ["--strategy", "finetune", "--epochs", "2", "--weights", "none", *TRAIN_FLAGS]
 
 
