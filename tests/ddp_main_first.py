@@ -20,4 +20,7 @@ def fill_or_find():
     return f"rank {rank} filled the cache"
 
 
-print(main_process_first(fill_or_find), flush=True)
+# One write per line: the three processes share torchrun's stdout, and print() writes the line and its
+# newline separately (they interleaved on a busy machine).
+sys.stdout.write(main_process_first(fill_or_find) + "\n")
+sys.stdout.flush()
