@@ -6,18 +6,11 @@ import signal
 import subprocess
 import sys
 
+import kflowers
+
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
 TRAIN_FLAGS = ["--image-size", "32", "--batch-size", "16", "--seed", "3"]
-RUN_FILES = [
-    "model.keras",
-    "history.csv",
-    "metrics.json",
-    "curves.png",
-    "confusion.png",
-    "top_losses.png",
-    "split.json",
-    "config.json",
-]
+RUN_FILES = list(kflowers.runs.RUN_FILES)  # what a finished run directory holds
 
 
 def kflowers(*args, check=True, timeout=600):
