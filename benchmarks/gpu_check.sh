@@ -19,6 +19,19 @@ pip install -q -e ".[test,bench]" 2>&1 | grep -v "Running pip as the 'root' user
   NVIDIA_TF32_OVERRIDE=0 python -m pytest -q -p no:cacheprovider tests/test_torch_layers.py \
     tests/test_torch_resnet.py tests/test_mixed_precision.py tests/test_feature_cache.py 2>&1 | tail -15
   echo '```'
+  echo; echo "## a drawn dataset trained on the GPU from page-locked batches"; echo '```'
+  python - <<'PY' 2>&1 | grep -v "^I0000\|^W0000"
+import tempfile, torch, keras, kflowers
+from kflowers.demo import draw_dataset
+root = draw_dataset(tempfile.mkdtemp(), ["a", "b"], per_class=32, size=64)
+ds = kflowers.FlowerDataset.from_folder(kflowers.scan_folder(root), batch_size=16, image_size=64, shuffle=True)
+images, _ = ds[0]
+print("pin_memory:", ds.pin_memory, "pinned:", getattr(images, "is_pinned", bool)(), "cuda:", torch.cuda.is_available())
+model = kflowers.build_model(num_classes=2, weights=None, image_size=64)
+model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+print(model.fit(ds, epochs=2, shuffle=False, verbose=0).history)
+PY
+  echo '```'
   echo; echo "## benchmark: batch 64, 224 px (TF32 on, as torch defaults)"
   python benchmarks/benchmark.py --batch-size 64 --image-size 224 --steps 10 --warmup 2 \
     --extra A-channels-last A-bf16 A-channels-last-bf16 B-bf16 A-fp16 B-fp16 2>&1 | grep -v "^I0000\|^W0000"

@@ -435,6 +435,20 @@ def _pydataset_base():
     return keras.utils.PyDataset
 
 
+def _backend():
+    import keras
+
+    return keras.backend.backend()
+
+
+def _cuda_on_torch_backend():
+    if _backend() != "torch":
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
 class FlowerDataset(_pydataset_base()):
     """Batches of `(uint8 images, int labels)` for `model.fit`.
 
@@ -456,6 +470,10 @@ class FlowerDataset(_pydataset_base()):
         seed: seed of the shuffling and augmentation.
         workers, use_multiprocessing, max_queue_size: as for
             `keras.utils.PyDataset`.
+        pin_memory: hand out the images in page-locked memory, so that their
+            copy to a GPU is a direct transfer. `None` (default): when Keras
+            runs on torch, a CUDA device is visible and the workers are
+            threads (CUDA does not survive a fork).
 
     Example:
     >>> train, test = split_dataset(scan_folder("flowers"))
@@ -475,10 +493,18 @@ class FlowerDataset(_pydataset_base()):
         workers=1,
         use_multiprocessing=False,
         max_queue_size=10,
+        pin_memory=None,
     ):
         super().__init__(workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
         if len(paths) != len(labels):
             raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
+        if pin_memory and _backend() != "torch":
+            raise ValueError(f"pin_memory is for the torch backend (Keras runs on {_backend()})")
+        if pin_memory and use_multiprocessing:
+            raise ValueError("pin_memory needs thread workers (use_multiprocessing=False): CUDA dies in a fork")
+        if pin_memory is None:
+            pin_memory = not use_multiprocessing and _cuda_on_torch_backend()
+        self.pin_memory = bool(pin_memory)
         self.paths = list(paths)
         self.labels = np.asarray(labels, dtype="int32")
         self.batch_size = int(batch_size)
@@ -583,6 +609,10 @@ class FlowerDataset(_pydataset_base()):
         epoch = self.epoch
         chosen = self.batch_indices(index, epoch)
         images = np.stack([self.load(int(i), epoch) for i in chosen])
+        if self.pin_memory:
+            import torch
+
+            images = torch.from_numpy(images).pin_memory()
         return images, self.labels[chosen]
 
     def load(self, i, epoch=0):

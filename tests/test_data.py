@@ -109,6 +109,46 @@ def test_fit_with_worker_threads_matches_single_thread(flowers_dir):
     np.testing.assert_array_equal(run(1), run(2))
 
 
+def test_pinned_batches_train_exactly_as_plain_ones(flowers_dir, monkeypatch):
+    """`pin_memory` changes where a batch lives, nothing else: the batches and the
+    trained weights are the same. (No CUDA here: pinning is stood in for and counted.)"""
+    import keras
+
+    if keras.backend.backend() != "torch":
+        pytest.skip("page-locked batches are for the torch backend")
+    import torch
+
+    pinned = []
+
+    def pin(tensor):
+        pinned.append(tensor.shape)
+        return tensor.clone()
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", pin)
+    folder = kflowers.scan_folder(flowers_dir)
+    assert FlowerDataset.from_folder(folder).pin_memory == torch.cuda.is_available()  # auto
+
+    def run(pin_memory):
+        keras.utils.set_random_seed(0)
+        model = kflowers.build_model(weights=None, image_size=32)
+        ds = FlowerDataset.from_folder(
+            folder, batch_size=20, image_size=32, shuffle=True, augment=True, pin_memory=pin_memory
+        )
+        images, labels = ds[0]
+        assert isinstance(images, torch.Tensor) == pin_memory
+        train(model, "finetune", ds, epochs=1, verbose=0)
+        return images, [keras.ops.convert_to_numpy(w) for w in model.weights]
+
+    plain_images, plain_weights = run(False)
+    pinned_images, pinned_weights = run(True)
+    assert pinned  # every batch went through pin_memory
+    np.testing.assert_array_equal(pinned_images.numpy(), plain_images)
+    for a, b in zip(plain_weights, pinned_weights):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="thread workers"):
+        FlowerDataset.from_folder(folder, pin_memory=True, use_multiprocessing=True)
+
+
 def make_zip(folder, path):
     with zipfile.ZipFile(path, "w") as zf:
         for directory, _, files in os.walk(folder):
