@@ -456,8 +456,12 @@ class FlowerDataset(_pydataset_base()):
     albumentations, and stay `uint8` in 0-255: the model normalises them.
     Shuffling and augmentation depend only on `seed`, the epoch and the
     sample, so two runs with the same seed see the same batches, whatever the
-    number of workers: pass `kflowers.callbacks.SetDatasetEpoch(dataset)` to
-    `fit` for that guarantee with `workers > 1` and when resuming.
+    number of workers. The dataset counts `fit`'s epochs itself; a `fit` that
+    starts later (`initial_epoch`, or `keras.callbacks.BackupAndRestore`
+    resuming) reshuffles as a new run unless it is given
+    `kflowers.callbacks.SetDatasetEpoch(dataset)`, which makes the resumed
+    epochs the very ones an uninterrupted run would have seen (`kflowers
+    train` does this itself).
 
     Args:
         paths: image files.
