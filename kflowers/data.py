@@ -472,8 +472,13 @@ class FlowerDataset(_pydataset_base()):
             `fit`: the dataset shuffles itself, reproducibly).
         augment: random resized crops and horizontal flips (training only).
         seed: seed of the shuffling and augmentation.
-        workers, use_multiprocessing, max_queue_size: as for
-            `keras.utils.PyDataset`.
+        workers: threads that read and augment the next batches while the
+            model trains on this one (decoding and resizing release the
+            GIL). They are the dataset's own: Keras's enqueuer keeps batches
+            it read ahead for the next epoch (those of its look at the first
+            batch before training included), which would mix epochs.
+        use_multiprocessing: must be `False` (see `workers`).
+        max_queue_size: how many batches to read ahead, at most.
         pin_memory: hand out the images in page-locked memory, so that their
             copy to a GPU is a direct transfer. `None` (default): when Keras
             runs on torch, a CUDA device is visible and the workers are
@@ -499,16 +504,19 @@ class FlowerDataset(_pydataset_base()):
         max_queue_size=10,
         pin_memory=None,
     ):
-        super().__init__(workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
+        # Keras reads one batch at a time; the dataset's own threads read ahead (see `workers`).
+        super().__init__(workers=1, use_multiprocessing=False, max_queue_size=max_queue_size)
         if len(paths) != len(labels):
             raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
+        if use_multiprocessing:
+            raise ValueError("FlowerDataset reads with threads (workers=N); use_multiprocessing must be False")
         if pin_memory and _backend() != "torch":
             raise ValueError(f"pin_memory is for the torch backend (Keras runs on {_backend()})")
-        if pin_memory and use_multiprocessing:
-            raise ValueError("pin_memory needs thread workers (use_multiprocessing=False): CUDA dies in a fork")
         if pin_memory is None:
-            pin_memory = not use_multiprocessing and _cuda_on_torch_backend()
+            pin_memory = _cuda_on_torch_backend()
         self.pin_memory = bool(pin_memory)
+        self.threads = max(1, int(workers))
+        self.read_ahead = max(1, int(max_queue_size or 1))
         self.paths = list(paths)
         self.labels = np.asarray(labels, dtype="int32")
         self.batch_size = int(batch_size)
@@ -519,7 +527,15 @@ class FlowerDataset(_pydataset_base()):
         self.epoch = 0
         self.shard_index, self.num_shards = 0, 1
         self._epoch_set_by_callback = False
+        self._fresh_state()
+
+    def _fresh_state(self):
+        # Per object, never shared by copies (`shard`, `in_order`): albumentations pipelines hold random
+        # state (one per thread), and batches read ahead belong to this dataset's order.
         self._local = threading.local()
+        self._lock = threading.Lock()
+        self._pool = None
+        self._pending = {}
 
     @classmethod
     def from_folder(cls, folder, **kwargs):
@@ -565,16 +581,20 @@ class FlowerDataset(_pydataset_base()):
     def follow_fit_epochs(self):
         """Let `kflowers.callbacks.SetDatasetEpoch` alone set the epoch.
 
-        By default the dataset counts epochs itself, in `on_epoch_end`. Keras
-        reads one batch before training starts and, with `workers > 1`, keeps
-        prefetching in the background while that count moves on, so which
-        epoch a prefetched batch belongs to depends on timing. Pinned to
-        `fit`'s own epoch index, batches are the same on every run, and a
-        resumed run continues exactly where it stopped.
+        By default the dataset counts epochs itself, in `on_epoch_end`
+        (including the one Keras ends after looking at the first batch
+        before training). Pinned to `fit`'s own epoch index instead, a fit
+        that starts at a later epoch (`initial_epoch`, a resumed
+        `BackupAndRestore`) serves exactly the batches an uninterrupted run
+        would have served.
         """
         self._epoch_set_by_callback = True
 
     def on_epoch_end(self):
+        with self._lock:  # what was read ahead and not asked for (fit stopped early, or only looked)
+            for future in self._pending.values():
+                future.cancel()
+            self._pending.clear()
         if not self._epoch_set_by_callback:
             self.epoch += 1
 
@@ -610,7 +630,25 @@ class FlowerDataset(_pydataset_base()):
         return whole
 
     def __getitem__(self, index):
-        epoch = self.epoch
+        if self.threads == 1:
+            return self.batch(index, self.epoch)
+        epoch, last = self.epoch, len(self)
+        if not 0 <= index < last:
+            raise IndexError(f"batch {index} out of range (0..{last - 1})")
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="kflowers-loader")
+            for key in [key for key in self._pending if key[0] != epoch or key[1] < index]:
+                self._pending.pop(key).cancel()  # another epoch's, or passed over
+            for ahead in range(index, min(index + self.read_ahead, last)):
+                if (epoch, ahead) not in self._pending:
+                    self._pending[(epoch, ahead)] = self._pool.submit(self.batch, ahead, epoch)
+            future = self._pending.pop((epoch, index))
+        return future.result()
+
+    def batch(self, index, epoch=None):
+        """Batch `index` of `epoch` (default: the current one), read now: `(images, labels)`."""
+        epoch = self.epoch if epoch is None else epoch
         chosen = self.batch_indices(index, epoch)
         images = np.stack([self.load(int(i), epoch) for i in chosen])
         if self.pin_memory:
@@ -647,11 +685,18 @@ class FlowerDataset(_pydataset_base()):
             self._local.transform = transform
         return transform
 
+    def __copy__(self):
+        clone = type(self).__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        clone._fresh_state()
+        return clone
+
     def __getstate__(self):
         state = self.__dict__.copy()
-        state.pop("_local")
+        for name in ("_local", "_lock", "_pool", "_pending"):
+            state.pop(name)
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self._local = threading.local()
+        self._fresh_state()

@@ -153,20 +153,6 @@ def train(
     return loop.run()
 
 
-def build_training_state(model, dataset):
-    """Create the optimizer's, loss's and metrics' state before `fit`.
-
-    Left unbuilt, `fit` builds them from a batch it reads ahead of the first
-    epoch; with `workers > 1` that read-ahead keeps prefetching in the
-    background and the first epoch then trains on batches in an order that
-    depends on timing. Built here, from two samples of the first batch, every
-    run with the same seed trains on the same batches.
-    """
-    model.optimizer.build(model.trainable_variables)
-    images, labels = dataset[0]
-    model.evaluate(images[:2], labels[:2], verbose=0)
-
-
 @dataclasses.dataclass(frozen=True)
 class Stage:
     """A range of epochs `[start, end)` trained one way (`name`, see the module)."""
@@ -323,7 +309,6 @@ class RunLoop:
         callbacks = [*self.callbacks, recorder]
         if self.is_flower_data:
             callbacks.insert(0, SetDatasetEpoch(self.train_data))
-            build_training_state(self.model, self.train_data)
         self.model.fit(
             self.train_data,
             validation_data=self.test_data,

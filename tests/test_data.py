@@ -147,7 +147,7 @@ def test_pinned_batches_train_exactly_as_plain_ones(flowers_dir, monkeypatch):
     np.testing.assert_array_equal(pinned_images.numpy(), plain_images)
     for a, b in zip(plain_weights, pinned_weights):
         np.testing.assert_array_equal(a, b)
-    with pytest.raises(ValueError, match="thread workers"):
+    with pytest.raises(ValueError, match="use_multiprocessing must be False"):
         FlowerDataset.from_folder(folder, pin_memory=True, use_multiprocessing=True)
 
 

@@ -1,4 +1,4 @@
-"""A run that composes: interruption x strategy x early stopping x precision x resume, bit for bit.
+"""A run that composes: interruption x strategy x early stopping x precision x loader threads x resume, bit for bit.
 
 Each case trains a strategy straight through, then again with an
 interruption at a given batch (a stop request as Ctrl-C makes, or a crash
@@ -47,7 +47,7 @@ def splits(flowers_dir):
     return kflowers.split_dataset(kflowers.scan_folder(flowers_dir), test_size=0.25, seed=0)
 
 
-def run(splits, pth, strategy, backup_dir=None, callbacks=(), stop=None, precision="float32", **kwargs):
+def run(splits, pth, strategy, backup_dir=None, callbacks=(), stop=None, precision="float32", workers=1, **kwargs):
     keras.utils.set_random_seed(0)
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(PRECISIONS[precision])
@@ -55,8 +55,10 @@ def run(splits, pth, strategy, backup_dir=None, callbacks=(), stop=None, precisi
         model = kflowers.build_model(weights=pth, image_size=SIZE)
     finally:
         keras.mixed_precision.set_global_policy(previous)
-    train_ds = FlowerDataset.from_folder(splits[0], batch_size=16, image_size=SIZE, shuffle=True, seed=1)
-    test_ds = FlowerDataset.from_folder(splits[1], batch_size=32, image_size=SIZE)
+    train_ds = FlowerDataset.from_folder(
+        splits[0], batch_size=16, image_size=SIZE, shuffle=True, seed=1, workers=workers
+    )
+    test_ds = FlowerDataset.from_folder(splits[1], batch_size=32, image_size=SIZE, workers=workers)
     result = train(
         model,
         strategy,
@@ -99,14 +101,16 @@ INTERRUPTIONS = {
 }
 PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
 CASES = [
-    (s, i, early, "float32")
+    (s, i, early, "float32", 1)
     for s in STRATEGIES
     for i in INTERRUPTIONS
     for early in (False, True)
     if not (early and i in ("Ctrl-C in epoch 1", "SIGKILL in epoch 3"))
 ]
 # Mixed precision (the torch fast path computes in bfloat16): every strategy, both kinds of interruption.
-CASES += [(s, i, False, "bfloat16") for s in STRATEGIES for i in ("Ctrl-C in epoch 2", "SIGKILL in epoch 2")]
+CASES += [(s, i, False, "bfloat16", 1) for s in STRATEGIES for i in ("Ctrl-C in epoch 2", "SIGKILL in epoch 2")]
+# Two loader threads reading ahead, cut and resumed, against the straight run with one.
+CASES += [(s, "SIGKILL in epoch 2", True, "float32", 2) for s in STRATEGIES]
 
 
 @pytest.fixture(scope="module")
@@ -126,27 +130,28 @@ def straight(splits, resnet18_pth):
 
 # These two also run on jax and tensorflow (CI runs the not-slow tests on every backend); the rest on torch.
 EVERY_BACKEND = {
-    ("finetune", "Ctrl-C in epoch 2", False, "float32"),
-    ("two-stage cached", "SIGKILL in epoch 2", True, "float32"),
+    ("finetune", "Ctrl-C in epoch 2", False, "float32", 1),
+    ("two-stage cached", "SIGKILL in epoch 2", True, "float32", 1),
 }
 
 
 @pytest.mark.parametrize(
-    "strategy, interruption, early, precision",
+    "strategy, interruption, early, precision, workers",
     [
         pytest.param(
             *case,
-            id=f"{case[0]}-{case[1]}{'-early-stopping' if case[2] else ''}-{case[3]}",
+            id=f"{case[0]}-{case[1]}{'-early-stopping' if case[2] else ''}-{case[3]}"
+            + ("-2-threads" if case[4] > 1 else ""),
             marks=() if case in EVERY_BACKEND else pytest.mark.slow,
         )
         for case in CASES
     ],
 )
 def test_interrupted_then_resumed_equals_straight(
-    splits, resnet18_pth, straight, tmp_path, strategy, interruption, early, precision
+    splits, resnet18_pth, straight, tmp_path, strategy, interruption, early, precision, workers
 ):
     kind, epoch, batch = INTERRUPTIONS[interruption]
-    options = dict(early_stopping=early, patience=1, precision=precision, **STRATEGIES[strategy])
+    options = dict(early_stopping=early, patience=1, precision=precision, workers=workers, **STRATEGIES[strategy])
     backup_dir = str(tmp_path / "backup")
     stop = threading.Event()
     if kind == "kill":
