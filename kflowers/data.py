@@ -476,13 +476,13 @@ class FlowerDataset(_pydataset_base()):
             model trains on this one (decoding and resizing release the
             GIL). They are the dataset's own: Keras's enqueuer keeps batches
             it read ahead for the next epoch (those of its look at the first
-            batch before training included), which would mix epochs.
+            batch before training included), which would mix epochs. The
+            dataset's `threads` is this number; Keras's `workers` stays 1.
         use_multiprocessing: must be `False` (see `workers`).
         max_queue_size: how many batches to read ahead, at most.
         pin_memory: hand out the images in page-locked memory, so that their
             copy to a GPU is a direct transfer. `None` (default): when Keras
-            runs on torch, a CUDA device is visible and the workers are
-            threads (CUDA does not survive a fork).
+            runs on torch and a CUDA device is visible.
 
     Example:
     >>> train, test = split_dataset(scan_folder("flowers"))
