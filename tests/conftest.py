@@ -3,6 +3,12 @@ import sys
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Several test processes share the cores: each gets its share of compute threads (and so do the
+    # subprocesses it starts), or their spinning thread pools slow every process down many times over.
+    share = str(max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+        os.environ.setdefault(variable, share)
 sys.path.insert(0, os.path.dirname(__file__))
 
 import numpy as np  # noqa: E402

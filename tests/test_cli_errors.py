@@ -17,6 +17,9 @@ from kflowers.cli import main as kflowers_main
 from clitools import TRAIN_FLAGS
 from clitools import kflowers
 
+# The rows are backend-independent up to Keras's import: the torch run of CI covers them.
+pytestmark = pytest.mark.slow
+
 FAST = ["--strategy", "finetune", "--epochs", "1", "--weights", "none", "--quiet", *TRAIN_FLAGS[:4]]
 
 
