@@ -435,14 +435,11 @@ def _pydataset_base():
     return keras.utils.PyDataset
 
 
-def _backend():
+def cuda_on_torch_backend():
+    """Whether Keras runs on torch with a CUDA device to feed."""
     import keras
 
-    return keras.backend.backend()
-
-
-def _cuda_on_torch_backend():
-    if _backend() != "torch":
+    if keras.backend.backend() != "torch":
         return False
     import torch
 
@@ -510,13 +507,12 @@ class FlowerDataset(_pydataset_base()):
             raise ValueError(f"{len(paths)} paths but {len(labels)} labels")
         if use_multiprocessing:
             raise ValueError("FlowerDataset reads with threads (workers=N); use_multiprocessing must be False")
-        if pin_memory and _backend() != "torch":
-            raise ValueError(f"pin_memory is for the torch backend (Keras runs on {_backend()})")
-        if pin_memory is None:
-            pin_memory = _cuda_on_torch_backend()
-        self.pin_memory = bool(pin_memory)
+        import keras
+
+        if pin_memory and keras.backend.backend() != "torch":
+            raise ValueError(f"pin_memory is for the torch backend (Keras runs on {keras.backend.backend()})")
+        self.pin_memory = cuda_on_torch_backend() if pin_memory is None else bool(pin_memory)
         self.threads = max(1, int(workers))
-        self.read_ahead = max(1, int(max_queue_size or 1))
         self.paths = list(paths)
         self.labels = np.asarray(labels, dtype="int32")
         self.batch_size = int(batch_size)
@@ -592,9 +588,7 @@ class FlowerDataset(_pydataset_base()):
 
     def on_epoch_end(self):
         with self._lock:  # what was read ahead and not asked for (fit stopped early, or only looked)
-            for future in self._pending.values():
-                future.cancel()
-            self._pending.clear()
+            self._drop_read_ahead(lambda key: True)
         if not self._epoch_set_by_callback:
             self.epoch += 1
 
@@ -638,13 +632,16 @@ class FlowerDataset(_pydataset_base()):
         with self._lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="kflowers-loader")
-            for key in [key for key in self._pending if key[0] != epoch or key[1] < index]:
-                self._pending.pop(key).cancel()  # another epoch's, or passed over
-            for ahead in range(index, min(index + self.read_ahead, last)):
+            self._drop_read_ahead(lambda key: key[0] != epoch or key[1] < index)  # another epoch's, or passed over
+            for ahead in range(index, min(index + max(1, self.max_queue_size or 1), last)):
                 if (epoch, ahead) not in self._pending:
                     self._pending[(epoch, ahead)] = self._pool.submit(self.batch, ahead, epoch)
             future = self._pending.pop((epoch, index))
         return future.result()
+
+    def _drop_read_ahead(self, which):
+        for key in [key for key in self._pending if which(key)]:
+            self._pending.pop(key).cancel()
 
     def batch(self, index, epoch=None):
         """Batch `index` of `epoch` (default: the current one), read now: `(images, labels)`."""

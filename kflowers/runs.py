@@ -445,13 +445,10 @@ def _train_locked(options, folder, split, started, rank, processes):
 def default_workers():
     """Data loading threads: 1 on a CPU (decoding shares the cores with training), up to 8 with a CUDA
     GPU to feed (the lesson's GPU run was bound by its loader)."""
-    import keras
+    from kflowers.data import cuda_on_torch_backend
 
-    if keras.backend.backend() == "torch":
-        import torch
-
-        if torch.cuda.is_available():
-            return max(1, min(8, (os.cpu_count() or 2) - 1))
+    if cuda_on_torch_backend():
+        return max(1, min(8, (os.cpu_count() or 2) - 1))
     return 1
 
 
