@@ -89,6 +89,25 @@ def load(folder):
         )
 
 
+def remove(folder):
+    """Remove what `save` wrote under `folder` (its `state.npz`, a rank's `rankN/state.npz`, their
+    temporaries) and then the folders left empty; anything else there stays."""
+    from kflowers.files import TEMPORARY_PREFIX
+
+    if not os.path.isdir(folder) or os.path.islink(folder):
+        return
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if name.startswith("rank") and name[4:].isdigit() and os.path.isdir(path) and not os.path.islink(path):
+            remove(path)
+        elif name == FILE_NAME or name.startswith(TEMPORARY_PREFIX):
+            if os.path.isdir(path) and not os.path.islink(path):
+                continue  # not a file kflowers wrote
+            os.remove(path)
+    if not os.listdir(folder):
+        os.rmdir(folder)
+
+
 def assign(variables, values, what):
     """Assign `values` to `variables` after checking that they fit one to one."""
     shapes = [tuple(v.shape) for v in variables]

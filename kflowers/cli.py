@@ -58,7 +58,11 @@ TRAINING_FLAGS = [
     "workers",
     "quiet",
     "feature_cache",
+    "force",
 ]
+
+
+FORCE_HELP = "use an --out that holds files kflowers did not write (only kflowers's own file names are replaced)"
 
 
 def build_parser():
@@ -110,6 +114,7 @@ def build_parser():
         metavar="IMAGE",
         help="images to compare the export and the model on, besides 4 random ones",
     )
+    p.add_argument("--force", action="store_true", help="replace an existing --out (only the export's own files)")
 
     p = commands.add_parser("compare", help="several strategies on the same split and seed")
     options.add_flags(p, [*TRAINING_FLAGS, "out"], out="runs/compare")
@@ -131,6 +136,7 @@ def build_parser():
 
     p = commands.add_parser("demo", help="the whole pipeline, offline, on a generated dataset")
     p.add_argument("--out", default="runs/demo", help="run directory")
+    p.add_argument("--force", action="store_true", help=FORCE_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
@@ -245,6 +251,7 @@ def _run_options(args, strategy, out):
         quiet=args.quiet,
         feature_cache=args.feature_cache,
         precision=args.precision,
+        force=args.force,
     )
 
 
@@ -264,7 +271,7 @@ def cmd_train(args):
     from kflowers.runs import check_out
     from kflowers.runs import train_run
 
-    check_out(args.out)
+    check_out(args.out, args.data, args.force)
     args.data = _data_root(args)
     main_process = is_main_process()  # torchrun starts one process per device
     folder = scan_folder(args.data)
@@ -374,7 +381,7 @@ def cmd_explain(args):
 def cmd_export(args):
     from kflowers.export import export_model
 
-    result = export_model(args.model, args.format, args.out, images=args.check_images)
+    result = export_model(args.model, args.format, args.out, images=args.check_images, force=args.force)
     print(
         f"{args.format}: {result['path']} (checked on {result['images']} images: same top-1, probabilities "
         f"within {result['max_probability_difference']:.1e} of {args.model})"
@@ -409,12 +416,14 @@ def cmd_compare(args):
     from kflowers.data import split_dataset
     from kflowers.files import write_json
     from kflowers.files import write_text
+    from kflowers.run_directory import claim
     from kflowers.runs import check_out
     from kflowers.runs import read_history
     from kflowers.runs import train_run
 
-    check_out(args.out)
+    check_out(args.out, args.data, args.force)
     args.data = _data_root(args)
+    claim(args.out, kind="compare", force=args.force)
     folder = scan_folder(args.data)
     _print_counts(folder)
     split = split_dataset(folder, seed=args.seed)
@@ -475,10 +484,12 @@ def cmd_demo(args):
     from kflowers.data import CLASS_NAMES
     from kflowers.demo import draw_dataset
     from kflowers.options import RunOptions
+    from kflowers.run_directory import claim
     from kflowers.runs import check_out
     from kflowers.runs import train_run
 
-    check_out(args.out)
+    check_out(args.out, force=args.force)
+    claim(args.out, kind="demo", force=args.force)
     scratch = tempfile.mkdtemp(prefix="kflowers-demo-")
     try:
         data = os.path.join(scratch, "flowers")

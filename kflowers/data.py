@@ -25,6 +25,7 @@ from kflowers.images import read_image
 from kflowers.errors import DataError
 from kflowers.errors import display_name
 from kflowers.errors import first_line
+from kflowers.files import RUN_MARKER
 
 log = logging.getLogger("kflowers")
 
@@ -265,6 +266,10 @@ def scan_folder(root, classes=None, check_images=True, threads=4):
     candidates = {}
     for name in found:
         files = []
+        if _outside(os.path.join(root, name), real_root):
+            skipped.append((os.path.join(root, name), "a link to a folder outside the dataset"))
+            candidates[name] = []
+            continue
         for path, problem in _walk_files(os.path.join(root, name), real_root):
             if problem:
                 skipped.append((path, problem))
@@ -330,6 +335,10 @@ def _walk_files(folder, real_root):
         real = os.path.realpath(directory)
         if real in seen:  # a symlink loop
             subdirs[:] = []
+            continue
+        if RUN_MARKER in files:  # what kflowers wrote (plots, samples) is never read as images
+            subdirs[:] = []
+            yield directory, "a kflowers run directory (its pictures are not training images)"
             continue
         seen.add(real)
         kept = []

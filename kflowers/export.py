@@ -23,6 +23,7 @@ the `.keras` model on a few images (seeded random photos-to-be, plus any you
 pass). Otherwise nothing is written and `ExportMismatch` says by how much.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -42,7 +43,7 @@ class ExportMismatch(KflowersError):
     """The exported model does not predict what the `.keras` model predicts."""
 
 
-def export_model(model_path, format, out, images=(), atol=1e-4):
+def export_model(model_path, format, out, images=(), atol=1e-4, force=False):
     """Export `model_path` (a kflowers `.keras` file) to `out` in `format`, and check it.
 
     Args:
@@ -50,14 +51,20 @@ def export_model(model_path, format, out, images=(), atol=1e-4):
         format: `"saved_model"`, `"onnx"` or `"litert"`.
         out: the file (onnx, litert) or folder (saved_model) to write.
         images: image files to check on, besides 4 seeded random images.
-        atol: the largest difference in probability allowed.
+        atol: the largest difference in probability allowed, for every class
+            of every image; any output that is not finite fails the check.
+        force: replace an existing `out`. Only the export's own files are
+            replaced: the file itself, or in a SavedModel folder the entries a
+            SavedModel has (`saved_model.pb`, `variables/`, `assets/`,
+            `fingerprint.pb`); nothing else in that folder is touched.
 
     Returns:
         A dict: `format`, `path`, `backend` (the one that exported),
         `images` (checked), `top1_agree` (true), `max_probability_difference`.
 
     Raises:
-        KflowersError: an unknown format, or a runtime that isn't installed.
+        KflowersError: an unknown format, a runtime that isn't installed, or
+            an existing `out` without `force`.
         ExportMismatch: the export disagrees with the `.keras` model.
 
     Example:
@@ -68,12 +75,30 @@ def export_model(model_path, format, out, images=(), atol=1e-4):
 
     if format not in FORMATS:
         raise KflowersError(f"unknown export format {format!r}; choose from {', '.join(FORMATS)}")
+    check_export_target(format, out, force)
     missing = [m for m in RUNTIMES[format] if not _installed(m)]
     if missing:
         raise KflowersError(f"exporting to {format} needs {', '.join(missing)}: pip install 'kflowers[export]'")
     if keras.backend.backend() != FORMATS[format]:
-        return _export_in_child(model_path, format, out, images, atol)
-    return _export_here(model_path, format, out, images, atol)
+        return _export_in_child(model_path, format, out, images, atol, force)
+    return _export_here(model_path, format, out, images, atol, force)
+
+
+def check_export_target(format, out, force):
+    """Refuse an `out` that exists (unless `force`) or is of the wrong kind for `format`."""
+    out = os.fspath(out)
+    if not os.path.lexists(out):
+        return
+    folder_format = EXTENSIONS[format] == ""
+    if folder_format and not os.path.isdir(out):
+        raise KflowersError(f"--out {out} is a file; a {format} export is a folder: choose another --out")
+    if not folder_format and (os.path.isdir(out) or os.path.islink(out)):
+        raise KflowersError(f"--out {out} is a folder or a link; a {format} export is a file: choose another --out")
+    if not force:
+        raise KflowersError(
+            f"--out {out} already exists; choose another --out, or pass --force to replace "
+            f"{'the export files in it' if folder_format else 'it'}"
+        )
 
 
 def _installed(module):
@@ -82,7 +107,7 @@ def _installed(module):
     return importlib.util.find_spec(module) is not None
 
 
-def _export_in_child(model_path, format, out, images, atol):
+def _export_in_child(model_path, format, out, images, atol, force):
     env = {**os.environ, "KERAS_BACKEND": FORMATS[format], "TF_CPP_MIN_LOG_LEVEL": "3"}
     command = [
         sys.executable,
@@ -95,6 +120,7 @@ def _export_in_child(model_path, format, out, images, atol):
                 "out": os.fspath(out),
                 "images": [os.fspath(i) for i in images],
                 "atol": atol,
+                "force": force,
             }
         ),
     ]
@@ -108,7 +134,7 @@ def _export_in_child(model_path, format, out, images, atol):
     raise RuntimeError(f"exporting on the {FORMATS[format]} backend failed: {result.stderr[-3000:]}")
 
 
-def _export_here(model_path, format, out, images, atol):
+def _export_here(model_path, format, out, images, atol, force):
     from kflowers.files import atomic_path
     from kflowers.files import write_json
     from kflowers.model import load_model
@@ -121,20 +147,24 @@ def _export_here(model_path, format, out, images, atol):
         pixels = np.concatenate([pixels, prepare_images(list(images), size)])
     expected = _softmax(np.asarray(model.predict(pixels, verbose=0), "float64"))
     out = os.fspath(out)
-    with atomic_path(out, suffix=EXTENSIONS[format]) as tmp:
+    writing = _into_folder(out) if os.path.isdir(out) else atomic_path(out, suffix=EXTENSIONS[format])
+    with writing as tmp:
         EXPORTERS[format](model, tmp, size)
         got = _softmax(np.asarray(RUNNERS[format](tmp, pixels), "float64"))
+        if not (np.isfinite(got).all() and np.isfinite(expected).all()):
+            raise ExportMismatch(
+                f"the {format} export of {model_path} gives probabilities that are not finite "
+                f"(export: {int((~np.isfinite(got)).sum())}, model: {int((~np.isfinite(expected)).sum())} values)"
+            )
         difference = float(np.abs(got - expected).max())
         agree = bool((got.argmax(axis=1) == expected.argmax(axis=1)).all())
-        if not agree or difference > atol:
+        if not agree or not difference <= atol:
             raise ExportMismatch(
                 f"the {format} export disagrees with {model_path}: probabilities differ by up "
                 f"to {difference:.2e} (allowed {atol:.0e}), top-1 {'agrees' if agree else 'differs'}"
             )
         if format in CLASS_NAME_WRITERS:  # inside the file itself
             CLASS_NAME_WRITERS[format](tmp, model.class_names)
-        if os.path.isdir(out):  # os.replace can't put a folder over a folder
-            shutil.rmtree(out)
     if format == "litert":  # beside it
         write_json(class_names_path(format, out), model.class_names)
     return {
@@ -146,6 +176,27 @@ def _export_here(model_path, format, out, images, atol):
         "max_probability_difference": difference,
         "class_names": model.class_names,
     }
+
+
+@contextlib.contextmanager
+def _into_folder(folder):
+    """Yield a temporary folder path beside `folder`; on success move its entries into `folder`,
+    replacing same-named entries only (the export's own), and leave every other entry alone."""
+    from kflowers.files import TEMPORARY_PREFIX
+
+    parent = os.path.dirname(os.path.abspath(folder))
+    tmp = os.path.join(parent, f"{TEMPORARY_PREFIX}{os.path.basename(os.path.abspath(folder))}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        for name in os.listdir(tmp):
+            there = os.path.join(folder, name)
+            if os.path.isdir(there) and not os.path.islink(there):
+                shutil.rmtree(there)
+            elif os.path.lexists(there):
+                os.remove(there)
+            os.replace(os.path.join(tmp, name), there)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _softmax(logits):

@@ -7,6 +7,11 @@ import os
 import shutil
 import tempfile
 
+# Every temporary file kflowers writes starts with this: only such names are ever cleaned up.
+TEMPORARY_PREFIX = ".kflowers-tmp-"
+# The file that marks a folder as one kflowers made (a run directory); see `kflowers.run_directory`.
+RUN_MARKER = ".kflowers-run"
+
 
 @contextlib.contextmanager
 def atomic_path(path, suffix=""):
@@ -22,7 +27,9 @@ def atomic_path(path, suffix=""):
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp" + suffix, dir=folder)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f"{TEMPORARY_PREFIX}{os.path.basename(path)}.", suffix=".tmp" + suffix, dir=folder
+    )
     os.close(fd)
     os.remove(tmp)  # writers such as model.save want to create the file
     try:
@@ -61,22 +68,3 @@ def strict_json(data, digits=6):
     if isinstance(data, float):
         return float(f"{data:.{digits}g}") if math.isfinite(data) else None
     return data
-
-
-def is_temporary(name):
-    """Whether `name` is one of `atomic_path`'s temporary files."""
-    return name.startswith(".") and ".tmp" in name
-
-
-def remove_stale_temporaries(folder):
-    """Remove temporary files (and folders) that a killed process left in `folder` and its subfolders.
-
-    Call it only while no other process writes there (a run holds its lock).
-    """
-    for directory, folders, files in os.walk(folder):
-        for name in files:
-            if is_temporary(name):
-                os.remove(os.path.join(directory, name))
-        for name in [f for f in folders if is_temporary(f)]:
-            shutil.rmtree(os.path.join(directory, name))
-            folders.remove(name)

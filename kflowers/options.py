@@ -124,6 +124,11 @@ class RunOptions:
         "with training; up to 8 with a GPU to feed)",
         type=positive_int,
     )
+    force: bool = _flag(
+        False,
+        "use an --out that holds files kflowers did not write (only kflowers's own file names are replaced)",
+        action="store_true",
+    )
     test_size: float = 0.2
     quiet: bool = _flag(False, "no progress bars", action="store_true")
 

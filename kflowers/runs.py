@@ -30,7 +30,6 @@ import io
 import logging
 import os
 import platform
-import shutil
 import signal
 import time
 
@@ -39,14 +38,18 @@ import numpy as np
 from kflowers import backup
 from kflowers.errors import BackupMismatch
 from kflowers.errors import KflowersError
-from kflowers.errors import RunDirectoryBusy
-from kflowers.files import remove_stale_temporaries
 from kflowers.files import strict_json
 from kflowers.files import write_json
 from kflowers.files import write_text
 from kflowers.options import PRECISIONS
 from kflowers.options import RunOptions  # noqa: F401 - re-exported: kflowers.runs.RunOptions
 from kflowers.parts import model_parts
+from kflowers.run_directory import LOCK_FILE  # noqa: F401 - re-exported
+from kflowers.run_directory import RunLock
+from kflowers.run_directory import check_not_inside
+from kflowers.run_directory import claim
+from kflowers.run_directory import remove_temporaries
+from kflowers.run_directory import write_marker
 
 log = logging.getLogger("kflowers")
 
@@ -60,7 +63,6 @@ RUN_FILES = (
     "split.json",
     "config.json",
 )
-LOCK_FILE = ".kflowers.lock"
 
 
 def evaluate_model(model, dataset, class_names, features=None):
@@ -143,67 +145,16 @@ class StopOnInterrupt:
         signal.signal(signal.SIGINT, self._previous)
 
 
-class RunLock:
-    """Hold `out/.kflowers.lock` while a run lives; one run per directory.
+def check_out(out, data=None, force=False):
+    """Refuse an `--out` that can't be a run directory, before any work: a file, a folder inside
+    the dataset, or a folder that holds files kflowers did not write (unless `force`)."""
+    from kflowers.run_directory import foreign_entries
 
-    The lock is an advisory `flock`, so the operating system releases it
-    when the process ends, however it ends: a lock file left by a killed run
-    is simply taken over. The file names its holder (pid and host).
-
-    Raises:
-        RunDirectoryBusy: another live process holds the lock.
-    """
-
-    def __init__(self, out):
-        self.path = os.path.join(out, LOCK_FILE)
-        self.fd = None
-
-    def __enter__(self):
-        try:
-            import fcntl
-        except ImportError:  # no flock (Windows): no lock
-            return self
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.read(fd, 200).decode(errors="replace").strip() or "unknown process"
-                os.close(fd)
-                raise RunDirectoryBusy(
-                    f"{os.path.dirname(self.path)} is in use by another kflowers run ({holder}); wait "
-                    "for it to finish or choose another --out"
-                ) from None
-            except OSError as error:  # a filesystem without locks (some network mounts)
-                os.close(fd)
-                log.warning(
-                    "cannot lock %s (%s): nothing stops a second run from using it meanwhile", self.path, error.strerror
-                )
-                return self
-            try:  # the file we locked must still be the one at self.path (see __exit__)
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {platform.node()}".encode())
-        self.fd = fd
-        return self
-
-    def __exit__(self, *exc):
-        if self.fd is not None:
-            with contextlib.suppress(FileNotFoundError):  # (someone removed the whole directory)
-                os.remove(self.path)  # before unlocking, so no one locks a file about to vanish
-            os.close(self.fd)
-            self.fd = None
-
-
-def check_out(out):
-    """Refuse an `--out` that can't be a run directory, before any work."""
-    if os.path.exists(out) and not os.path.isdir(out):
+    if os.path.lexists(out) and not os.path.isdir(out):
         raise KflowersError(f"--out {out} is a file, not a folder: choose another --out")
+    check_not_inside(out, data)
+    if not force and foreign_entries(out):
+        claim(out, force=False)  # raises with the one line
 
 
 def check_resumable(out, options, strategy, train_split, test_split):
@@ -223,9 +174,11 @@ def check_resumable(out, options, strategy, train_split, test_split):
     ours = _identity(options, strategy)
     theirs = {key: config.get(key) for key in ours}
     theirs["precision"] = config.get("precision", "float32")
-    theirs["data"] = os.path.abspath(str(config.get("data")))
+    theirs["data"] = os.path.realpath(str(config.get("data")))
     different = [key for key in ours if ours[key] != theirs[key]]
-    if split.get("train") != train_split.paths or split.get("test") != test_split.paths:
+    if _relative(split.get("train"), config.get("data")) != _relative(train_split.paths, options.data) or _relative(
+        split.get("test"), config.get("data")
+    ) != _relative(test_split.paths, options.data):
         different.append("split (the images in the data folder changed)")
     if different:
         raise BackupMismatch(
@@ -234,10 +187,17 @@ def check_resumable(out, options, strategy, train_split, test_split):
         )
 
 
+def _relative(paths, root):
+    """`paths` relative to the data folder `root`: the same images, however `--data` was spelt."""
+    if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths) or not isinstance(root, str):
+        return None
+    return [os.path.relpath(p, root) for p in paths]
+
+
 def _identity(options, strategy):
     """The arguments that make a run what it is (a resumed run must repeat them)."""
     return {
-        "data": os.path.abspath(options.data),
+        "data": os.path.realpath(options.data),
         "strategy": strategy.name,
         "epochs": strategy.epochs,
         "lr": options.lr,
@@ -293,7 +253,7 @@ def train_run(options, folder=None, split=None):
 
     started = time.perf_counter()
     out = options.out
-    check_out(out)
+    check_out(out, options.data, options.force)
     if options.resume:
         done = finished_metrics(out)
         if done is not None:
@@ -304,7 +264,11 @@ def train_run(options, folder=None, split=None):
     main_process = rank == 0
     if backend == "jax":
         distributed.enable_jax_data_parallel()
-    os.makedirs(out, exist_ok=True)
+    if main_process:
+        check_not_inside(out, options.data)
+        claim(out, kind="run", force=options.force, mark=False)
+    else:
+        os.makedirs(out, exist_ok=True)
     with RunLock(out) if main_process else contextlib.nullcontext():
         return _train_locked(options, folder, split, started, rank, processes)
 
@@ -326,13 +290,14 @@ def _train_locked(options, folder, split, started, rank, processes):
     out = options.out
     main_process = rank == 0
     if main_process:  # under torchrun, before any process can have started writing
-        remove_stale_temporaries(out)
+        remove_temporaries(out)
     strategy = get_strategy(options.strategy).with_epochs(options.epochs)
     if folder is None:
         folder = scan_folder(options.data)
     train_split, test_split = split or split_dataset(folder, test_size=options.test_size, seed=options.seed)
     # Each process keeps its own backup (they are identical); rank 0 alone writes the run.
     backup_dir = os.path.join(out, "backup") if processes == 1 else os.path.join(out, "backup", f"rank{rank}")
+    remove_temporaries(backup_dir)  # each process its own
     resuming = options.resume and os.path.exists(os.path.join(backup_dir, backup.FILE_NAME))
     if resuming:
         check_resumable(out, options, strategy, train_split, test_split)
@@ -368,9 +333,9 @@ def _train_locked(options, folder, split, started, rank, processes):
     )
     # The run has everything it needs: it now owns the directory.
     if not resuming:
-        if os.path.exists(backup_dir):
-            shutil.rmtree(backup_dir)
+        backup.remove(backup_dir)
         if main_process:  # a resumed run keeps the setup files it started with
+            write_marker(out, "run")
             _replace_previous_run(out)
             _write_setup(out, options, strategy, folder, train_split, test_split, processes)
     callbacks = []
@@ -437,8 +402,8 @@ def _train_locked(options, folder, split, started, rank, processes):
     metrics["seconds"] = seconds  # where the wall time went (scan: before the run started)
     write_json(os.path.join(out, "metrics.json"), metrics)
     log.info("seconds: %s", ", ".join(f"{key} {value:.1f}" for key, value in seconds.items()))
-    if result.finished and os.path.isdir(os.path.join(out, "backup")):
-        shutil.rmtree(os.path.join(out, "backup"))  # only an interrupted run needs it
+    if result.finished:
+        backup.remove(os.path.join(out, "backup"))  # only an interrupted run needs it
     return metrics
 
 

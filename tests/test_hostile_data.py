@@ -271,6 +271,24 @@ def link_to_file_outside(root):
     os.symlink(outside, root / "a" / "outside.png")
 
 
+def class_folder_linked_outside(root):
+    outside = root.parent / f"{root.name}-elsewhere"
+    outside.mkdir()
+    for i in range(3):
+        Image.fromarray(gradient()).save(outside / f"{i}.png")
+    os.symlink(outside, root / "c")
+
+
+def class_folder_linked_to_filesystem_root(root):
+    os.symlink("/", root / "c")
+
+
+def run_directory_inside_a_class(root):
+    (root / "a" / "run").mkdir()
+    (root / "a" / "run" / ".kflowers-run").write_text('{"kind": "run", "run_id": "0"}')
+    Image.fromarray(gradient()).save(root / "a" / "run" / "curves.png")
+
+
 def same_image_twice_in_a_class(root):
     os.symlink(root / "a" / "0.png", root / "a" / "again.png")
 
@@ -301,6 +319,9 @@ FOLDER_CASES = [
     ("link to another class", link_to_other_class, "same image .* in classes a and b", ""),
     ("link to /", link_to_filesystem_root, {"a": 3, "b": 3}, "a link to a folder outside the dataset"),
     ("link to a file outside", link_to_file_outside, {"a": 3, "b": 3}, "a link to a file outside the dataset"),
+    ("class folder linked outside", class_folder_linked_outside, {"a": 3, "b": 3}, "a link to a folder outside"),
+    ("class folder linked to /", class_folder_linked_to_filesystem_root, {"a": 3, "b": 3}, "a link to a folder out"),
+    ("run directory in a class", run_directory_inside_a_class, {"a": 3, "b": 3}, "a kflowers run directory"),
     ("same image twice", same_image_twice_in_a_class, {"a": 3, "b": 3}, ""),
     ("hidden files", hidden_files, {"a": 3, "b": 3}, ""),
     ("unreadable folder", unreadable_subfolder, {"a": 3, "b": 3}, "folder not readable"),

@@ -75,7 +75,7 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(flowers_dir, tmp_path, stra
     out = tmp_path / "run"
     out.mkdir()
     (out / ".kflowers.lock").write_text("pid 999999 on elsewhere")
-    (out / ".model.keras.abc.tmp.keras").write_bytes(b"left by a killed run")
+    (out / ".kflowers-tmp-model.keras.abc.tmp.keras").write_bytes(b"left by a killed run")
     kflowers(*train_args(flowers_dir, out, "--quiet"))
     assert metrics(out) == straight and temporaries(out) == []
 

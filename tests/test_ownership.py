@@ -1,0 +1,206 @@
+"""kflowers deletes or replaces only what it wrote: a user's files in `--out` survive every command,
+the lock can't be aimed at another file through a link, and an export never removes a folder."""
+
+import os
+
+import numpy as np
+import pytest
+
+import kflowers
+
+from kflowers import backup
+from kflowers.cli import main as kflowers_main
+from kflowers.errors import KflowersError
+from kflowers.files import TEMPORARY_PREFIX
+from kflowers.run_directory import MARKER
+from kflowers.run_directory import RunLock
+from kflowers.run_directory import remove_temporaries
+from clitools import TRAIN_FLAGS
+
+FAST = ["--strategy", "scratch", "--epochs", "1", "--quiet", *TRAIN_FLAGS]
+
+# A user's project folder: what `--out .` or `--out my-project` would point at.
+USER_FILES = {
+    "notes.txt": "my notes",
+    "config.json": '{"mine": true}',
+    ".env.tmpl": "SECRET=",
+    "sub/.draft.tmp.md": "draft",
+    "sub/model.keras": "not a model",
+    "backup/mine.txt": "my backup",
+}
+
+
+def make_user_folder(folder):
+    for name, text in USER_FILES.items():
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return folder
+
+
+def user_files_left(folder):
+    return {name: (folder / name).read_text() for name in USER_FILES if (folder / name).exists()}
+
+
+def run(args, capsys):
+    capsys.readouterr()
+    code = kflowers_main([str(a) for a in args])
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+@pytest.mark.parametrize("command", ["train", "compare", "demo"])
+def test_a_folder_with_user_files_is_refused_and_untouched(command, flowers_dir, tmp_path, capsys):
+    out = make_user_folder(tmp_path / "project")
+    args = {
+        "train": ["train", "--data", flowers_dir, "--out", out, *FAST],
+        "compare": ["compare", "--data", flowers_dir, "--out", out, "--strategies", "scratch", *FAST[4:]],
+        "demo": ["demo", "--out", out, "--quiet"],
+    }[command]
+    code, lines = run(args, capsys)
+    assert code == 2 and len(lines) == 1
+    assert f"--out {out} holds files kflowers did not write (.env.tmpl, backup, config.json and 2 more)" in lines[0]
+    assert "--force" in lines[0]
+    assert user_files_left(out) == USER_FILES
+    assert sorted(os.listdir(out)) == sorted({name.split("/")[0] for name in USER_FILES})
+
+
+@pytest.mark.slow
+def test_force_replaces_only_kflowers_file_names(flowers_dir, tmp_path, capsys):
+    out = make_user_folder(tmp_path / "project")
+    (out / (TEMPORARY_PREFIX + "x.tmp")).write_text("left by a killed kflowers")
+    code, lines = run(["train", "--data", flowers_dir, "--out", out, *FAST, "--force"], capsys)
+    assert code == 0, lines
+    left = user_files_left(out)
+    assert '"strategy": "scratch"' in left.pop("config.json")  # config.json is a kflowers file name: replaced
+    assert left == {name: text for name, text in USER_FILES.items() if name != "config.json"}
+    assert os.path.exists(out / MARKER) and os.path.exists(out / "model.keras")
+    assert not os.path.exists(out / (TEMPORARY_PREFIX + "x.tmp"))
+    # Now the folder is a run directory: a second run needs no --force.
+    code, lines = run(["train", "--data", flowers_dir, "--out", out, *FAST], capsys)
+    assert code == 0, lines
+    assert {k: v for k, v in user_files_left(out).items() if k != "config.json"} == left
+
+
+def test_out_inside_the_data_is_refused(flowers_dir, capsys):
+    out = os.path.join(flowers_dir, "rose", "run")
+    code, lines = run(["train", "--data", flowers_dir, "--out", out, *FAST], capsys)
+    assert code == 2 and f"--out {out} is inside the dataset folder" in lines[-1]
+    assert not os.path.exists(out)
+
+
+def test_a_link_planted_as_the_lock_is_refused(tmp_path):
+    target = tmp_path / "bashrc"
+    target.write_text("the user's shell setup")
+    out = tmp_path / "run"
+    out.mkdir()
+    os.symlink(target, out / ".kflowers.lock")
+    with pytest.raises(KflowersError, match="is not kflowers's lock file"):
+        with RunLock(str(out)):
+            pass
+    assert target.read_text() == "the user's shell setup"
+
+
+def test_temporaries_are_cleaned_only_at_the_top_and_only_with_kflowers_prefix(tmp_path):
+    ours = [TEMPORARY_PREFIX + "model.keras.1.tmp.keras", TEMPORARY_PREFIX + "saved.2.tmp"]
+    (tmp_path / ours[0]).write_text("x")
+    (tmp_path / ours[1]).mkdir()
+    theirs = [".env.tmpl", ".draft.tmp.md", "sub/" + TEMPORARY_PREFIX + "deep.tmp"]
+    for name in theirs:
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text("mine")
+    remove_temporaries(str(tmp_path))
+    assert not any((tmp_path / name).exists() for name in ours)
+    assert all((tmp_path / name).read_text() == "mine" for name in theirs)
+
+
+def test_removing_a_backup_removes_only_its_state(tmp_path):
+    folder = tmp_path / "backup"
+    (folder / "rank1").mkdir(parents=True)
+    for path in (folder / backup.FILE_NAME, folder / "rank1" / backup.FILE_NAME):
+        path.write_bytes(b"state")
+    (folder / "mine.txt").write_text("mine")
+    backup.remove(str(folder))
+    assert sorted(os.listdir(folder)) == ["mine.txt"]
+    (folder / "mine.txt").unlink()
+    (folder / backup.FILE_NAME).write_bytes(b"state")
+    backup.remove(str(folder))
+    assert not folder.exists()
+
+
+@pytest.mark.parametrize("format", ["onnx", "saved_model"])
+def test_export_over_an_existing_target_is_refused(small_model_file, tmp_path, capsys, format):
+    run_dir = make_user_folder(tmp_path / "run")
+    target = run_dir if format == "saved_model" else run_dir / "notes.txt"
+    code, lines = run(["export", "--model", small_model_file, "--format", format, "--out", target], capsys)
+    assert code == 2 and len(lines) == 1
+    assert f"--out {target} already exists" in lines[0] and "--force" in lines[0]
+    assert user_files_left(run_dir) == USER_FILES
+    code, lines = run(["export", "--model", small_model_file, "--format", "onnx", "--out", run_dir], capsys)
+    assert code == 2 and "is a folder or a link; a onnx export is a file" in lines[0]
+    assert user_files_left(run_dir) == USER_FILES
+
+
+def _fake_export(monkeypatch, outputs):
+    """The onnx export made and run in this process by stand-ins: the runtime returns `outputs`."""
+    import keras
+
+    from kflowers import export
+
+    monkeypatch.setitem(export.FORMATS, "onnx", keras.backend.backend())
+    monkeypatch.setitem(export.RUNTIMES, "onnx", ())
+    monkeypatch.setitem(export.EXPORTERS, "onnx", lambda model, path, size: open(path, "wb").close())
+    monkeypatch.setitem(export.RUNNERS, "onnx", outputs)
+    monkeypatch.delitem(export.CLASS_NAME_WRITERS, "onnx")
+
+
+def test_export_force_replaces_only_the_export_files_in_a_folder(small_model_file, tmp_path, monkeypatch):
+    import keras
+
+    from kflowers import export
+
+    def write_saved_model(model, path, size):
+        os.makedirs(os.path.join(path, "variables"))
+        open(os.path.join(path, "saved_model.pb"), "w").close()
+
+    def predictions(path, pixels):
+        return keras.ops.convert_to_numpy(kflowers.load_model(small_model_file).predict(pixels, verbose=0))
+
+    monkeypatch.setitem(export.FORMATS, "saved_model", keras.backend.backend())
+    monkeypatch.setitem(export.RUNTIMES, "saved_model", ())
+    monkeypatch.setitem(export.EXPORTERS, "saved_model", write_saved_model)
+    monkeypatch.setitem(export.RUNNERS, "saved_model", predictions)
+    folder = make_user_folder(tmp_path / "run")
+    (folder / "saved_model.pb").write_text("an old export")
+    export.export_model(small_model_file, "saved_model", folder, force=True)
+    assert user_files_left(folder) == USER_FILES
+    assert (folder / "saved_model.pb").read_text() == "" and (folder / "variables").is_dir()
+    assert (folder / "assets" / "class_names.json").exists()
+    assert [n for n in os.listdir(tmp_path) if n.startswith(".")] == []
+
+
+@pytest.mark.parametrize("where", ["model", "runtime"])
+def test_the_export_check_fails_on_nan(small_model_file, tmp_path, monkeypatch, where):
+    import keras
+
+    from kflowers import export
+    from kflowers.export import ExportMismatch
+
+    model = kflowers.load_model(small_model_file)
+    if where == "model":  # a model whose outputs are NaN: its top-1 would read as class 0
+        bias = kflowers.model_parts(model).head.bias
+        bias.assign(np.full(bias.shape, np.nan, "float32"))
+        path = tmp_path / "nan.keras"
+        kflowers.save_model(model, path, model.class_names)
+        runtime = lambda path, pixels: np.zeros((len(pixels), 5), "float32")  # noqa: E731
+    else:  # a runtime that returns NaN for a model whose top-1 is class 0
+        path = small_model_file
+
+        def runtime(file, pixels):
+            logits = keras.ops.convert_to_numpy(model.predict(pixels, verbose=0))
+            logits[:, 1:] = np.nan
+            return logits
+
+    _fake_export(monkeypatch, runtime)
+    with pytest.raises(ExportMismatch, match="not finite"):
+        export.export_model(path, "onnx", tmp_path / "out.onnx")
+    assert not os.path.exists(tmp_path / "out.onnx")
