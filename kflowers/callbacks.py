@@ -6,30 +6,34 @@ import keras
 class UnfreezeBackbone(keras.callbacks.Callback):
     """Unfreeze the backbone at the start of epoch `epoch`, in the same `fit`.
 
-    Keras fixes a model's trainable variables, and the variables its optimizer
-    updates, when training starts: flipping `trainable` from a callback is not
-    enough. At the switch this callback makes the backbone trainable (its
-    BatchNorm layers then switch from inference to training mode), starts the
-    optimizer afresh (its moments and other slots as a new optimizer of the
-    same kind and configuration has them, at `learning_rate`, the step
-    counter carried on) and rebuilds the training step. This is what the
-    PyTorch lesson does between its two stages, without a second `fit`.
+    This is the stock two-`fit` idiom (freeze, compile, fit; unfreeze,
+    recompile, fit again) inside one `fit`: at the switch the backbone
+    becomes trainable (its BatchNorm layers then switch from inference to
+    training mode), the model gets a fresh optimizer of the same kind and
+    configuration (`fresh_optimizer`: at `learning_rate` when given, step
+    count, moments and weight averages starting anew, as after a
+    recompile), and the training step is rebuilt. Every optimizer option
+    and wrapper carries over: `use_ema` (at the switch the frozen epochs'
+    averages replace the weights, as at the end of a `fit`, and new
+    averages start from there), mixed-float16 loss scaling (the loss scale carries on),
+    `gradient_accumulation_steps`, clipping, schedules (which start again
+    at step 0) and `MultiOptimizer`. Until the switch, `model.optimizer` is
+    the optimizer you compiled with.
 
-    On the torch and tensorflow backends the optimizer is built, from the
-    start of `fit`, for every variable that trains after the switch, so its
-    variables never change: `keras.callbacks.BackupAndRestore` saves and
-    restores them across the switch like any others (a run resumed after the
-    switch keeps its moments and step count). jax's optimizers update exactly
-    the variables they were built for, so there the optimizer is rebuilt at
-    the switch, and a backup from after the switch restores the weights but
-    not the optimizer's moments.
+    With `keras.callbacks.BackupAndRestore`, a `fit` resumed after the
+    switch restores the weights and starts the optimizer afresh (Keras
+    skips optimizer variables saved for another set of variables, with its
+    warning). `kflowers train --resume` restores the optimizer exactly: it
+    trains the two stages as two `fit`s.
 
     Args:
         epoch: 0-based index of the first epoch with a trainable backbone
             (`epoch=5`: five frozen epochs, then the rest unfrozen).
         learning_rate: the learning rate from the switch on; `None` keeps the
-            optimizer's.
+            optimizer's (its schedule, if it has one). Not for a
+            `MultiOptimizer`, whose parts each have their own.
         layer: name of the backbone layer.
+        verbose: print a line at the switch.
 
     Example:
     >>> kflowers.model_parts(model).backbone.trainable = False
@@ -46,63 +50,52 @@ class UnfreezeBackbone(keras.callbacks.Callback):
         self.learning_rate = learning_rate
         self.layer = layer
         self.verbose = verbose
-        self._prepared = None  # the optimizer this callback built for the variables after the switch
-
-    def set_model(self, model):
-        # Called when fit gathers its callbacks: after fit has built the optimizer,
-        # before any callback's on_train_begin (BackupAndRestore loads there).
-        super().set_model(model)
-        backbone = model.get_layer(self.layer)
-        if backbone.trainable or keras.backend.backend() == "jax" or model.optimizer is None:
-            return
-        if model.optimizer is self._prepared:
-            return
-        backbone.trainable = True
-        after_switch = model.trainable_variables
-        backbone.trainable = False
-        model.optimizer = self._prepared = rebuilt_optimizer(model.optimizer, after_switch)
 
     def on_epoch_begin(self, epoch, logs=None):
         backbone = self.model.get_layer(self.layer)
         if epoch < self.epoch or backbone.trainable:
             return
+        self.model.optimizer.finalize_variable_values(self.model.trainable_variables)  # as the end of a fit does
         backbone.trainable = True
-        if keras.backend.backend() == "jax":
-            self.model.optimizer = rebuilt_optimizer(
-                self.model.optimizer, self.model.trainable_variables, self.learning_rate
-            )
-        elif epoch == self.epoch:
-            # The switch itself; an epoch past it is a run resumed from a backup that holds
-            # the optimizer's state after the switch.
-            restart_optimizer(self.model.optimizer, self.model.trainable_variables, self.learning_rate)
+        self.model.optimizer = fresh_optimizer(self.model.optimizer, self.model.trainable_variables, self.learning_rate)
         self.model.make_train_function(force=True)
         if self.verbose:
             rate = "" if self.learning_rate is None else f", learning rate {self.learning_rate:g}"
             print(f"\nEpoch {epoch + 1}: backbone unfrozen{rate}")
 
 
-def restart_optimizer(optimizer, variables, learning_rate=None):
-    """Give `optimizer`, built for `variables`, a new one's state (at `learning_rate`), keeping its step count."""
-    fresh = rebuilt_optimizer(optimizer, variables, learning_rate)
-    for variable, value in zip(optimizer.variables, fresh.variables):
-        if variable is not optimizer.iterations:
-            variable.assign(value)
+def fresh_optimizer(optimizer, variables, learning_rate=None):
+    """A new optimizer of `optimizer`'s kind and configuration, built for `variables`.
 
+    What a recompile with a new optimizer gives: step count, moments and
+    weight averages start anew. A `LossScaleOptimizer` keeps its current
+    loss scale (the scale it found is still right for the model).
 
-def rebuilt_optimizer(optimizer, variables, learning_rate=None):
-    """A fresh copy of `optimizer`, built for `variables`.
+    Args:
+        optimizer: a Keras optimizer, a `LossScaleOptimizer` or a `MultiOptimizer`.
+        variables: the variables the new optimizer updates.
+        learning_rate: the new optimizer's learning rate (a float or a
+            schedule); `None` keeps `optimizer`'s configuration.
 
-    Its configuration is the old one's (with `learning_rate` when given) and
-    its step counter continues from the old one's.
+    Raises:
+        ValueError: `learning_rate` for an optimizer without a single one.
+
+    Example:
+    >>> model.optimizer = fresh_optimizer(model.optimizer, model.trainable_variables, 1e-4)
     """
     config = optimizer.get_config()
+    scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
     if learning_rate is not None:
-        if "learning_rate" not in config:
+        target = config["inner_optimizer"]["config"] if scaled else config
+        if "learning_rate" not in target:
             raise ValueError(f"{type(optimizer).__name__} has no single learning rate to set; pass learning_rate=None")
-        config["learning_rate"] = learning_rate
+        if isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule):
+            learning_rate = keras.optimizers.schedules.serialize(learning_rate)
+        target["learning_rate"] = learning_rate
     fresh = type(optimizer).from_config(config)
     fresh.build(variables)
-    fresh.iterations.assign(optimizer.iterations)
+    if scaled:
+        fresh.dynamic_scale.assign(optimizer.dynamic_scale)
     return fresh
 
 

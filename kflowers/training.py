@@ -255,15 +255,13 @@ class RunLoop:
     def _enter(self, stage):
         previous = self.optimizer
         if stage.name == "unfrozen":
-            from kflowers.callbacks import rebuilt_optimizer
+            from kflowers.callbacks import fresh_optimizer
 
             if previous is None:  # resuming in this stage: start from the strategy's optimizer
                 compile_for(self.model, self.strategy, learning_rate=self.learning_rate)
                 previous = self.model.optimizer
             self.parts.backbone.trainable = True
-            optimizer = rebuilt_optimizer(
-                previous, self.model.trainable_variables, self.strategy.unfreeze_learning_rate
-            )
+            optimizer = fresh_optimizer(previous, self.model.trainable_variables, self.strategy.unfreeze_learning_rate)
             self.model.compile(optimizer=optimizer, loss=classification_loss(), metrics=["accuracy"])
             self.optimizer = self.model.optimizer
             if self.verbose:
