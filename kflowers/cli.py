@@ -58,6 +58,8 @@ TRAINING_FLAGS = [
     "workers",
     "quiet",
     "feature_cache",
+    "recipe",
+    "without",
     "force",
 ]
 
@@ -128,7 +130,9 @@ def build_parser():
     )
 
     p = commands.add_parser("lr-find", help="loss against learning rate, with a suggestion")
-    options.add_flags(p, ["data", "strategy", "weights", "batch_size", "image_size", "seed"], strategy="finetune")
+    options.add_flags(
+        p, ["data", "strategy", "weights", "batch_size", "image_size", "seed"], strategy="finetune", image_size=224
+    )
     p.add_argument("--steps", type=options.positive_int, default=100, help="training steps in the sweep")
     p.add_argument("--min-lr", type=options.positive_float, default=1e-7, help="first learning rate of the sweep")
     p.add_argument("--max-lr", type=options.positive_float, default=10.0, help="last learning rate of the sweep")
@@ -251,6 +255,8 @@ def _run_options(args, strategy, out):
         quiet=args.quiet,
         feature_cache=args.feature_cache,
         precision=args.precision,
+        recipe=args.recipe,
+        without=args.without,
         force=args.force,
     )
 

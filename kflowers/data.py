@@ -455,6 +455,33 @@ def cuda_on_torch_backend():
     return torch.cuda.is_available()
 
 
+def trivial_augment():
+    """One colour or geometry operation per image, at a random strength: TrivialAugment (Müller and
+    Hutter, 2021) as an albumentations `OneOf`, its operations and ranges after torchvision's
+    `TrivialAugmentWide` (identity included)."""
+    import albumentations as A
+
+    return A.OneOf(
+        [
+            A.NoOp(),
+            A.Affine(shear={"x": (-30, 30), "y": (0, 0)}, p=1),
+            A.Affine(shear={"x": (0, 0), "y": (-30, 30)}, p=1),
+            A.Affine(translate_percent={"x": (-0.3, 0.3), "y": (0, 0)}, p=1),
+            A.Affine(translate_percent={"x": (0, 0), "y": (-0.3, 0.3)}, p=1),
+            A.Affine(rotate=(-30, 30), p=1),
+            A.ColorJitter(brightness=0.9, contrast=0, saturation=0, hue=0, p=1),
+            A.ColorJitter(brightness=0, contrast=0.9, saturation=0, hue=0, p=1),
+            A.ColorJitter(brightness=0, contrast=0, saturation=0.9, hue=0, p=1),
+            A.Sharpen(alpha=(0.1, 0.9), p=1),
+            A.Posterize(num_bits=(2, 8), p=1),
+            A.Solarize(threshold_range=(0.0, 1.0), p=1),
+            A.AutoContrast(p=1),
+            A.Equalize(p=1),
+        ],
+        p=1,
+    )
+
+
 class FlowerDataset(_pydataset_base()):
     """Batches of `(uint8 images, int labels)` for `model.fit`.
 
@@ -476,7 +503,12 @@ class FlowerDataset(_pydataset_base()):
         image_size: side of the square images fed to the model.
         shuffle: reshuffle the samples every epoch (pass `shuffle=False` to
             `fit`: the dataset shuffles itself, reproducibly).
-        augment: random resized crops and horizontal flips (training only).
+        augment: training-time augmentation: `False`; `True` or `"basic"`,
+            random resized crops and horizontal flips; `"trivial"`, basic plus
+            one TrivialAugment-style colour or geometry operation per image
+            at a random strength (`trivial_augment`).
+        random_erasing: probability of erasing one random rectangle of each
+            image (with `augment`). Defaults to `0.0`.
         seed: seed of the shuffling and augmentation.
         workers: threads that read and augment the next batches while the
             model trains on this one (decoding and resizing release the
@@ -509,6 +541,7 @@ class FlowerDataset(_pydataset_base()):
         use_multiprocessing=False,
         max_queue_size=10,
         pin_memory=None,
+        random_erasing=0.0,
     ):
         # Keras reads one batch at a time; the dataset's own threads read ahead (see `workers`).
         super().__init__(workers=1, use_multiprocessing=False, max_queue_size=max_queue_size)
@@ -527,7 +560,11 @@ class FlowerDataset(_pydataset_base()):
         self.batch_size = int(batch_size)
         self.image_size = int(image_size)
         self.shuffle = shuffle
-        self.augment = augment
+        if augment not in (False, True, "basic", "trivial"):
+            raise ValueError(f"augment must be False, True, 'basic' or 'trivial', got {augment!r}")
+        self.augment = "basic" if augment is True else augment
+        self.random_erasing = float(random_erasing)
+        self.mirror = False
         self.seed = int(seed)
         self.epoch = 0
         self.shard_index, self.num_shards = 0, 1
@@ -609,6 +646,12 @@ class FlowerDataset(_pydataset_base()):
         plain.shuffle = False
         return plain
 
+    def mirrored(self):
+        """This dataset in order, every image flipped left to right (test-time augmentation)."""
+        flipped = self.in_order()
+        flipped.mirror = True
+        return flipped
+
     def order(self, epoch=None):
         """The sample indices of `epoch`, in the order they are served."""
         epoch = self.epoch if epoch is None else epoch
@@ -670,7 +713,8 @@ class FlowerDataset(_pydataset_base()):
         if self.augment:
             sample_seed = np.random.SeedSequence([self.seed, epoch, i]).generate_state(1)[0]
             transform.set_random_seed(int(sample_seed))
-        return transform(image=pixels)["image"]
+        image = transform(image=pixels)["image"]
+        return np.ascontiguousarray(image[:, ::-1]) if self.mirror else image
 
     def _decode_size(self):
         # Random crops keep as little as half the side: decode with margin.
@@ -685,6 +729,10 @@ class FlowerDataset(_pydataset_base()):
             size = self.image_size
             if self.augment:
                 steps = [A.RandomResizedCrop((size, size), scale=(0.25, 1.0)), A.HorizontalFlip()]
+                if self.augment == "trivial":
+                    steps.append(trivial_augment())
+                if self.random_erasing:
+                    steps.append(A.Erasing(p=self.random_erasing, scale=(0.02, 0.25), fill="random_uniform"))
             else:
                 steps = [A.Resize(size, size)]
             transform = A.Compose(steps, seed=self.seed)

@@ -12,6 +12,10 @@ RunOptions(data='flowers', strategy='finetune', ..., weights=None, ...)
 import argparse
 import dataclasses
 import math
+import sys
+
+from kflowers.recipes import INGREDIENTS
+from kflowers.recipes import RECIPE_NAMES
 
 STRATEGY_NAMES = ("scratch", "frozen", "finetune", "two-stage", "discriminative")
 STRATEGY_ALIASES = {"fine-tune": "finetune", "fine_tune": "finetune", "two_stage": "two-stage", "twostage": "two-stage"}
@@ -88,12 +92,20 @@ class RunOptions:
         "two-stage", f"one of {', '.join(STRATEGY_NAMES)} (or fine-tune, two_stage)", type=strategy, metavar="STRATEGY"
     )
     out: str = _flag("runs/latest", "run directory")
-    epochs: object = _flag(None, "epochs in all (default: the strategy's, the lesson's)", type=positive_int)
+    epochs: object = _flag(
+        None,
+        "epochs in all (default: the strategy's in the lesson's recipe; the modern recipe's own)",
+        type=positive_int,
+    )
     lr: object = _flag(
         None, "learning rate, the head's for discriminative (default: the strategy's)", type=positive_float
     )
     batch_size: int = _flag(64, "images per training step", type=positive_int)
-    image_size: int = _flag(224, "side of the square images the model sees, in pixels", type=image_size)
+    image_size: object = _flag(
+        None,
+        "side of the square images the model sees, in pixels (default: the recipe's: 224; 112 for modern scratch)",
+        type=image_size,
+    )
     weights: object = _flag(
         "default",
         "imagenet, a keras-hub preset, a .pth/.safetensors/.weights.h5 file, or "
@@ -112,11 +124,25 @@ class RunOptions:
         action="store_const",
         const=False,
     )
-    precision: str = _flag(
-        "float32",
+    precision: object = _flag(
+        None,
         "float32 (the lesson's numerics), or mixed precision: bfloat16 (fast on "
-        "CPUs with AVX512_BF16/AMX and on GPUs) or float16 (GPUs, with loss scaling)",
+        "CPUs with AVX512_BF16/AMX and on GPUs) or float16 (GPUs, with loss scaling) "
+        "(default: float32 for the lesson; for modern, bfloat16 where this machine has it natively)",
         choices=list(PRECISIONS),
+    )
+    recipe: str = _flag(
+        "lesson",
+        "how each stage trains: lesson (the PyTorch lesson's recipe) or modern (warmup and cosine schedule, "
+        "label smoothing, TrivialAugment and random erasing, weight EMA, flip test-time augmentation)",
+        choices=list(RECIPE_NAMES),
+    )
+    without: list = _flag(
+        (),
+        f"ingredients of the modern recipe to turn off: {', '.join(INGREDIENTS)}",
+        nargs="+",
+        choices=list(INGREDIENTS),
+        metavar="INGREDIENT",
     )
     workers: object = _flag(
         None,
@@ -133,8 +159,33 @@ class RunOptions:
     quiet: bool = _flag(False, "no progress bars", action="store_true")
 
     def __post_init__(self):
+        from kflowers.recipes import get_recipe
+
         self.strategy = strategy_name(self.strategy)
         self.weights = weights_value(self.weights)
+        self.without = list(self.without)
+        recipe = get_recipe(self.recipe, self.strategy, self.without)  # raises for a bad name or ingredient
+        # The effective values, so that config.json says what ran.
+        if self.image_size is None:
+            self.image_size = recipe.image_size or 224
+        if self.epochs is None:
+            self.epochs = recipe.epochs
+        if self.precision is None:
+            self.precision = "bfloat16" if recipe.name == "modern" and native_bfloat16() else "float32"
+
+
+def native_bfloat16():
+    """Whether this machine computes bfloat16 natively: a CPU with AVX512_BF16 or AMX, or (when torch is
+    already loaded) a CUDA GPU that supports it."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        return bool(torch.cuda.is_bf16_supported())
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def add_flags(parser, names, **defaults):

@@ -65,11 +65,26 @@ RUN_FILES = (
 )
 
 
-def evaluate_model(model, dataset, class_names, features=None):
+def _mean_of_views(model, views):
+    """Log of the mean probability over `views` (datasets of the same images): logits of the averaged model."""
+    probabilities = np.mean([softmax(model.predict(view, verbose=0)) for view in views], axis=0)
+    return np.log(np.maximum(probabilities, np.finfo("float64").tiny))
+
+
+def softmax(logits):
+    """Probabilities from `logits` (rows), in float64."""
+    logits = np.asarray(logits, "float64")
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def evaluate_model(model, dataset, class_names, features=None, tta=False):
     """Accuracy, loss, per-class precision/recall/F1 and the confusion matrix.
 
     `features`: the `pool` outputs of `dataset`'s images, when already known
-    (the feature cache): then only the head runs.
+    (the feature cache): then only the head runs. `tta`: score each image as
+    the mean of its and its mirror image's probabilities (a `FlowerDataset`;
+    the whole model runs, whatever `features` says).
 
     Returns:
         `{"accuracy", "loss", "per_class": {name: {precision, recall, f1, support}},
@@ -78,7 +93,9 @@ def evaluate_model(model, dataset, class_names, features=None):
     from sklearn.metrics import classification_report
     from sklearn.metrics import confusion_matrix
 
-    if features is not None:
+    if tta:
+        logits = _mean_of_views(model, [dataset.in_order(), dataset.mirrored()])
+    elif features is not None:
         import keras
 
         head = model_parts(model).head
@@ -174,6 +191,8 @@ def check_resumable(out, options, strategy, train_split, test_split):
     ours = _identity(options, strategy)
     theirs = {key: config.get(key) for key in ours}
     theirs["precision"] = config.get("precision", "float32")
+    theirs["recipe"] = config.get("recipe", "lesson")  # runs from before recipes were the lesson's
+    theirs["without"] = config.get("without", [])
     theirs["data"] = os.path.realpath(str(config.get("data")))
     different = [key for key in ours if ours[key] != theirs[key]]
     if _relative(split.get("train"), config.get("data")) != _relative(train_split.paths, options.data) or _relative(
@@ -210,6 +229,8 @@ def _identity(options, strategy):
         "test_size": options.test_size,
         "feature_cache": options.feature_cache,
         "precision": options.precision,
+        "recipe": options.recipe,
+        "without": options.without,
     }
 
 
@@ -284,6 +305,7 @@ def _train_locked(options, folder, split, started, rank, processes):
     from kflowers.explain import plot_top_losses
     from kflowers.model import build_model
     from kflowers.model import save_model
+    from kflowers.recipes import get_recipe
     from kflowers.strategies import get_strategy
     from kflowers.training import train
 
@@ -292,6 +314,7 @@ def _train_locked(options, folder, split, started, rank, processes):
     if main_process:  # under torchrun, before any process can have started writing
         remove_temporaries(out)
     strategy = get_strategy(options.strategy).with_epochs(options.epochs)
+    recipe = get_recipe(options.recipe, strategy.name, options.without)
     if folder is None:
         folder = scan_folder(options.data)
     train_split, test_split = split or split_dataset(folder, test_size=options.test_size, seed=options.seed)
@@ -324,7 +347,8 @@ def _train_locked(options, folder, split, started, rank, processes):
         batch_size=options.batch_size,
         image_size=options.image_size,
         shuffle=True,
-        augment=options.augment,
+        augment=recipe.augment or options.augment,
+        random_erasing=recipe.random_erasing,
         seed=options.seed,
         workers=options.workers or default_workers(),
     )
@@ -359,6 +383,7 @@ def _train_locked(options, folder, split, started, rank, processes):
             backup_dir=backup_dir,
             early_stopping=options.early_stopping,
             stop=interrupt.event,
+            recipe=recipe,
         )
     if not main_process:
         return None
@@ -368,7 +393,7 @@ def _train_locked(options, folder, split, started, rank, processes):
 
     # Every figure in metrics.json is of the model saved beside it.
     clock = time.perf_counter()
-    results = evaluate_model(model, test_ds, folder.class_names, features=result.test_features)
+    results = evaluate_model(model, test_ds, folder.class_names, features=result.test_features, tta=recipe.tta)
     seconds["evaluation"] = time.perf_counter() - clock
     clock = time.perf_counter()
     save_model(model, os.path.join(out, "model.keras"), folder.class_names)

@@ -99,20 +99,152 @@ def discriminative_optimizer(
     Example:
     >>> model.compile(discriminative_optimizer(model, 1e-4, 1e-3), loss, ["accuracy"])
     """
+    head = make_optimizer(optimizer, head_learning_rate)  # made first, as it always was (its name: "adam")
+    return per_part_optimizer(model, make_optimizer(optimizer, backbone_learning_rate), head, layer=layer)
+
+
+def classification_loss(label_smoothing=0.0):
+    """Cross-entropy of integer labels against logits; with `label_smoothing`, `SparseCrossentropyWithSmoothing`."""
+    if label_smoothing:
+        return SparseCrossentropyWithSmoothing(label_smoothing)
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+@keras.saving.register_keras_serializable(package="kflowers")
+class SparseCrossentropyWithSmoothing(keras.losses.Loss):
+    """Cross-entropy of integer labels against logits, with label smoothing.
+
+    Keras's `SparseCategoricalCrossentropy` has no `label_smoothing`; this is
+    its `CategoricalCrossentropy` on one-hot labels, so datasets keep their
+    integer labels and the `"accuracy"` metric stays sparse.
+
+    Args:
+        label_smoothing: the weight moved from the true class to a uniform
+            distribution over all classes. Defaults to `0.1`.
+
+    Example:
+    >>> model.compile(optimizer, SparseCrossentropyWithSmoothing(0.1), metrics=["accuracy"])
+    """
+
+    def __init__(self, label_smoothing=0.1, name="sparse_crossentropy_with_smoothing", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.label_smoothing = float(label_smoothing)
+
+    def call(self, y_true, y_pred):
+        labels = keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32")
+        one_hot = keras.ops.one_hot(labels, keras.ops.shape(y_pred)[-1], dtype=y_pred.dtype)
+        return keras.losses.categorical_crossentropy(
+            one_hot, y_pred, from_logits=True, label_smoothing=self.label_smoothing
+        )
+
+    def get_config(self):
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}
+
+
+# BatchNorm's scale and offset and every bias: no weight decay (they set scales, not features).
+NO_WEIGHT_DECAY = ["gamma", "beta", "bias"]
+
+
+def recipe_optimizer(kind, learning_rate, recipe):
+    """One Keras optimizer of `kind` at `learning_rate` (a float or a schedule) with `recipe`'s settings."""
+    settings = {}
+    if recipe.ema_momentum is not None:
+        settings.update(use_ema=True, ema_momentum=recipe.ema_momentum)
+    if recipe.weight_decay:
+        settings["weight_decay"] = recipe.weight_decay
+    if kind == "sgd":
+        optimizer = keras.optimizers.SGD(
+            learning_rate, momentum=recipe.momentum, nesterov=recipe.momentum > 0, **settings
+        )
+    elif kind in ("adam", "adamw"):
+        optimizer = keras.optimizers.AdamW(learning_rate, **settings)
+        if not recipe.weight_decay:
+            optimizer = keras.optimizers.Adam(
+                learning_rate, **{k: v for k, v in settings.items() if k != "weight_decay"}
+            )
+    else:
+        raise ValueError(f"unknown optimizer {kind!r}; choose from sgd, adam, adamw")
+    if recipe.weight_decay:
+        optimizer.exclude_from_weight_decay(var_names=NO_WEIGHT_DECAY)
+    return optimizer
+
+
+def compile_stage(model, strategy, recipe, stage, epochs, steps_per_epoch, learning_rate=None):
+    """Freeze or unfreeze `model` for one stage of `strategy` and compile it as `recipe` says.
+
+    Each stage gets a fresh optimizer (`stage_optimizer`) and the recipe's
+    loss (label smoothing only where the backbone trains).
+
+    Args:
+        model: a model from `build_model`.
+        strategy: a `Strategy`.
+        recipe: a `kflowers.recipes.Recipe`.
+        stage: `"trainable"`, `"frozen"`, `"cached"` or `"unfrozen"` (see `kflowers.training`).
+        epochs: the stage's epochs.
+        steps_per_epoch: training steps in an epoch (the schedule's unit).
+        learning_rate: overrides the recipe's (or the strategy's) head rate.
+
+    Example:
+    >>> compile_stage(model, get_strategy("scratch"), get_recipe("modern", "scratch"), "trainable", 40, 41)
+    """
+    from kflowers.parts import model_parts
+
+    model_parts(model).backbone.trainable = stage in ("trainable", "unfrozen")
+    model.compile(
+        optimizer=stage_optimizer(model, strategy, recipe, stage, epochs, steps_per_epoch, learning_rate),
+        loss=stage_loss(recipe, stage),
+        metrics=["accuracy"],
+    )
+
+
+def stage_loss(recipe, stage):
+    """The loss of one stage: label smoothing only where the backbone trains."""
+    return classification_loss(recipe.label_smoothing if stage in ("trainable", "unfrozen") else 0.0)
+
+
+def stage_optimizer(model, strategy, recipe, stage, epochs, steps_per_epoch, learning_rate=None):
+    """A fresh optimizer for one stage (arguments as `compile_stage`'s).
+
+    The lesson: the strategy's optimizer at its rate (after two-stage's switch,
+    at `unfreeze_learning_rate`; for discriminative, per part). Modern: the
+    recipe's optimizer with its warmup and cosine schedule over `epochs`,
+    the backbone at `backbone_rate` of the head's rate where it trains.
+    """
+    from kflowers.recipes import learning_rate_schedule
+
+    if recipe.name == "lesson":
+        rate = learning_rate if learning_rate is not None else strategy.learning_rate
+        if stage == "unfrozen":
+            return make_optimizer(strategy.optimizer, strategy.unfreeze_learning_rate)
+        if strategy.backbone_learning_rate is not None:
+            return discriminative_optimizer(model, strategy.backbone_learning_rate, rate, optimizer=strategy.optimizer)
+        return make_optimizer(strategy.optimizer, rate)
+    peak = learning_rate if learning_rate is not None else recipe.learning_rate
+    if stage == "unfrozen" and recipe.unfrozen_rate is not None:
+        peak = peak * recipe.unfrozen_rate
+
+    def optimizer(rate):
+        schedule = learning_rate_schedule(rate, epochs, steps_per_epoch, recipe.warmup_epochs, recipe.cosine)
+        return recipe_optimizer(recipe.optimizer or strategy.optimizer, schedule, recipe)
+
+    if stage in ("trainable", "unfrozen") and recipe.backbone_rate is not None:
+        head = optimizer(peak)
+        return per_part_optimizer(model, optimizer(peak * recipe.backbone_rate), head)
+    return optimizer(peak)
+
+
+def per_part_optimizer(model, backbone_optimizer, head_optimizer, layer="backbone"):
+    """A `keras.optimizers.MultiOptimizer`: `backbone_optimizer` for the backbone's variables,
+    `head_optimizer` for everything else (the head, and any layer you add)."""
     from kflowers.parts import model_parts
 
     backbone = model.get_layer(layer) if layer != "backbone" else model_parts(model).backbone
     prefixes = sorted({v.path.split("/")[0] for v in backbone.variables})
     pattern = "(" + "|".join(re.escape(p) for p in prefixes) + ")/.*"
     optimizer_map = keras.optimizers.OptimizerMap(
-        default_optimizer=make_optimizer(optimizer, head_learning_rate),
-        optimizer_map={pattern: make_optimizer(optimizer, backbone_learning_rate)},
+        default_optimizer=head_optimizer, optimizer_map={pattern: backbone_optimizer}
     )
     return keras.optimizers.MultiOptimizer(optimizer_map)
-
-
-def classification_loss():
-    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
 def compile_for(model, strategy, learning_rate=None):

@@ -36,9 +36,11 @@ import numpy as np
 from kflowers import backup
 from kflowers.errors import TrainingDiverged
 from kflowers.parts import model_parts
-from kflowers.strategies import classification_loss
-from kflowers.strategies import compile_for
+from kflowers.recipes import LESSON
+from kflowers.strategies import compile_stage
 from kflowers.strategies import get_strategy
+from kflowers.strategies import stage_loss
+from kflowers.strategies import stage_optimizer
 
 log = logging.getLogger("kflowers")
 
@@ -89,6 +91,7 @@ def train(
     early_stopping=False,
     patience=3,
     stop=None,
+    recipe=None,
 ):
     """Compile `model` for `strategy` and train it: the lesson's run, in Keras.
 
@@ -121,6 +124,10 @@ def train(
         patience: epochs without improvement before early stopping.
         stop: a `threading.Event`; once set, training stops after the current
             batch (the CLI sets it on Ctrl-C).
+        recipe: how each stage trains, a `kflowers.recipes.Recipe` (see
+            `get_recipe`). Defaults to the lesson's. The modern recipe's
+            augmentation and test-time flips belong to the datasets
+            (`FlowerDataset(augment=..., random_erasing=...)`, `evaluate_model(tta=...)`).
 
     Returns:
         A `TrainingResult`.
@@ -149,6 +156,7 @@ def train(
         early_stopping=early_stopping,
         patience=patience,
         stop=stop,
+        recipe=recipe,
     )
     return loop.run()
 
@@ -215,6 +223,7 @@ class RunLoop:
         early_stopping=False,
         patience=3,
         stop=None,
+        recipe=None,
     ):
         from kflowers.data import FlowerDataset
 
@@ -222,6 +231,7 @@ class RunLoop:
         self.parts = model_parts(model)
         self.train_data, self.test_data = train_data, test_data
         self.learning_rate = learning_rate
+        self.recipe = recipe or LESSON
         self.callbacks = list(callbacks)
         self.verbose = verbose
         self.backup_dir = backup_dir
@@ -253,35 +263,26 @@ class RunLoop:
     # ------------------------------------------------------------ stages
 
     def _enter(self, stage):
-        previous = self.optimizer
-        if stage.name == "unfrozen":
-            from kflowers.callbacks import fresh_optimizer
-
-            if previous is None:  # resuming in this stage: start from the strategy's optimizer
-                compile_for(self.model, self.strategy, learning_rate=self.learning_rate)
-                previous = self.model.optimizer
-            self.parts.backbone.trainable = True
-            optimizer = fresh_optimizer(previous, self.model.trainable_variables, self.strategy.unfreeze_learning_rate)
-            self.model.compile(optimizer=optimizer, loss=classification_loss(), metrics=["accuracy"])
-            self.optimizer = self.model.optimizer
-            if self.verbose:
-                print(
-                    f"Epoch {stage.start + 1}: backbone unfrozen, learning rate "
-                    f"{self.strategy.unfreeze_learning_rate:g}"
-                )
-            return
-        compile_for(self.model, self.strategy, learning_rate=self.learning_rate)
+        """Compile for `stage`: a fresh optimizer of the stage's own (see `strategies.compile_stage`)."""
+        steps = len(self.train_data) if hasattr(self.train_data, "__len__") else 1
+        epochs = stage.end - stage.start
+        args = (self.strategy, self.recipe, stage.name, epochs, steps, self.learning_rate)
+        compile_stage(self.model, *args)
         if stage.name == "cached":
             from kflowers.feature_cache import FeatureCache
 
             self.cache = FeatureCache(self.model, self.train_data, self.test_data, verbose=self.verbose)
-            optimizer = type(self.model.optimizer).from_config(self.model.optimizer.get_config())
-            self.cache.head_model.compile(optimizer=optimizer, loss=classification_loss(), metrics=["accuracy"])
-            self.optimizer = self.cache.head_model.optimizer
-            self.optimizer.build(self.cache.head_model.trainable_variables)
+            head_model = self.cache.head_model
+            optimizer = stage_optimizer(self.model, *args)
+            head_model.compile(optimizer=optimizer, loss=stage_loss(self.recipe, "cached"), metrics=["accuracy"])
+            self.optimizer = head_model.optimizer
+            self.optimizer.build(head_model.trainable_variables)
         else:
             self.optimizer = self.model.optimizer
             self.optimizer.build(self.model.trainable_variables)
+        if stage.name == "unfrozen" and self.verbose:
+            rate = f", learning rate {self.strategy.unfreeze_learning_rate:g}" if self.recipe.name == "lesson" else ""
+            print(f"Epoch {stage.start + 1}: backbone unfrozen{rate}")
 
     def _fit(self, stage, first_epoch):
         from kflowers.callbacks import SetDatasetEpoch
@@ -326,6 +327,7 @@ class RunLoop:
             "strategy": self.strategy.name,
             "epochs": self.strategy.epochs,
             "learning_rate": self.learning_rate,
+            **({"recipe": dataclasses.asdict(self.recipe)} if self.recipe.name != "lesson" else {}),
             "stages": [[stage.name, stage.start, stage.end] for stage in self.stages],
             "train_images": _digest(getattr(data, "paths", [])),
             "batch_size": getattr(data, "batch_size", None),
