@@ -6,8 +6,27 @@ the names below.
 
 import importlib
 import os
+import sys
+
+
+def _backend_already_chosen():
+    """Keras imported before kflowers, with no KERAS_BACKEND: it chose its own default (tensorflow). Say so
+    once, and how to get the torch backend kflowers promises."""
+    import warnings
+
+    backend = sys.modules["keras"].backend.backend()
+    if backend != "torch":
+        warnings.warn(
+            f"Keras was imported before kflowers without KERAS_BACKEND set, so it runs on {backend}, not on "
+            "torch (kflowers's default, with its fast path): set KERAS_BACKEND=torch before Python starts, or "
+            "import kflowers before keras",
+            stacklevel=3,
+        )
+
 
 # kflowers runs on the torch backend unless KERAS_BACKEND says otherwise.
+if "KERAS_BACKEND" not in os.environ and "keras" in sys.modules:
+    _backend_already_chosen()
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
 try:

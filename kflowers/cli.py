@@ -26,7 +26,7 @@ class _DefaultsFormatter(argparse.HelpFormatter):
     def _get_help_string(self, action):
         text = action.help or ""
         quiet = (
-            action.default in (None, False, argparse.SUPPRESS)
+            any(action.default is value for value in (None, False, argparse.SUPPRESS))
             or "default" in text
             or action.option_strings == []
             or action.nargs == 0
@@ -74,6 +74,7 @@ def build_parser():
     parser.add_argument("--version", action="version", version=f"kflowers {__version__}")
     parser.add_argument("--verbose", action="store_true", help="show library log output")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.commands = commands.choices
 
     p = commands.add_parser("download", help="fetch and extract the flowers dataset")
     p.add_argument("--dir", help="cache folder (default: ~/.keras)")
@@ -91,6 +92,12 @@ def build_parser():
     p.add_argument("--data", required=True, help="dataset folder, one subfolder per class")
     p.add_argument("--image-size", type=options.image_size, help="default: the model's")
     p.add_argument("--out", help="write confusion.png into this folder (default: write no file)")
+    p.add_argument(
+        "--split",
+        choices=["test", "train", "all"],
+        help="which side of the model's run to score, read from split.json beside the model (default: test when "
+        "there is one, else all the images)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = commands.add_parser("predict", help="classify images")
@@ -137,6 +144,7 @@ def build_parser():
     p.add_argument("--min-lr", type=options.positive_float, default=1e-7, help="first learning rate of the sweep")
     p.add_argument("--max-lr", type=options.positive_float, default=10.0, help="last learning rate of the sweep")
     p.add_argument("--out", default="lr_find.png", help="where to write the plot")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = commands.add_parser("demo", help="the whole pipeline, offline, on a generated dataset")
     p.add_argument("--out", default="runs/demo", help="run directory")
@@ -147,7 +155,9 @@ def build_parser():
 
 def main(argv=None):
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # said by the command's own parser, so that the hint names its --help
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(format="%(levelname)s: %(message)s", level=logging.INFO if args.verbose else logging.WARNING)
     logging.getLogger("kflowers").setLevel(logging.INFO)
     if (getattr(args, "image_size", None) or 32) < 32:
@@ -204,10 +214,18 @@ def _quiet_tensorflow(verbose, modules):
 
 
 def cmd_download(args):
+    from kflowers.data import DataError
     from kflowers.data import download_flowers
     from kflowers.data import scan_folder
 
-    root = download_flowers(cache_dir=args.dir)
+    try:
+        root = download_flowers(cache_dir=args.dir)
+    except DataError as error:  # its hint is for the commands that take --data
+        text = str(error).replace(
+            "pass --data DIR with a folder of class subfolders",
+            "copy the dataset here by hand and give it to train or compare as --data DIR",
+        )
+        raise DataError(text) from error
     folder = scan_folder(root, check_images=False)
     print(f"flowers dataset in {root}: {len(folder)} images")
     print(f"train with: kflowers train --data {root}")
@@ -310,6 +328,7 @@ def cmd_evaluate(args):
     from kflowers.reports import markdown_table
     from kflowers.reports import plot_confusion
     from kflowers.runs import evaluate_model
+    from kflowers.runs import run_split
 
     model = _load(args.model)
     folder = scan_folder(args.data)
@@ -318,34 +337,48 @@ def cmd_evaluate(args):
         raise UserError(
             f"the model was trained on {', '.join(model.class_names)}; the data has other classes: {', '.join(unknown)}"
         )
+    fixed = model.input_shape[1]
+    if args.image_size and fixed and args.image_size != fixed:
+        raise UserError(f"--image-size {args.image_size}: the model takes {fixed} px images; leave --image-size out")
+    chosen = run_split(os.path.dirname(os.path.abspath(args.model)), args.data, folder.paths, args.split)
+    keep = [i for i, path in enumerate(folder.paths) if chosen.keep(path)]
+    if not keep:
+        raise UserError(f"none of the images in {args.data} is on the run's {chosen.side} side")
     # Labels by name: the data's class index -> the model's.
     to_model = [model.class_names.index(name) for name in folder.class_names]
-    labels = [to_model[label] for label in folder.labels]
-    size = args.image_size or model.input_shape[1] or 224
-    dataset = FlowerDataset(folder.paths, labels, batch_size=128, image_size=size)
-    results = evaluate_model(model, dataset, model.class_names)
+    paths = [folder.paths[i] for i in keep]
+    labels = [to_model[folder.labels[i]] for i in keep]
+    size = args.image_size or fixed or 224
+    results = evaluate_model(model, FlowerDataset(paths, labels, batch_size=128, image_size=size), model.class_names)
     confusion_path = None
     if args.out:  # never into the model's run directory unless asked to
         confusion_path = plot_confusion(
             results["confusion"], model.class_names, os.path.join(args.out, "confusion.png")
         )
+    trained_on = chosen.trained_on(paths)
     if args.json:
-        print(
-            json.dumps(
-                strict_json(
-                    {
-                        "accuracy": results["accuracy"],
-                        "per_class": results["per_class"],
-                        "confusion": results["confusion"],
-                        "classes": model.class_names,
-                    }
-                )
-            )
-        )
+        summary = {
+            "accuracy": results["accuracy"],
+            "split": chosen.side,
+            "images": len(paths),
+            "trained_on": trained_on,
+            "per_class": results["per_class"],
+            "confusion": results["confusion"],
+            "classes": model.class_names,
+        }
+        print(json.dumps(strict_json(summary)))
         return
-    print(f"accuracy: {results['accuracy']:.4f} on {len(folder)} images")
+    print(f"accuracy: {results['accuracy']:.4f} on {len(paths)} images ({chosen.describe()})")
+    if trained_on:
+        print(f"note: {trained_on} of these {len(paths)} images are images the model trained on")
     rows = [{"class": name, **values} for name, values in results["per_class"].items()]
     print(markdown_table(rows, ["class", "precision", "recall", "f1", "support"]))
+    print("\nconfusion matrix (rows: true class, columns: predicted)")
+    matrix = [
+        {"true": name, **dict(zip(model.class_names, row))}
+        for name, row in zip(model.class_names, results["confusion"])
+    ]
+    print(markdown_table(matrix, ["true", *model.class_names]))
     if confusion_path:
         print(f"confusion matrix: {confusion_path}")
 
@@ -433,32 +466,72 @@ def cmd_compare(args):
     folder = scan_folder(args.data)
     _print_counts(folder)
     split = split_dataset(folder, seed=args.seed)
-    rows, histories = [], {}
-    for strategy in args.strategies:
-        print(f"\n=== {strategy} ===")
-        out = os.path.join(args.out, strategy)
-        metrics = train_run(_run_options(args, strategy, out), folder=folder, split=split)
-        histories[strategy] = read_history(out)
-        rows.append(
-            {
-                "strategy": strategy,
-                "best_test_accuracy": round(metrics["best_test_accuracy"], 4),
-                "final_test_accuracy": round(metrics["test_accuracy"], 4),
-                "epochs": metrics["epochs"],
-                "wall_seconds": round(metrics["wall_seconds"], 1),
-            }
-        )
-    table = reports.markdown_table(rows)
+    rows, histories, interrupted = [], {}, None
+    try:
+        for strategy in args.strategies:
+            print(f"\n=== {strategy} ({args.recipe} recipe) ===")
+            out = os.path.join(args.out, strategy)
+            metrics = train_run(_run_options(args, strategy, out), folder=folder, split=split)
+            if metrics["epochs"]:
+                histories[strategy] = read_history(out)
+            rows.append(_compare_row(strategy, args.recipe, metrics))
+            if metrics.get("interrupted"):
+                interrupted = strategy
+                break
+    except KeyboardInterrupt:  # a second Ctrl-C, or one between two strategies
+        interrupted = args.strategies[len(rows)] if len(rows) < len(args.strategies) else args.strategies[-1]
+    table = reports.markdown_table(rows) if rows else "(no strategy finished an epoch)"
+    table += "\n\nHow each strategy trains:\n\n" + _how_they_train(args)
+    if interrupted:
+        left = args.strategies[args.strategies.index(interrupted) + 1 :]
+        table += f"\n\nInterrupted (Ctrl-C) during {interrupted}" + (f"; not run: {', '.join(left)}" if left else "")
     write_text(os.path.join(args.out, "compare.md"), table + "\n")
-    write_json(os.path.join(args.out, "compare.json"), rows)
-    reports.plot_comparison(histories, os.path.join(args.out, "curves.png"))
+    write_json(os.path.join(args.out, "compare.json"), {"rows": rows, "interrupted": interrupted})
+    if histories:
+        reports.plot_comparison(histories, os.path.join(args.out, "curves.png"))
     print("\n" + table)
     print(f"\ntable: {os.path.join(args.out, 'compare.md')}, curves: {os.path.join(args.out, 'curves.png')}")
+    return 130 if interrupted else 0
+
+
+def _how_they_train(args):
+    """One row per strategy: what trains when, and at which rates (the recipe's, or the lesson's)."""
+    from kflowers.recipes import get_recipe
+    from kflowers.reports import markdown_table
+    from kflowers.runs import learning_rates
+    from kflowers.strategies import get_strategy
+
+    rows = []
+    for name in args.strategies:
+        options = _run_options(args, name, "-")
+        strategy = get_strategy(name).with_epochs(options.epochs)
+        recipe = get_recipe(options.recipe, strategy.name, options.without)
+        stages = "frozen, then unfrozen" if strategy.unfreeze_epoch else "frozen" if strategy.freeze else "all trains"
+        rates = ", ".join(
+            f"{key} {value:g}" if isinstance(value, float) else f"{key}: {value}"
+            for key, value in learning_rates(options, strategy, recipe).items()
+        )
+        rows.append({"strategy": name, "epochs": strategy.epochs, "backbone": stages, "learning_rates": rates})
+    return markdown_table(rows)
+
+
+def _compare_row(strategy, recipe, metrics):
+    return {
+        "strategy": strategy,
+        "recipe": recipe,
+        "best_test_accuracy": round(metrics["best_test_accuracy"], 4),
+        "final_test_accuracy": round(metrics["test_accuracy"], 4),
+        "epochs": metrics["epochs"],
+        "wall_seconds": round(metrics["wall_seconds"], 1),
+        "interrupted": bool(metrics.get("interrupted")),
+    }
 
 
 def cmd_lr_find(args):
     from kflowers.lr_find import lr_find
 
+    if not args.min_lr < args.max_lr:
+        raise UserError(f"--min-lr {args.min_lr:g} must be below --max-lr {args.max_lr:g} (the sweep goes up)")
     args.data = _data_root(args)
     result = lr_find(
         args.data,
@@ -471,7 +544,10 @@ def cmd_lr_find(args):
         max_lr=args.max_lr,
         seed=args.seed,
         plot_path=args.out,
+        verbose=0 if args.quiet else 1 if sys.stdout.isatty() else 2,
     )
+    if result["stopped_early"]:
+        print(f"\nstopped early after {len(result['rates'])} of {args.steps} steps: {result['stopped_early']}")
     print(f"suggested learning rate: {result['suggestion']:.2e} (steepest descent of the loss)")
     if result["at_bound"]:
         log.warning(

@@ -78,7 +78,10 @@ def export_model(model_path, format, out, images=(), atol=1e-4, force=False):
     check_export_target(format, out, force)
     missing = [m for m in RUNTIMES[format] if not _installed(m)]
     if missing:
-        raise KflowersError(f"exporting to {format} needs {', '.join(missing)}: pip install 'kflowers[export]'")
+        raise KflowersError(
+            f"exporting to {format} needs {', '.join(missing)}: "
+            "pip install -e '.[export]' in kflowers's folder (or pip install 'kflowers[export]')"
+        )
     if keras.backend.backend() != FORMATS[format]:
         return _export_in_child(model_path, format, out, images, atol, force)
     return _export_here(model_path, format, out, images, atol, force)

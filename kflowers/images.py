@@ -6,7 +6,8 @@ rotated phone pictures, truncated downloads and HTML pages saved as `.jpg`.
 `uint8` array with EXIF orientation applied, and raises `UnreadableImage`
 (with the reason) for the rest. Pillow decodes (it can apply EXIF orientation
 and decode a JPEG at a reduced scale, which scikit-image's `imread` can't);
-scikit-image converts grey, alpha and 16-bit pixels to 8-bit RGB.
+`to_uint8` scales 16-bit, integer and float pixels by their type's range, and
+transparent pixels are composited onto white in integer arithmetic.
 """
 
 import os
@@ -15,8 +16,6 @@ import warnings
 import numpy as np
 from PIL import Image
 from PIL import ImageOps
-from skimage import color
-from skimage import util
 
 from kflowers.errors import KflowersError
 
@@ -88,23 +87,52 @@ def _to_rgb_uint8(image):
         image = image.convert("RGB")
     elif image.mode == "LA":
         image = image.convert("RGBA")
-    pixels = np.asarray(image)
-    if pixels.dtype != np.uint8:
-        # 16-bit and 32-bit integer images, floats in [0, 1].
-        if pixels.dtype.kind in "iu" and pixels.max(initial=0) > 255:
-            pixels = util.img_as_ubyte(pixels.astype(np.uint16))
-        elif pixels.dtype.kind == "f":
-            pixels = util.img_as_ubyte(np.clip(pixels, 0, 1))
-        else:
-            pixels = pixels.astype(np.uint8)
+    pixels = to_uint8(np.asarray(image))
     if pixels.ndim == 2:
-        pixels = color.gray2rgb(pixels)
+        pixels = np.repeat(pixels[..., None], 3, axis=-1)
     elif pixels.shape[-1] == 4:
-        # Composite transparent pixels onto white, as a viewer shows them.
-        pixels = util.img_as_ubyte(color.rgba2rgb(pixels))
+        pixels = composite_on_white(pixels)
     if pixels.ndim != 3 or pixels.shape[-1] != 3 or min(pixels.shape[:2]) < 1:
         raise UnreadableImage(f"unsupported pixel layout {pixels.shape}")
     return np.ascontiguousarray(pixels)
+
+
+def to_uint8(pixels):
+    """`pixels` as `uint8`, scaled by the range of their dtype, never by the image's own values.
+
+    `uint8` stays as it is; `uint16` (16-bit PNG and TIFF) maps 0..65535 to
+    0..255 (`round(v / 257)`); other integer types map 0..their maximum to
+    0..255 (negative values become 0); floats are taken as 0..1 (skimage's
+    convention: outside values are clipped); booleans become 0 or 255. So two
+    16-bit images that differ in one pixel decode to images that differ in at
+    most that pixel.
+
+    Example:
+    >>> to_uint8(np.array([0, 256, 32768, 65535], np.uint16))
+    array([  0,   1, 128, 255], dtype=uint8)
+    """
+    if pixels.dtype == np.uint8:
+        return pixels
+    if pixels.dtype == np.bool_:
+        return pixels.astype(np.uint8) * 255
+    if pixels.dtype == np.uint16:
+        return ((pixels.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    if pixels.dtype.kind in "iu":
+        top = float(np.iinfo(pixels.dtype).max)
+        scaled = np.clip(pixels, 0, None).astype(np.float64) * (255.0 / top)
+    elif pixels.dtype.kind == "f":
+        scaled = np.clip(np.nan_to_num(pixels.astype(np.float32), nan=0.0), 0.0, 1.0) * np.float32(255)
+    else:
+        raise UnreadableImage(f"unsupported pixel type {pixels.dtype}")
+    return np.rint(scaled).astype(np.uint8)
+
+
+def composite_on_white(rgba):
+    """An `(H, W, 4)` `uint8` image composited onto white, as a viewer shows it, in integer arithmetic
+    (`round((rgb * a + 255 * (255 - a)) / 255)`): a fraction of the memory of a float conversion."""
+    alpha = rgba[..., 3:4].astype(np.uint16)
+    rgb = rgba[..., :3].astype(np.uint16)
+    return ((rgb * alpha + 255 * (255 - alpha) + 127) // 255).astype(np.uint8)
 
 
 def _reason(error):

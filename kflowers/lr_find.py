@@ -40,10 +40,17 @@ def find_learning_rate(model, dataset, steps=100, min_lr=1e-7, max_lr=10.0, verb
     and its learning rates are put back.
 
     Returns:
-        `{"rates", "losses", "suggestion", "at_bound"}`: `at_bound` is
-        true when the suggestion is the first or last rate tried, a sign to
-        widen the sweep.
+        `{"rates", "losses", "suggestion", "at_bound", "stopped_early"}`:
+        `at_bound` is true when the suggestion is among the first or last
+        few rates tried (5% of the sweep, at least 2), a sign to widen the
+        sweep; `stopped_early` is `None`, or why the sweep stopped before
+        `steps` (the loss diverged).
+
+    Raises:
+        ValueError: `min_lr` is not below `max_lr`.
     """
+    if not min_lr < max_lr:
+        raise ValueError(f"the sweep goes up: min_lr ({min_lr:g}) must be below max_lr ({max_lr:g})")
     import keras
 
     optimizers = getattr(model.optimizer, "optimizers", None) or [model.optimizer]
@@ -79,8 +86,20 @@ def find_learning_rate(model, dataset, steps=100, min_lr=1e-7, max_lr=10.0, verb
             variable.assign(value)
         for optimizer, rate in zip(optimizers, start_rates):
             optimizer.learning_rate = rate
-    suggestion = suggest_learning_rate(tried, losses)
-    return {"rates": tried, "losses": losses, "suggestion": suggestion, "at_bound": suggestion in (tried[0], tried[-1])}
+    finite = [(rate, loss) for rate, loss in zip(tried, losses) if np.isfinite(loss)] or [(tried[0], 0.0)]
+    suggestion = suggest_learning_rate(*zip(*finite))
+    edge = max(2, len(tried) // 20)
+    index = tried.index(suggestion)
+    stopped = None
+    if len(tried) < steps:
+        stopped = f"the loss diverged at learning rate {tried[-1]:.2e} ({losses[-1]:.4g}, best {best:.4g})"
+    return {
+        "rates": tried,
+        "losses": losses,
+        "suggestion": suggestion,
+        "at_bound": index < edge or index >= len(tried) - edge,
+        "stopped_early": stopped,
+    }
 
 
 def lr_find(

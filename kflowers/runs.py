@@ -243,6 +243,87 @@ def _replace_previous_run(out):
         os.remove(os.path.join(out, name))
 
 
+class RunSplit:
+    """Which images `kflowers evaluate` scores, and which of them the model trained on (see `run_split`)."""
+
+    def __init__(self, side, data, chosen=None, train=None, train_root=None):
+        self.side, self.data, self.chosen, self.train, self.train_root = side, data, chosen, train, train_root
+
+    def keep(self, path):
+        return self.chosen is None or os.path.relpath(path, self.data) in self.chosen
+
+    def describe(self):
+        return f"every image in {self.data}" if self.chosen is None else f"the run's {self.side} split"
+
+    def trained_on(self, paths):
+        """How many of `paths` the model trained on: the same file (by path in the data folder) or the
+        same bytes (by SHA-256 against the run's training images, where they can be read)."""
+        if not self.train:
+            return 0
+        same_path = {p for p in paths if os.path.relpath(p, self.data) in self.train}
+        digests = set()
+        for name in self.train if self.train_root and os.path.isdir(self.train_root) else ():
+            with contextlib.suppress(OSError):
+                digests.add(_sha256(os.path.join(self.train_root, name)))
+        same_bytes = set()
+        for path in paths:
+            if path not in same_path and digests:
+                with contextlib.suppress(OSError):
+                    if _sha256(path) in digests:
+                        same_bytes.add(path)
+        return len(same_path) + len(same_bytes)
+
+
+def _sha256(path):
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read(64 << 20)).hexdigest()
+
+
+def run_split(run_dir, data, paths, side=None):
+    """The images of `paths` (found under `data`) that `kflowers evaluate --split side` scores.
+
+    Reads `split.json` and `config.json` in `run_dir` (the model's folder):
+    `side` is `"test"` (the default when there is a split), `"train"` or
+    `"all"`. Images are matched by their path inside the data folder, however
+    `--data` is spelt.
+
+    Raises:
+        KflowersError: `side` is test or train and there is no readable split.json.
+    """
+    split = _read_small_json(os.path.join(run_dir, "split.json"))
+    config = _read_small_json(os.path.join(run_dir, "config.json")) or {}
+    valid = isinstance(split, dict) and all(isinstance(split.get(k), list) for k in ("train", "test"))
+    if not valid:
+        if side in ("test", "train"):
+            raise KflowersError(
+                f"--split {side}: no readable split.json beside the model (in {run_dir}); use --split all"
+            )
+        return RunSplit("all", data)
+    run_data = config.get("data") if isinstance(config, dict) and isinstance(config.get("data"), str) else None
+
+    def relative(names):
+        return {os.path.relpath(str(p), run_data) if run_data else str(p) for p in names}
+
+    side = side or "test"
+    train = relative(split["train"])
+    chosen = None if side == "all" else relative(split[side]) if side == "test" else train
+    return RunSplit(side, data, chosen, train, run_data)
+
+
+def _read_small_json(path, limit=64 << 20):
+    import json
+
+    try:
+        if os.path.getsize(path) > limit:
+            return None
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError, RecursionError):
+        return None
+
+
 def finished_metrics(out):
     """`metrics.json` of a run in `out` that finished (no backup left to resume), or `None`."""
     import json
@@ -361,7 +442,7 @@ def _train_locked(options, folder, split, started, rank, processes):
         if main_process:  # a resumed run keeps the setup files it started with
             write_marker(out, "run")
             _replace_previous_run(out)
-            _write_setup(out, options, strategy, folder, train_split, test_split, processes)
+            _write_setup(out, options, strategy, recipe, folder, train_split, test_split, processes)
     callbacks = []
     feature_cache = options.feature_cache
     if processes > 1:
@@ -384,6 +465,7 @@ def _train_locked(options, folder, split, started, rank, processes):
             early_stopping=options.early_stopping,
             stop=interrupt.event,
             recipe=recipe,
+            keep_backup=True,  # removed below, once the run's files are written
         )
     if not main_process:
         return None
@@ -446,7 +528,27 @@ def _weights(options, strategy):
     return strategy.weights if options.weights == "default" else options.weights
 
 
-def _write_setup(out, options, strategy, folder, train_split, test_split, processes):
+def learning_rates(options, strategy, recipe):
+    """The learning rates a run uses, by stage and part, for `config.json` (peaks, for a schedule)."""
+    if recipe.name == "lesson":
+        head = options.lr if options.lr is not None else strategy.learning_rate
+        rates = {"head": head}
+        if strategy.backbone_learning_rate is not None:
+            rates["backbone"] = strategy.backbone_learning_rate
+        if strategy.unfreeze_epoch is not None:
+            rates["after_unfreeze"] = strategy.unfreeze_learning_rate
+        return rates
+    peak = options.lr if options.lr is not None else recipe.learning_rate
+    rates = {"head_peak": peak, "schedule": "warmup then cosine to 0" if recipe.cosine else "fixed"}
+    if recipe.backbone_rate is not None and strategy.name not in ("scratch", "frozen"):
+        rates["backbone_peak"] = peak * recipe.backbone_rate
+    if strategy.unfreeze_epoch is not None and recipe.unfrozen_rate is not None:
+        rates["head_peak_after_unfreeze"] = peak * recipe.unfrozen_rate
+        rates["backbone_peak_after_unfreeze"] = peak * recipe.unfrozen_rate * (recipe.backbone_rate or 1)
+    return rates
+
+
+def _write_setup(out, options, strategy, recipe, folder, train_split, test_split, processes):
     import keras
 
     write_json(
@@ -465,6 +567,9 @@ def _write_setup(out, options, strategy, folder, train_split, test_split, proces
             "strategy": strategy.name,
             "epochs": strategy.epochs,
             "weights": _weights(options, strategy),
+            "learning_rates": learning_rates(options, strategy, recipe),
+            "recipe_settings": dataclasses.asdict(recipe),
+            "workers": options.workers or default_workers(),
             "backend": backend,
             "processes": processes,
             "devices": len(keras.distribution.list_devices()) if backend == "jax" else 1,

@@ -92,6 +92,7 @@ def train(
     patience=3,
     stop=None,
     recipe=None,
+    keep_backup=False,
 ):
     """Compile `model` for `strategy` and train it: the lesson's run, in Keras.
 
@@ -128,6 +129,11 @@ def train(
             `get_recipe`). Defaults to the lesson's. The modern recipe's
             augmentation and test-time flips belong to the datasets
             (`FlowerDataset(augment=..., random_erasing=...)`, `evaluate_model(tta=...)`).
+        keep_backup: keep `backup_dir`'s backup once the run has finished
+            (`kflowers.runs` removes it itself, after writing the run's
+            files). By default a finished run removes it, and a finished
+            run's backup found at the start is refused, never silently
+            "resumed" with nothing left to train.
 
     Returns:
         A `TrainingResult`.
@@ -157,6 +163,7 @@ def train(
         patience=patience,
         stop=stop,
         recipe=recipe,
+        keep_backup=keep_backup,
     )
     return loop.run()
 
@@ -224,6 +231,7 @@ class RunLoop:
         patience=3,
         stop=None,
         recipe=None,
+        keep_backup=False,
     ):
         from kflowers.data import FlowerDataset
 
@@ -232,6 +240,7 @@ class RunLoop:
         self.train_data, self.test_data = train_data, test_data
         self.learning_rate = learning_rate
         self.recipe = recipe or LESSON
+        self.keep_backup = keep_backup
         self.callbacks = list(callbacks)
         self.verbose = verbose
         self.backup_dir = backup_dir
@@ -334,6 +343,7 @@ class RunLoop:
             "image_size": getattr(data, "image_size", None),
             "seed": getattr(data, "seed", None),
             "early_stopping": self.early is not None,
+            "backend": keras.backend.backend(),
         }
 
     def _save(self, epoch, stage):
@@ -354,8 +364,9 @@ class RunLoop:
         )
 
     def _restore(self, state):
-        if state.fingerprint != self.fingerprint():
-            theirs, ours = state.fingerprint, self.fingerprint()
+        theirs, ours = dict(state.fingerprint), self.fingerprint()
+        theirs.setdefault("backend", ours["backend"])  # backups from before it was recorded
+        if theirs != ours:
             different = [k for k in ours if theirs.get(k) != ours[k]]
             raise backup.BackupMismatch(
                 f"the backup in {self.backup_dir} is of another run ({', '.join(different)} differ); "
@@ -381,6 +392,11 @@ class RunLoop:
             if self.verbose and first_epoch:
                 print(f"Resuming after epoch {first_epoch} of {self.strategy.epochs}")
         stopped = self.early is not None and self.early.wait >= self.early.patience
+        if state is not None and (first_epoch >= self.strategy.epochs or stopped) and not self.keep_backup:
+            raise backup.BackupMismatch(
+                f"the backup in {self.backup_dir} is of a run that finished: nothing is left to train; "
+                "remove it (or pass another backup_dir) to train again"
+            )
         for stage in self.stages:
             if stage.end <= first_epoch or stopped:
                 continue
@@ -399,6 +415,8 @@ class RunLoop:
         interrupted = self._stop_requested()
         if self.early is not None and self.early.best_weights is not None and not interrupted:
             self.model.set_weights(self.early.best_weights)
+        if not interrupted and self.backup_dir and not self.keep_backup:
+            backup.remove(self.backup_dir)  # only an interrupted run needs it
         test_features = None
         if self.cache is not None and all(s.name == "cached" for s in self.stages):
             test_features = self.cache.test_features

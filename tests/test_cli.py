@@ -293,11 +293,16 @@ def test_compare_writes_table_and_curves(flowers_dir, resnet18_pth, tmp_path):
         *TRAIN_FLAGS,
     )
     table = (out / "compare.md").read_text().splitlines()
-    assert table[0] == "| strategy | best_test_accuracy | final_test_accuracy | epochs | wall_seconds |"
-    assert [line.split("|")[1].strip() for line in table[2:]] == ["scratch", "frozen", "discriminative"]
+    assert table[0] == (
+        "| strategy | recipe | best_test_accuracy | final_test_accuracy | epochs | wall_seconds | interrupted |"
+    )
+    assert [line.split("|")[1].strip() for line in table[2:5]] == ["scratch", "frozen", "discriminative"]
+    assert table[5] == "" and table[6] == "How each strategy trains:"
+    assert "| discriminative | 1 | all trains | head 0.001, backbone 0.0001 |" in table
     assert_png_not_blank(out / "curves.png")
-    rows = json.loads((out / "compare.json").read_text())
-    assert rows[0]["strategy"] == "scratch"
+    compared = json.loads((out / "compare.json").read_text())
+    rows = compared["rows"]
+    assert rows[0]["strategy"] == "scratch" and compared["interrupted"] is None
     assert all(
         len(repr(row["best_test_accuracy"])) <= 6 and row["wall_seconds"] == round(row["wall_seconds"], 1)
         for row in rows
@@ -326,7 +331,24 @@ def test_lr_find_plots_and_suggests(flowers_dir, resnet18_pth, tmp_path):
         tmp_path / "lr.png",
     )
     assert "suggested learning rate: " in result.stdout
+    assert "\x1b[" not in result.stdout and "\r" not in result.stdout  # piped: no terminal codes
     assert_png_not_blank(tmp_path / "lr.png")
+
+
+def test_lr_find_says_when_it_stopped_early_and_refuses_a_sweep_that_goes_down(flowers_dir, tmp_path, capsys):
+    from kflowers.cli import main
+
+    args = ["lr-find", "--data", flowers_dir, "--weights", "none", "--image-size", "32", "--batch-size", "8"]
+    capsys.readouterr()
+    code = main([*args, "--steps", "30", "--min-lr", "1e-3", "--max-lr", "1e9", "--out", str(tmp_path / "lr.png")])
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 0
+    stopped = [line for line in lines if line.startswith("stopped early after ")]
+    assert len(stopped) == 1 and "of 30 steps: the loss diverged at learning rate" in stopped[0]
+    assert lines[lines.index(stopped[0]) + 1].startswith("suggested learning rate: ")
+    code = main([*args, "--min-lr", "10", "--max-lr", "1e-7", "--quiet"])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and error[-1].endswith("--min-lr 10 must be below --max-lr 1e-07 (the sweep goes up)")
 
 
 def test_suggestion_is_the_steepest_descent():

@@ -204,3 +204,35 @@ def test_the_export_check_fails_on_nan(small_model_file, tmp_path, monkeypatch, 
     with pytest.raises(ExportMismatch, match="not finite"):
         export.export_model(path, "onnx", tmp_path / "out.onnx")
     assert not os.path.exists(tmp_path / "out.onnx")
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_compare_keeps_what_ran_and_stops(flowers_dir, tmp_path, capsys, monkeypatch):
+    """Ctrl-C during the second strategy: the first's results are kept, the third never starts, and a
+    partial compare.md says so (it went on to the next strategy, then failed with KeyError: 'loss')."""
+    import json
+
+    from kflowers import runs
+
+    real = runs.StopOnInterrupt
+    calls = []
+
+    class CtrlCInSecond(real):
+        def __enter__(self):
+            calls.append(1)
+            entered = super().__enter__()
+            if len(calls) == 2:
+                self.event.set()  # as the first Ctrl-C does: stop after this batch
+            return entered
+
+    monkeypatch.setattr(runs, "StopOnInterrupt", CtrlCInSecond)
+    out = tmp_path / "compare"
+    args = ["compare", "--data", flowers_dir, "--out", out, "--strategies", "scratch", "finetune", "frozen"]
+    code, _ = run([*args, "--epochs", "1", "--weights", "none", "--quiet", *TRAIN_FLAGS], capsys)
+    assert code == 130 and len(calls) == 2
+    table = (out / "compare.md").read_text()
+    assert "| scratch | lesson |" in table and "Interrupted (Ctrl-C) during finetune; not run: frozen" in table
+    compared = json.loads((out / "compare.json").read_text())
+    assert [row["strategy"] for row in compared["rows"]] == ["scratch", "finetune"]
+    assert compared["rows"][1]["interrupted"] and not os.path.exists(out / "frozen")
+    assert os.path.getsize(out / "curves.png") > 0

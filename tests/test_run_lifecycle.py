@@ -47,7 +47,22 @@ def splits(flowers_dir):
     return kflowers.split_dataset(kflowers.scan_folder(flowers_dir), test_size=0.25, seed=0)
 
 
-def run(splits, pth, strategy, backup_dir=None, callbacks=(), stop=None, precision="float32", workers=1, **kwargs):
+def run(
+    splits,
+    pth,
+    strategy,
+    backup_dir=None,
+    callbacks=(),
+    stop=None,
+    precision="float32",
+    workers=1,
+    recipe="lesson",
+    **kwargs,
+):
+    from kflowers.recipes import get_recipe
+    from kflowers.strategies import get_strategy
+
+    recipe = get_recipe(recipe, get_strategy(strategy).name)
     keras.utils.set_random_seed(0)
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(PRECISIONS[precision])
@@ -56,7 +71,14 @@ def run(splits, pth, strategy, backup_dir=None, callbacks=(), stop=None, precisi
     finally:
         keras.mixed_precision.set_global_policy(previous)
     train_ds = FlowerDataset.from_folder(
-        splits[0], batch_size=16, image_size=SIZE, shuffle=True, seed=1, workers=workers
+        splits[0],
+        batch_size=16,
+        image_size=SIZE,
+        shuffle=True,
+        seed=1,
+        workers=workers,
+        augment=recipe.augment,
+        random_erasing=recipe.random_erasing,
     )
     test_ds = FlowerDataset.from_folder(splits[1], batch_size=32, image_size=SIZE, workers=workers)
     result = train(
@@ -70,6 +92,7 @@ def run(splits, pth, strategy, backup_dir=None, callbacks=(), stop=None, precisi
         callbacks=callbacks,
         stop=stop,
         learning_rate=1e-4,
+        recipe=recipe,
         **kwargs,
     )
     return model, result
@@ -91,6 +114,10 @@ STRATEGIES = {
     "two-stage cached": dict(strategy="two-stage"),
     "two-stage uncached": dict(strategy="two-stage", feature_cache=False),
     "discriminative (Adam)": dict(strategy="discriminative"),
+    # The modern recipe: warmup + cosine schedule position, EMA averages, label smoothing, TrivialAugment and
+    # random erasing (their RNG), weight decay, per-part rates after the switch.
+    "two-stage modern": dict(strategy="two-stage", recipe="modern"),
+    "scratch modern": dict(strategy="scratch", recipe="modern"),
 }
 # (epoch, batch): two-stage over 3 epochs unfreezes at epoch 1 (0-based).
 INTERRUPTIONS = {
@@ -121,7 +148,12 @@ def straight(splits, resnet18_pth):
         key = (strategy, early, precision)
         if key not in runs:
             runs[key] = run(
-                splits, resnet18_pth, early_stopping=early, patience=1, precision=precision, **STRATEGIES[strategy]
+                splits,
+                resnet18_pth if "scratch" not in strategy else None,
+                early_stopping=early,
+                patience=1,
+                precision=precision,
+                **STRATEGIES[strategy],
             )
         return runs[key]
 
@@ -132,6 +164,7 @@ def straight(splits, resnet18_pth):
 EVERY_BACKEND = {
     ("finetune", "Ctrl-C in epoch 2", False, "float32", 1),
     ("two-stage cached", "SIGKILL in epoch 2", True, "float32", 1),
+    ("two-stage modern", "SIGKILL in epoch 2", False, "float32", 1),
 }
 
 
@@ -151,6 +184,8 @@ def test_interrupted_then_resumed_equals_straight(
     splits, resnet18_pth, straight, tmp_path, strategy, interruption, early, precision, workers
 ):
     kind, epoch, batch = INTERRUPTIONS[interruption]
+    if "scratch" in strategy:
+        resnet18_pth = None
     options = dict(early_stopping=early, patience=1, precision=precision, workers=workers, **STRATEGIES[strategy])
     backup_dir = str(tmp_path / "backup")
     stop = threading.Event()

@@ -1,0 +1,176 @@
+"""What a newcomer meets first: the backend kflowers promised (or a word about it), and a Python run
+that never silently reuses the last one's backup."""
+
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import kflowers
+from kflowers.data import FlowerDataset
+from kflowers.errors import BackupMismatch
+
+SIZE = 32
+
+
+def python(code):
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.mark.slow
+def test_keras_imported_first_without_a_backend_is_said_once():
+    pytest.importorskip("tensorflow", reason="Keras's own default backend, tensorflow, is not installed")
+    result = python("import keras, kflowers; print(keras.backend.backend())")
+    assert result.stdout.strip() == "tensorflow"
+    warnings = [line for line in result.stderr.splitlines() if "UserWarning" in line]
+    assert len(warnings) == 1 and "import kflowers before keras" in warnings[0]
+
+
+@pytest.mark.slow
+def test_kflowers_imported_first_runs_on_torch_without_a_word():
+    result = python("import kflowers, keras; print(keras.backend.backend())")
+    assert result.stdout.strip() == "torch" and "UserWarning" not in result.stderr
+
+
+@pytest.fixture(scope="module")
+def data(flowers_dir):
+    train_split, test_split = kflowers.split_dataset(kflowers.scan_folder(flowers_dir), seed=0)
+    return (
+        FlowerDataset.from_folder(train_split, batch_size=16, image_size=SIZE, shuffle=True),
+        FlowerDataset.from_folder(test_split, batch_size=32, image_size=SIZE),
+    )
+
+
+def train(data, backup_dir, **kwargs):
+    keras.utils.set_random_seed(0)
+    model = kflowers.build_model(weights=None, image_size=SIZE)
+    return model, kflowers.train(model, "scratch", *data, epochs=1, verbose=0, backup_dir=str(backup_dir), **kwargs)
+
+
+def test_a_finished_python_run_removes_its_backup_and_the_next_one_trains(data, tmp_path):
+    first, _ = train(data, tmp_path / "backup")
+    assert not os.path.exists(tmp_path / "backup")
+    second, result = train(data, tmp_path / "backup")
+    assert len(result.rows) == 1  # trained again, not "resumed" with nothing to do
+    for a, b in zip(first.get_weights(), second.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_finished_backup_is_never_resumed_silently(data, tmp_path):
+    train(data, tmp_path / "backup", keep_backup=True)
+    assert os.path.exists(tmp_path / "backup" / "state.npz")
+    with pytest.raises(BackupMismatch, match="is of a run that finished: nothing is left to train"):
+        train(data, tmp_path / "backup")
+
+
+def test_a_backup_from_another_backend_is_refused(data, tmp_path):
+    from kflowers import backup
+
+    train(data, tmp_path / "backup", keep_backup=True)
+    state = backup.load(str(tmp_path / "backup"))
+    state.fingerprint["backend"] = "jax" if keras.backend.backend() != "jax" else "torch"
+    state.epoch = 0
+    backup.save(str(tmp_path / "backup"), state)
+    with pytest.raises(BackupMismatch, match=r"is of another run \(backend differ"):
+        train(data, tmp_path / "backup")
+
+
+@pytest.fixture(scope="module")
+def trained_run(flowers_dir, tmp_path_factory):
+    from kflowers.cli import main
+
+    out = tmp_path_factory.mktemp("evaluate") / "run"
+    args = ["train", "--data", flowers_dir, "--out", str(out), "--strategy", "scratch", "--epochs", "1"]
+    assert main([*args, "--image-size", str(SIZE), "--batch-size", "16", "--quiet"]) == 0
+    return out
+
+
+def evaluate(capsys, *args):
+    from kflowers.cli import main
+
+    capsys.readouterr()
+    code = main(["evaluate", *map(str, args)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_evaluate_scores_the_runs_test_split_by_default(trained_run, flowers_dir, capsys):
+    import json
+
+    split = json.loads((trained_run / "split.json").read_text())
+    code, out, _ = evaluate(capsys, "--model", trained_run / "model.keras", "--data", flowers_dir)
+    assert code == 0 and f"on {len(split['test'])} images (the run's test split)" in out
+    assert "note:" not in out  # none of them trained on
+    assert "confusion matrix (rows: true class, columns: predicted)" in out and "| true | daisy |" in out
+    # Another spelling of the same folder finds the same images.
+    relative = os.path.relpath(flowers_dir)
+    code, out, _ = evaluate(capsys, "--model", trained_run / "model.keras", "--data", relative)
+    assert f"on {len(split['test'])} images" in out
+
+
+@pytest.mark.parametrize("side", ["train", "all"])
+def test_evaluating_training_images_says_how_many(trained_run, flowers_dir, capsys, side):
+    import json
+
+    split = json.loads((trained_run / "split.json").read_text())
+    code, out, _ = evaluate(capsys, "--model", trained_run / "model.keras", "--data", flowers_dir, "--split", side)
+    images = len(split["train"]) + (len(split["test"]) if side == "all" else 0)
+    assert code == 0 and f"on {images} images" in out
+    assert f"note: {len(split['train'])} of these {images} images are images the model trained on" in out
+    code, out, _ = evaluate(
+        capsys, "--model", trained_run / "model.keras", "--data", flowers_dir, "--split", side, "--json"
+    )
+    summary = json.loads(out)
+    assert summary["split"] == side and summary["images"] == images and summary["trained_on"] == len(split["train"])
+
+
+def test_a_copy_of_a_training_image_is_found_by_its_bytes(trained_run, flowers_dir, tmp_path, capsys):
+    import json
+    import shutil
+
+    split = json.loads((trained_run / "split.json").read_text())
+    copy = tmp_path / "copies"
+    for name in ("daisy", "rose"):
+        (copy / name).mkdir(parents=True)
+    shutil.copy(next(p for p in split["train"] if "/daisy/" in p), copy / "daisy" / "renamed.png")
+    shutil.copy(next(p for p in split["test"] if "/rose/" in p), copy / "rose" / "unseen.png")
+    code, out, _ = evaluate(capsys, "--model", trained_run / "model.keras", "--data", copy, "--split", "all")
+    assert code == 0 and "note: 1 of these 2 images are images the model trained on" in out
+
+
+def test_evaluate_at_another_image_size_is_one_line(trained_run, flowers_dir, capsys):
+    code, _, err = evaluate(capsys, "--model", trained_run / "model.keras", "--data", flowers_dir, "--image-size", "64")
+    assert code == 2 and "--image-size 64: the model takes 32 px images" in err.strip().splitlines()[-1]
+
+
+def test_config_json_says_what_ran(trained_run):
+    import json
+
+    config = json.loads((trained_run / "config.json").read_text())
+    assert config["learning_rates"] == {"head": 0.01}  # the lesson's scratch rate, though --lr was not given
+    assert config["workers"] == 1 and config["precision"] == "float32" and config["image_size"] == SIZE
+    assert config["recipe"] == "lesson" and config["recipe_settings"]["ema_momentum"] is None
+    assert config["epochs"] == 1 and config["weights"] is None
+
+
+def test_modern_config_names_its_rates():
+    from kflowers.options import RunOptions
+    from kflowers.recipes import get_recipe
+    from kflowers.runs import learning_rates
+    from kflowers.strategies import get_strategy
+
+    options = RunOptions(data="d", strategy="two-stage", recipe="modern")
+    strategy = get_strategy("two-stage").with_epochs(options.epochs)
+    rates = learning_rates(options, strategy, get_recipe("modern", "two-stage"))
+    assert rates["head_peak"] == pytest.approx(0.01) and rates["backbone_peak"] == pytest.approx(0.001)
+    assert rates["head_peak_after_unfreeze"] == pytest.approx(0.001)
+    assert rates["backbone_peak_after_unfreeze"] == pytest.approx(0.0001)
+    assert options.image_size == 224 and options.epochs == 10
+    scratch = RunOptions(data="d", strategy="scratch", recipe="modern")
+    assert scratch.image_size == 112 and scratch.epochs == 40
+    assert RunOptions(data="d", strategy="scratch").image_size == 224  # the lesson's
