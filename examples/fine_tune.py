@@ -66,6 +66,8 @@ and a new `Dense` head that emits logits.
 model = kflowers.build_model(
     num_classes=len(folder.class_names), weights=weights_value(args.weights), image_size=args.image_size
 )
+if weights_value(args.weights) is None:  # as `kflowers train` warns
+    print("warning: --weights none: fine-tuning a random backbone is training from scratch (examples/scratch.py)")
 
 """
 ## Train everything

@@ -69,6 +69,8 @@ and a new `Dense` head that emits logits.
 model = kflowers.build_model(
     num_classes=len(folder.class_names), weights=weights_value(args.weights), image_size=args.image_size
 )
+if weights_value(args.weights) is None:  # as `kflowers train` warns
+    print("warning: --weights none leaves the frozen backbone random: only the head learns, from random features")
 
 """
 ## Train the head

@@ -77,9 +77,9 @@ model = kflowers.build_model(
 ## Train: frozen, then unfrozen
 
 `UnfreezeBackbone` makes the switch inside a single `fit`, at the start of
-the given epoch: it sets the backbone trainable and gives the optimizer the
-new variables at the new learning rate (it also works with
-`keras.callbacks.BackupAndRestore`).
+the given epoch: it sets the backbone trainable and compiles a fresh
+optimizer of the same kind at the new learning rate, exactly as a second
+`compile` and `fit` would.
 """
 
 kflowers.model_parts(model).backbone.trainable = False
@@ -89,6 +89,8 @@ model.compile(
     metrics=["accuracy"],
 )
 unfreeze_at = max(1, args.epochs // 2)  # half the epochs frozen: 5 of the lesson's 10
+if unfreeze_at >= args.epochs:  # as `kflowers train` warns
+    print(f"warning: --epochs {args.epochs} never reaches the unfreeze (epoch {unfreeze_at + 1}): this is frozen.py")
 model.fit(
     train_ds,
     validation_data=test_ds,

@@ -70,23 +70,39 @@ def save(folder, state):
 
 
 def load(folder):
-    """The `RunState` in `folder`, or `None` when there is none."""
+    """The `RunState` in `folder`, or `None` when there is none.
+
+    Raises:
+        BackupMismatch: the file is damaged (truncated, not an archive, or its
+            contents don't fit together); the message names it.
+    """
+    import zipfile
+
     path = os.path.join(folder, FILE_NAME)
     if not os.path.exists(path):
         return None
-    with np.load(path, allow_pickle=False) as data:
-        meta = json.loads(str(data["meta"]))
-        best = meta["best_weights"]
-        return RunState(
-            epoch=meta["epoch"],
-            stage=meta["stage"],
-            rows=meta["rows"],
-            early_stopping=meta["early_stopping"],
-            fingerprint=meta["fingerprint"],
-            weights=[data[f"weights_{i}"] for i in range(meta["weights"])],
-            optimizer=[data[f"optimizer_{i}"] for i in range(meta["optimizer"])],
-            best_weights=None if best is None else [data[f"best_{i}"] for i in range(best)],
-        )
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(str(data["meta"]))
+            best = meta["best_weights"]
+            return RunState(
+                epoch=int(meta["epoch"]),
+                stage=str(meta["stage"]),
+                rows=list(meta["rows"]),
+                early_stopping=meta["early_stopping"],
+                fingerprint=dict(meta["fingerprint"]),
+                weights=[data[f"weights_{i}"] for i in range(meta["weights"])],
+                optimizer=[data[f"optimizer_{i}"] for i in range(meta["optimizer"])],
+                best_weights=None if best is None else [data[f"best_{i}"] for i in range(best)],
+            )
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, RecursionError) as error:
+        if isinstance(error, OSError) and not isinstance(error, EOFError) and error.errno is not None:
+            raise  # the user's environment (permissions, a full disk): errors.user_message names it
+        reason = (str(error).splitlines() or [""])[0]
+        raise BackupMismatch(
+            f"the backup {path} is damaged ({type(error).__name__}: {reason}); remove it, or start afresh "
+            "without --resume"
+        ) from error
 
 
 def remove(folder):

@@ -85,7 +85,9 @@ def build_parser():
     p.add_argument("--seed", type=options.seed, default=0, help="which images the grid shows")
 
     p = commands.add_parser("train", help="train one strategy into a run directory")
-    options.add_flags(p, ["strategy", *TRAINING_FLAGS, "out", "early_stopping", "resume"])
+    options.add_flags(
+        p, ["strategy", *TRAINING_FLAGS, "out", "early_stopping", "resume"], image_size=None, precision=None
+    )
 
     p = commands.add_parser("evaluate", help="accuracy, per-class report and confusion matrix")
     p.add_argument("--model", required=True, help="a model.keras file")
@@ -126,7 +128,7 @@ def build_parser():
     p.add_argument("--force", action="store_true", help="replace an existing --out (only the export's own files)")
 
     p = commands.add_parser("compare", help="several strategies on the same split and seed")
-    options.add_flags(p, [*TRAINING_FLAGS, "out"], out="runs/compare")
+    options.add_flags(p, [*TRAINING_FLAGS, "out"], out="runs/compare", image_size=None, precision=None)
     p.add_argument(
         "--strategies",
         nargs="+",
@@ -137,9 +139,7 @@ def build_parser():
     )
 
     p = commands.add_parser("lr-find", help="loss against learning rate, with a suggestion")
-    options.add_flags(
-        p, ["data", "strategy", "weights", "batch_size", "image_size", "seed"], strategy="finetune", image_size=224
-    )
+    options.add_flags(p, ["data", "strategy", "weights", "batch_size", "image_size", "seed"], strategy="finetune")
     p.add_argument("--steps", type=options.positive_int, default=100, help="training steps in the sweep")
     p.add_argument("--min-lr", type=options.positive_float, default=1e-7, help="first learning rate of the sweep")
     p.add_argument("--max-lr", type=options.positive_float, default=10.0, help="last learning rate of the sweep")
@@ -165,6 +165,14 @@ def main(argv=None):
             "--image-size %d: below 32 px ResNet18's last stage sees a single pixel; expect poor accuracy",
             args.image_size,
         )
+    backend = os.environ.get("KERAS_BACKEND", "torch")
+    if args.command in HEAVY_IMPORTS and backend not in KERAS_BACKENDS:
+        print(
+            f"kflowers {args.command}: error: KERAS_BACKEND={backend} is not a Keras backend; use one of "
+            f"{', '.join(KERAS_BACKENDS)} (or unset it for torch)",
+            file=sys.stderr,
+        )
+        return 2
     _quiet_tensorflow(args.verbose, HEAVY_IMPORTS.get(args.command, ()))
     try:
         return COMMANDS[args.command](args) or 0
@@ -179,6 +187,7 @@ def main(argv=None):
         return 2
 
 
+KERAS_BACKENDS = ("torch", "jax", "tensorflow", "numpy", "openvino")
 # What each command imports; Keras and keras-hub load TensorFlow when it is installed.
 HEAVY_IMPORTS = {
     "download": ("keras",),

@@ -83,7 +83,7 @@ def download_flowers(cache_dir=None, url=FLOWERS_URL, expected_bytes=FLOWERS_ZIP
         raise DataError(
             f"could not download the flowers dataset from {url} ({first_line(error)}); "
             "without network, pass --data DIR with a folder of class subfolders"
-        ) from None
+        ) from error
     target = os.path.join(os.path.dirname(archive), "flowers_extracted")
     marker = os.path.join(target, ".complete")
     stamp = _archive_stamp(archive)
@@ -502,7 +502,9 @@ class FlowerDataset(_pydataset_base()):
         batch_size: images per batch.
         image_size: side of the square images fed to the model.
         shuffle: reshuffle the samples every epoch (pass `shuffle=False` to
-            `fit`: the dataset shuffles itself, reproducibly).
+            `fit`: the dataset shuffles itself, reproducibly). A shuffled
+            dataset's last batch never holds a single image (BatchNorm can't
+            normalise over one): such a remainder joins the batch before it.
         augment: training-time augmentation: `False`; `True` or `"basic"`,
             random resized crops and horizontal flips; `"trivial"`, basic plus
             one TrivialAugment-style colour or geometry operation per image
@@ -609,7 +611,9 @@ class FlowerDataset(_pydataset_base()):
     def _global_batches(self):
         size = self.batch_size * self.num_shards
         count = math.ceil(len(self.paths) / size)
-        if count > 1 and len(self.paths) - (count - 1) * size < self.num_shards:
+        # A shuffled (training) batch needs 2 samples per process: BatchNorm can't normalise over one.
+        least = self.num_shards * (2 if self.shuffle and self.batch_size > 1 else 1)
+        if count > 1 and len(self.paths) - (count - 1) * size < least:
             count -= 1  # the remainder joins the previous batch
         return count, size
 
@@ -708,7 +712,13 @@ class FlowerDataset(_pydataset_base()):
 
     def load(self, i, epoch=0):
         """Sample `i` as the model sees it in `epoch`: `(S, S, 3)` uint8."""
-        pixels = read_image(self.paths[i], min_size=self._decode_size())
+        try:
+            pixels = read_image(self.paths[i], min_size=self._decode_size())
+        except (UnreadableImage, OSError) as error:
+            raise DataError(
+                f"{display_name(os.fspath(self.paths[i]))} can no longer be read ({first_line(error)}): it changed "
+                "after the dataset was scanned; restore it or scan the folder again"
+            ) from error
         transform = self._transform()
         if self.augment:
             sample_seed = np.random.SeedSequence([self.seed, epoch, i]).generate_state(1)[0]

@@ -78,5 +78,8 @@ def user_message(error):
 
 def display_name(name):
     """`name` as text that can be printed and drawn: a file name that is not
-    valid UTF-8 (kept by Python as surrogate escapes) gets U+FFFD for its bad bytes."""
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    valid UTF-8 (kept by Python as surrogate escapes) gets U+FFFD for its bad
+    bytes, and control characters (a terminal's escape sequences start with
+    one) are shown as `\\xNN` instead of reaching the terminal."""
+    text = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return "".join(c if c.isprintable() or c == " " else f"\\x{ord(c):02x}" for c in text)

@@ -87,10 +87,9 @@ def explain_images(model, images, out_dir, top_k=3, class_names=None):
         top_k: classes named in the title.
         class_names: default: the model's.
     """
-    from kflowers.reports import _pyplot
-    from kflowers.reports import _save
+    from kflowers.reports import new_figure
+    from kflowers.reports import save_figure
 
-    plt = _pyplot()
     names = class_names or class_names_of(model)
     size = model.input_shape[1] or 224
     written = []
@@ -98,21 +97,30 @@ def explain_images(model, images, out_dir, top_k=3, class_names=None):
         pixels = prepare_images([path], size)
         heatmaps, logits = grad_cam(model, pixels)
         top = decode_predictions(logits, names, top_k)[0]
-        figure, ax = plt.subplots(figsize=(4.5, 4.8))
+        figure, ax = new_figure(figsize=(4.5, 4.8))
         ax.imshow(overlay(pixels[0], heatmaps[0]))
         ax.axis("off")
         ax.set_title("\n".join(f"{name} {p:.2f}" for name, p in top), fontsize=10)
-        stem = os.path.splitext(os.path.basename(path))[0]
-        written.append(_save(figure, os.path.join(out_dir, f"{stem}.gradcam.png")))
+        written.append(save_figure(figure, _unused_name(out_dir, path, written)))
     return written
+
+
+def _unused_name(out_dir, path, written):
+    """`NAME.gradcam.png` for image `path`; two images with the same name (in two folders) get
+    `NAME.2.gradcam.png` and so on, so that no picture of this call overwrites another."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    candidate, number = os.path.join(out_dir, f"{stem}.gradcam.png"), 1
+    while candidate in written:
+        number += 1
+        candidate = os.path.join(out_dir, f"{stem}.{number}.gradcam.png")
+    return candidate
 
 
 def top_losses(logits, labels, count=9):
     """Indices of the `count` samples with the highest cross-entropy loss, highest first, and their losses."""
-    logits = np.asarray(logits, "float64")
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    log_probabilities = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-    losses = -log_probabilities[np.arange(len(labels)), np.asarray(labels)]
+    from kflowers.predict import log_softmax
+
+    losses = -log_softmax(logits)[np.arange(len(labels)), np.asarray(labels)]
     order = np.argsort(-losses, kind="stable")[:count]
     return order, losses[order]
 
@@ -129,15 +137,14 @@ def plot_top_losses(paths, labels, logits, class_names, path, count=9, image_siz
         image_size: show the photos as the model saw them (resized).
     """
     from kflowers.images import read_image
-    from kflowers.reports import _pyplot
-    from kflowers.reports import _save
+    from kflowers.reports import new_figure
+    from kflowers.reports import save_figure
 
-    plt = _pyplot()
     order, losses = top_losses(logits, labels, count)
     answers = decode_predictions(np.asarray(logits)[order], class_names, top_k=1)
     cols = min(3, max(1, len(order)))
     rows = max(1, -(-len(order) // cols))
-    figure, axes = plt.subplots(rows, cols, figsize=(cols * 3.2, rows * 3.6), squeeze=False)
+    figure, axes = new_figure(rows, cols, figsize=(cols * 3.2, rows * 3.6), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, index, loss, answer in zip(axes.ravel(), order, losses, answers):
@@ -150,4 +157,4 @@ def plot_top_losses(paths, labels, logits, class_names, path, count=9, image_siz
             f"true {class_names[labels[index]]}\npredicted {predicted} {probability:.2f}\nloss {loss:.2f}", fontsize=9
         )
     figure.suptitle("highest test losses")
-    return _save(figure, path)
+    return save_figure(figure, path)

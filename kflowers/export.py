@@ -131,9 +131,9 @@ def _export_in_child(model_path, format, out, images, atol, force):
     lines = result.stdout.strip().splitlines()
     if result.returncode == 0 and lines:
         return json.loads(lines[-1])
-    message = (result.stderr.strip().splitlines() or ["the export process failed"])[-1]
-    if result.returncode == 2:  # a KflowersError in the child: its one line
-        raise ExportMismatch(message) if "disagrees" in message else KflowersError(message)
+    if result.returncode == 2 and lines:  # a user error in the child: its type and its one line, as JSON
+        error = json.loads(lines[-1])
+        raise (ExportMismatch if error["type"] == "ExportMismatch" else KflowersError)(error["message"])
     raise RuntimeError(f"exporting on the {FORMATS[format]} backend failed: {result.stderr[-3000:]}")
 
 
@@ -142,18 +142,19 @@ def _export_here(model_path, format, out, images, atol, force):
     from kflowers.files import write_json
     from kflowers.model import load_model
     from kflowers.predict import prepare_images
+    from kflowers.predict import softmax
 
     model = load_model(model_path)
     size = model.input_shape[1] or 224
     pixels = np.random.default_rng(0).integers(0, 256, (4, size, size, 3)).astype("uint8")
     if images:
         pixels = np.concatenate([pixels, prepare_images(list(images), size)])
-    expected = _softmax(np.asarray(model.predict(pixels, verbose=0), "float64"))
+    expected = softmax(model.predict(pixels, verbose=0))
     out = os.fspath(out)
     writing = _into_folder(out) if os.path.isdir(out) else atomic_path(out, suffix=EXTENSIONS[format])
     with writing as tmp:
         EXPORTERS[format](model, tmp, size)
-        got = _softmax(np.asarray(RUNNERS[format](tmp, pixels), "float64"))
+        got = softmax(RUNNERS[format](tmp, pixels))
         if not (np.isfinite(got).all() and np.isfinite(expected).all()):
             raise ExportMismatch(
                 f"the {format} export of {model_path} gives probabilities that are not finite "
@@ -200,11 +201,6 @@ def _into_folder(folder):
             os.replace(os.path.join(tmp, name), there)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _softmax(logits):
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 # ------------------------------------------------------------ per format
@@ -318,7 +314,7 @@ def _main(argv):
         text = user_message(error)
         if text is None:
             raise
-        print(text, file=sys.stderr)
+        print(json.dumps({"type": type(error).__name__, "message": text}))
         return 2
     print(json.dumps(result))
     return 0

@@ -88,36 +88,3 @@ class FeatureCache:
     @property
     def test_features(self):
         return None if self.validation is None else self.validation[0]
-
-
-def fit_head_on_features(
-    model, train_data, test_data=None, epochs=5, optimizer=None, callbacks=(), verbose=1, initial_epoch=0
-):
-    """Fit `model`'s head on cached backbone features (see `FeatureCache`).
-
-    Args:
-        model: a compiled model from `build_model` whose backbone is frozen.
-        train_data: a `FlowerDataset` without augmentation.
-        test_data: a `FlowerDataset` evaluated after every epoch.
-        epochs: epochs to train (`fit`'s meaning, with `initial_epoch`).
-        optimizer: default: a fresh copy of the model's optimizer.
-        callbacks: Keras callbacks (they see the head model, and logs with
-            `val_*` keys as in a normal `fit`).
-        verbose: Keras's progress bar setting.
-
-    Returns:
-        The `keras.callbacks.History` of the head's training.
-    """
-    cache = FeatureCache(model, train_data, test_data, verbose=verbose)
-    if optimizer is None:
-        optimizer = type(model.optimizer).from_config(model.optimizer.get_config())
-    cache.head_model.compile(optimizer=optimizer, loss=model.loss, metrics=["accuracy"])
-    return cache.head_model.fit(
-        cache.batches,
-        validation_data=cache.validation,
-        epochs=epochs,
-        initial_epoch=initial_epoch,
-        shuffle=False,
-        verbose=verbose,
-        callbacks=[cache.follow_epochs, *callbacks],
-    )

@@ -10,7 +10,9 @@ and decode a JPEG at a reduced scale, which scikit-image's `imread` can't);
 transparent pixels are composited onto white in integer arithmetic.
 """
 
+import contextlib
 import os
+import threading
 import warnings
 
 import numpy as np
@@ -24,6 +26,10 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".
 # Pillow's own guard against decompression bombs warns at ~89 Mpx and raises at
 # twice that; kflowers refuses anything above this size outright.
 MAX_PIXELS = 64_000_000
+# Images above this many pixels are decoded one at a time, whatever the number of threads: four 64-megapixel
+# decodes at once would hold gigabytes.
+LARGE_PIXELS = 16_000_000
+_ONE_LARGE_DECODE = threading.Lock()
 
 
 class UnreadableImage(KflowersError, ValueError):
@@ -64,6 +70,7 @@ def read_image(path, min_size=None):
         if os.path.getsize(path) == 0:  # FileNotFoundError for a dangling link
             raise UnreadableImage("empty file (0 bytes)")
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # Pillow's notes on palettes, EXIF: not the user's concern
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 width, height = image.size
@@ -71,9 +78,11 @@ def read_image(path, min_size=None):
                     raise UnreadableImage(f"too large ({width}x{height} pixels; the limit is {MAX_PIXELS:,} pixels)")
                 if min_size and image.format == "JPEG":
                     image.draft("RGB", (min_size, min_size))
-                image.load()
-                image = ImageOps.exif_transpose(image)
-                return _to_rgb_uint8(image)
+                large = image.size[0] * image.size[1] > LARGE_PIXELS
+                with _ONE_LARGE_DECODE if large else contextlib.nullcontext():
+                    image.load()
+                    image = ImageOps.exif_transpose(image)
+                    return _to_rgb_uint8(image)
     except UnreadableImage:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
@@ -130,9 +139,12 @@ def to_uint8(pixels):
 def composite_on_white(rgba):
     """An `(H, W, 4)` `uint8` image composited onto white, as a viewer shows it, in integer arithmetic
     (`round((rgb * a + 255 * (255 - a)) / 255)`): a fraction of the memory of a float conversion."""
-    alpha = rgba[..., 3:4].astype(np.uint16)
-    rgb = rgba[..., :3].astype(np.uint16)
-    return ((rgb * alpha + 255 * (255 - alpha) + 127) // 255).astype(np.uint8)
+    out = np.empty(rgba.shape[:2] + (3,), np.uint8)
+    for top in range(0, rgba.shape[0], 512):  # in bands of rows: the uint16 temporaries stay small
+        band = rgba[top : top + 512]
+        alpha = band[..., 3:4].astype(np.uint16)
+        out[top : top + 512] = (band[..., :3].astype(np.uint16) * alpha + 255 * (255 - alpha) + 127) // 255
+    return out
 
 
 def _reason(error):

@@ -145,11 +145,10 @@ def lr_find(
 
 
 def _plot(rates, losses, suggestion, path):
-    from kflowers.reports import _pyplot
-    from kflowers.reports import _save
+    from kflowers.reports import new_figure
+    from kflowers.reports import save_figure
 
-    plt = _pyplot()
-    figure, ax = plt.subplots(figsize=(7, 4.5))
+    figure, ax = new_figure(figsize=(7, 4.5))
     ax.plot(rates, losses, alpha=0.35, label="loss per batch")
     ax.plot(rates, _smooth(losses, 0.98), label="smoothed")
     ax.axvline(suggestion, color="C3", linestyle="--", label=f"suggestion {suggestion:.1e}")
@@ -158,4 +157,4 @@ def _plot(rates, losses, suggestion, path):
     ax.set_ylabel("training loss")
     ax.grid(alpha=0.3)
     ax.legend()
-    return _save(figure, path)
+    return save_figure(figure, path)

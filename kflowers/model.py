@@ -143,7 +143,7 @@ def load_weights(model, source):
         try:
             state = load_file(path)
         except Exception as error:
-            raise WeightsError(f"cannot read {path}: {first_line(error)}") from None
+            raise WeightsError(f"cannot read {path}: {first_line(error)}") from error
         load_state_dict(backbone, state)
     elif lower.endswith(".h5"):
         _load_keras_weights(model, backbone, path)
@@ -162,7 +162,7 @@ def read_torch_state_dict(path):
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise WeightsError(f"cannot read {path}: {first_line(error)}") from None
+        raise WeightsError(f"cannot read {path}: {first_line(error)}") from error
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -270,7 +270,7 @@ def _backbone_from_preset(preset, shape):
             preset, image_shape=shape, data_format="channels_last", name="backbone"
         )
     except Exception as error:
-        raise WeightsError(f"cannot load keras-hub preset {preset!r}: {first_line(error)}") from None
+        raise WeightsError(f"cannot load keras-hub preset {preset!r}: {first_line(error)}") from error
     if backbone.block_type != "basic_block" or list(backbone.stackwise_num_blocks) != [2, 2, 2, 2]:
         raise WeightsError(
             f"preset {preset!r} is not a ResNet18 ({backbone.block_type}, blocks {list(backbone.stackwise_num_blocks)})"
@@ -302,7 +302,7 @@ def fetch_imagenet_checkpoint(
                 f"could not download the ImageNet weights from {url} ({first_line(error)}); "
                 "without network, pass --weights PATH (a .pth, .safetensors or .weights.h5 "
                 "file) or --weights none"
-            ) from None
+            ) from error
         digest = sha256_of(path)
         if digest.startswith(sha256_prefix):
             return path
@@ -319,6 +319,10 @@ def fetch_imagenet_checkpoint(
 # ------------------------------------------------------------ save / load
 
 _CLASSES_ENTRY = "kflowers.json"
+MAX_CLASSES_ENTRY_BYTES = 1 << 20  # a million bytes of class names is already absurd
+# The largest square input a model file may declare: a 4096 px image is 50 MB of float32 per layer input
+# at the stem; a 12,000 px one took 3.8 GB to predict one image.
+MAX_INPUT_SIZE = 4096
 
 
 def save_model(model, path, class_names):
@@ -353,10 +357,18 @@ def read_class_names(path):
         with zipfile.ZipFile(path) as archive:
             if _CLASSES_ENTRY not in archive.namelist():
                 return None
-            names = json.loads(archive.read(_CLASSES_ENTRY))["class_names"]
+            if archive.getinfo(_CLASSES_ENTRY).file_size > MAX_CLASSES_ENTRY_BYTES:  # checked before reading
+                raise WeightsError(
+                    f"{path}: its {_CLASSES_ENTRY} declares {archive.getinfo(_CLASSES_ENTRY).file_size:,} bytes "
+                    f"(class names take at most {MAX_CLASSES_ENTRY_BYTES:,}): the file was edited or damaged"
+                )
+            with archive.open(_CLASSES_ENTRY) as entry:
+                names = json.loads(entry.read(MAX_CLASSES_ENTRY_BYTES + 1))["class_names"]
+    except WeightsError:
+        raise
     except (zipfile.BadZipFile, OSError):
         return None
-    except (KeyError, ValueError, TypeError):
+    except (KeyError, ValueError, TypeError, RecursionError):
         names = None
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
         raise WeightsError(
@@ -390,15 +402,22 @@ def load_model(path, torch_kernels=True):
         raise WeightsError(f"model file not found: {path}")
     if not zipfile.is_zipfile(path):
         raise WeightsError(f"{path} is corrupt or not a .keras model file (not a zip archive)")
+    import kflowers.losses  # noqa: F401 - registers SparseCrossentropyWithSmoothing, a compiled model's loss
+
     names = read_class_names(path)
     try:
         model = keras.models.load_model(path)
     except Exception as error:
-        raise WeightsError(f"cannot load {path}: corrupt or not a Keras model ({first_line(error)})") from None
+        raise WeightsError(f"cannot load {path}: corrupt or not a Keras model ({first_line(error)})") from error
     if not _is_classifier(model):
         raise WeightsError(
             f"{path} is a Keras model but not a kflowers classifier (an image input of "
             "shape (size, size, 3) and a final Dense layer named 'head')"
+        )
+    side = max(d for d in model.input_shape[1:3] if d is not None) if any(model.input_shape[1:3]) else None
+    if side is not None and side > MAX_INPUT_SIZE:
+        raise WeightsError(
+            f"{path} declares {side} px input images (at most {MAX_INPUT_SIZE} px): the file was edited or damaged"
         )
     outputs = model.output_shape[-1]
     if names is None:

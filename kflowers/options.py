@@ -188,14 +188,20 @@ def native_bfloat16():
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+# The flags whose `RunOptions` default is "the recipe's" take the lesson's value in a script that has no
+# recipe (the examples, lr-find); `kflowers train` and `compare` keep `None` and let the recipe decide.
+LESSON_DEFAULTS = {"image_size": 224, "precision": "float32"}
+
+
 def add_flags(parser, names, **defaults):
     """Add `RunOptions` fields `names` to an argparse `parser` as flags (`batch_size` -> `--batch-size`).
 
-    `defaults` overrides a field's default for this command.
+    `defaults` overrides a field's default for this command; without it, `image_size` and `precision`
+    default to the lesson's (`LESSON_DEFAULTS`).
     """
     fields = {f.name: f for f in dataclasses.fields(RunOptions)}
     for name in names:
         meta = dict(fields[name].metadata)
         flag = meta.pop("flag", "--" + name.replace("_", "-"))
-        default = defaults.get(name, fields[name].default)
+        default = defaults[name] if name in defaults else LESSON_DEFAULTS.get(name, fields[name].default)
         parser.add_argument(flag, dest=name, default=default, **meta)

@@ -85,12 +85,27 @@ def decode_predictions(logits, class_names, top_k=5):
     >>> decode_predictions(np.array([[2.0, 0.0, 1.0]]), ["a", "b", "c"], top_k=2)
     [[('a', 0.665...), ('c', 0.244...)]]
     """
-    logits = np.asarray(logits, "float64")
-    probabilities = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    probabilities /= probabilities.sum(axis=-1, keepdims=True)
+    probabilities = softmax(logits)
     top_k = min(top_k, probabilities.shape[-1])
     order = np.argsort(-probabilities, axis=-1, kind="stable")[:, :top_k]
     return [[(class_names[i], float(row[i])) for i in picks] for row, picks in zip(probabilities, order)]
+
+
+def log_softmax(logits):
+    """Log-probabilities from `logits` (one row per image), in float64: the one place kflowers computes them.
+
+    Example:
+    >>> np.exp(log_softmax(np.array([[0.0, np.log(3.0)]])))
+    array([[0.25, 0.75]])
+    """
+    logits = np.asarray(logits, "float64")
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def softmax(logits):
+    """Probabilities from `logits` (one row per image), in float64 (see `log_softmax`)."""
+    return np.exp(log_softmax(logits))
 
 
 def class_names_of(model):

@@ -3,16 +3,22 @@ and markdown tables you can paste."""
 
 import numpy as np
 
+from kflowers.errors import display_name
 from kflowers.files import atomic_path
 
 
-def _pyplot():
-    import matplotlib
+def new_figure(rows=1, cols=1, figsize=(6.4, 4.8), squeeze=True):
+    """A matplotlib `Figure` and its axes, made with the object API: no pyplot state, so a notebook's
+    backend and open figures are left alone.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Example:
+    >>> figure, ax = new_figure(figsize=(4, 3))
+    >>> save_figure(figure, "plot.png")
+    """
+    from matplotlib.figure import Figure
 
-    return plt
+    figure = Figure(figsize=figsize)
+    return figure, figure.subplots(rows, cols, squeeze=squeeze)
 
 
 def _tidy(ax, values=None):
@@ -25,11 +31,10 @@ def _tidy(ax, values=None):
         ax.set_yscale("log")
 
 
-def _save(figure, path):
-    plt = _pyplot()
+def save_figure(figure, path):
+    """Write `figure` to the PNG `path` atomically; return `path`."""
     with atomic_path(path, suffix=".png") as tmp:
         figure.savefig(tmp, dpi=100, bbox_inches="tight", format="png")
-    plt.close(figure)
     return str(path)
 
 
@@ -46,11 +51,10 @@ def plot_samples(folder, path, rows=3, cols=5, seed=0, image_size=None):
     """
     from kflowers.images import read_image
 
-    plt = _pyplot()
     rng = np.random.default_rng(seed)
     count = min(rows * cols, len(folder))
     chosen = rng.choice(len(folder), size=count, replace=False)
-    figure, axes = plt.subplots(rows, cols, figsize=(cols * 2.4, rows * 2.6))
+    figure, axes = new_figure(rows, cols, figsize=(cols * 2.4, rows * 2.6))
     for ax in np.ravel(axes):
         ax.axis("off")
     for ax, index in zip(np.ravel(axes), chosen):
@@ -61,7 +65,7 @@ def plot_samples(folder, path, rows=3, cols=5, seed=0, image_size=None):
             pixels = A.Resize(image_size, image_size)(image=pixels)["image"]
         ax.imshow(pixels)
         ax.set_title(folder.class_names[folder.labels[index]])
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_history(history, path, title=None):
@@ -72,8 +76,7 @@ def plot_history(history, path, title=None):
             `test_loss`, `test_accuracy` (a `keras.callbacks.History.history`
             renamed by `kflowers`), or a list of such rows.
     """
-    plt = _pyplot()
-    figure, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    figure, (ax_loss, ax_acc) = new_figure(1, 2, figsize=(11, 4))
     epochs = np.arange(1, len(history["loss"]) + 1)
     for ax, metric in ((ax_loss, "loss"), (ax_acc, "accuracy")):
         ax.plot(epochs, history[metric], "o-", label="train")
@@ -86,7 +89,7 @@ def plot_history(history, path, title=None):
         ax.legend()
     if title:
         figure.suptitle(title)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_comparison(histories, path):
@@ -95,8 +98,7 @@ def plot_comparison(histories, path):
     Args:
         histories: `{run name: history dict}`.
     """
-    plt = _pyplot()
-    figure, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(12, 4.5))
+    figure, (ax_acc, ax_loss) = new_figure(1, 2, figsize=(12, 4.5))
     for index, (name, history) in enumerate(histories.items()):
         colour = f"C{index}"
         epochs = np.arange(1, len(history["loss"]) + 1)
@@ -111,15 +113,14 @@ def plot_comparison(histories, path):
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.legend()
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_confusion(matrix, class_names, path, title="confusion matrix (rows: true class)"):
     """A confusion matrix with counts in the cells."""
-    plt = _pyplot()
     matrix = np.asarray(matrix)
     size = max(4.0, 0.9 * len(class_names) + 2)
-    figure, ax = plt.subplots(figsize=(size, size))
+    figure, ax = new_figure(figsize=(size, size))
     ax.imshow(matrix, cmap="Blues")
     ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
     ax.set_yticks(range(len(class_names)), class_names)
@@ -129,7 +130,7 @@ def plot_confusion(matrix, class_names, path, title="confusion matrix (rows: tru
     for (i, j), value in np.ndenumerate(matrix):
         ax.text(j, i, str(value), ha="center", va="center", color="white" if value > threshold else "black")
     ax.set_title(title)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def markdown_table(rows, columns=None):
@@ -140,8 +141,11 @@ def markdown_table(rows, columns=None):
     def cell(value):
         if isinstance(value, float):
             return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.4g}"
-        return str(value)
+        return display_name(str(value))  # no terminal escapes from class or file names
 
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines = [
+        "| " + " | ".join(map(display_name, map(str, columns))) + " |",
+        "|" + "|".join("---" for _ in columns) + "|",
+    ]
     lines += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows]
     return "\n".join(lines)

@@ -44,6 +44,8 @@ from kflowers.files import write_text
 from kflowers.options import PRECISIONS
 from kflowers.options import RunOptions  # noqa: F401 - re-exported: kflowers.runs.RunOptions
 from kflowers.parts import model_parts
+from kflowers.predict import log_softmax
+from kflowers.predict import softmax
 from kflowers.run_directory import LOCK_FILE  # noqa: F401 - re-exported
 from kflowers.run_directory import RunLock
 from kflowers.run_directory import check_not_inside
@@ -69,13 +71,6 @@ def _mean_of_views(model, views):
     """Log of the mean probability over `views` (datasets of the same images): logits of the averaged model."""
     probabilities = np.mean([softmax(model.predict(view, verbose=0)) for view in views], axis=0)
     return np.log(np.maximum(probabilities, np.finfo("float64").tiny))
-
-
-def softmax(logits):
-    """Probabilities from `logits` (rows), in float64."""
-    logits = np.asarray(logits, "float64")
-    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
 def evaluate_model(model, dataset, class_names, features=None, tta=False):
@@ -108,10 +103,7 @@ def evaluate_model(model, dataset, class_names, features=None, tta=False):
         logits = model.predict(dataset, verbose=0)
     predictions = np.argmax(logits, axis=-1)
     labels = np.asarray(dataset.labels)
-    logits64 = np.asarray(logits, "float64")
-    shifted = logits64 - logits64.max(axis=-1, keepdims=True)
-    log_probabilities = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-    loss = float(-np.mean(log_probabilities[np.arange(len(labels)), labels])) if len(labels) else None
+    loss = float(-np.mean(log_softmax(logits)[np.arange(len(labels)), labels])) if len(labels) else None
     indices = list(range(len(class_names)))
     report = classification_report(
         labels, predictions, labels=indices, target_names=class_names, output_dict=True, zero_division=0
@@ -141,6 +133,8 @@ class StopOnInterrupt:
 
     A context manager whose `event` (a `threading.Event`) is set by the first
     Ctrl-C; pass it to `training.train(stop=...)`. A second Ctrl-C stops at once.
+    Off the main thread (a run started from a worker thread) no handler is
+    installed (Python allows none there): set `event` yourself to stop.
     """
 
     def __init__(self):
@@ -155,11 +149,16 @@ class StopOnInterrupt:
             self.event.set()
             print("\nInterrupted: stopping after this batch and saving the run (Ctrl-C again to abort).", flush=True)
 
-        self._previous = signal.signal(signal.SIGINT, handler)
+        import threading
+
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():  # Python allows handlers only there
+            self._previous = signal.signal(signal.SIGINT, handler)
         return self
 
     def __exit__(self, *exc):
-        signal.signal(signal.SIGINT, self._previous)
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 def check_out(out, data=None, force=False):
@@ -184,10 +183,12 @@ def check_resumable(out, options, strategy, train_split, test_split):
             config = json.load(f)
         with open(os.path.join(out, "split.json")) as f:
             split = json.load(f)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
+        config = split = None
+    if not (isinstance(config, dict) and isinstance(split, dict)):
         raise BackupMismatch(
             f"{out} holds no readable config.json and split.json to resume from; start afresh without --resume"
-        ) from None
+        )
     ours = _identity(options, strategy)
     theirs = {key: config.get(key) for key in ours}
     theirs["precision"] = config.get("precision", "float32")
@@ -326,13 +327,15 @@ def _read_small_json(path, limit=64 << 20):
 
 def finished_metrics(out):
     """`metrics.json` of a run in `out` that finished (no backup left to resume), or `None`."""
-    import json
 
     path = os.path.join(out, "metrics.json")
     if os.path.exists(os.path.join(out, "backup")) or not os.path.exists(path):
         return None
-    with open(path) as f:
-        metrics = json.load(f)
+    metrics = _read_small_json(path)
+    if not isinstance(metrics, dict):
+        raise BackupMismatch(
+            f"{path} is damaged and {out} holds no backup to resume from; start afresh without --resume"
+        )
     return None if metrics.get("interrupted") else metrics
 
 
@@ -387,6 +390,7 @@ def _train_locked(options, folder, split, started, rank, processes):
     from kflowers.model import build_model
     from kflowers.model import save_model
     from kflowers.recipes import get_recipe
+    from kflowers.strategies import classification_loss
     from kflowers.strategies import get_strategy
     from kflowers.training import train
 
@@ -478,6 +482,8 @@ def _train_locked(options, folder, split, started, rank, processes):
     results = evaluate_model(model, test_ds, folder.class_names, features=result.test_features, tta=recipe.tta)
     seconds["evaluation"] = time.perf_counter() - clock
     clock = time.perf_counter()
+    if recipe.label_smoothing:  # saved with Keras's own loss, so that plain keras.models.load_model reads it
+        model.compile(optimizer=model.optimizer, loss=classification_loss(), metrics=["accuracy"])
     save_model(model, os.path.join(out, "model.keras"), folder.class_names)
     _write_history_csv(os.path.join(out, "history.csv"), rows)
     if rows:

@@ -374,7 +374,7 @@ class RunLoop:
             )
         stage = next(s for s in self.stages if s.name == state.stage)
         self._enter(stage)
-        self.model.set_weights(state.weights)
+        backup.assign(self.model.weights, state.weights, "weights")
         backup.assign(self.optimizer.variables, state.optimizer, "optimizer variables")
         self.rows = list(state.rows)
         if self.early:

@@ -38,6 +38,10 @@ def place(tmp_path_factory, flowers_dir):
     (root / "noise.keras").write_bytes(np.random.default_rng(0).bytes(5000))
     for name, names in [("fewer", ["a", "b"]), ("string", "daisy"), ("repeated", ["a"] * 5)]:
         edit_class_names(root / "model.keras", root / f"{name}.keras", names)
+    replace_entry(root / "model.keras", root / "bomb.keras", b" " * 2_000_000)  # deflates to a few kB
+    replace_entry(root / "model.keras", root / "nested.keras", b"[" * 200_000)
+    wide = kf.build_model(num_classes=5, weights=None, image_size=5000)  # no pixels allocated until predict
+    kf.save_model(wide, root / "wide.keras", ["daisy", "dandelion", "rose", "sunflower", "tulip"])
     other = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
     other.save(root / "other.keras")
     (root / "file").write_text("not a folder")
@@ -50,6 +54,12 @@ def place(tmp_path_factory, flowers_dir):
     shutil.copytree(os.path.join(flowers_dir, "rose"), single / "rose")
     image = sorted(os.listdir(single / "rose"))[0]
     return {"root": str(root), "data": flowers_dir, "image": str(single / "rose" / image)}
+
+
+def replace_entry(source, target, body):
+    with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as new:
+        for item in old.infolist():
+            new.writestr(item.filename, body if item.filename == "kflowers.json" else old.read(item))
 
 
 def edit_class_names(source, target, names):
@@ -110,6 +120,17 @@ ROWS = [
         "expected a list of distinct strings",
     ),
     ("missing image", ["predict", "--model", "{root}/model.keras", "{root}/none.jpg"], "no such file or folder"),
+    (
+        "class names entry of 2 MB",
+        ["predict", "--model", "{root}/bomb.keras", "{image}"],
+        "its kflowers.json declares 2,000,000 bytes",
+    ),
+    ("deeply nested class names", ["predict", "--model", "{root}/nested.keras", "{image}"], "are damaged"),
+    (
+        "a 5000 px model",
+        ["predict", "--model", "{root}/wide.keras", "{image}"],
+        "declares 5000 px input images (at most 4096 px)",
+    ),
     ("download into a file", ["download", "--dir", "{root}/file/sub"], "Not a directory"),
     ("show a missing folder", ["show", "--data", "{root}/nothing"], "dataset folder not found"),
     (
@@ -154,3 +175,68 @@ def test_bad_input_is_one_line(place, capsys, name, args, text):
             assert not {"model.keras", "metrics.json"} & set(os.listdir(out))
             # nothing hidden but the marker of a run that had started (kflowers.run_directory)
             assert not [n for n in os.listdir(out) if n.startswith(".") and n != ".kflowers-run"], os.listdir(out)
+
+
+def run_in_process(capsys, *args):
+    capsys.readouterr()
+    code = kflowers_main([str(a) for a in args])
+    return code, [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+
+
+def test_a_last_training_batch_of_one_image_joins_the_one_before(flowers_dir, tmp_path, capsys):
+    # 48 training images in batches of 47: torch's BatchNorm refused the last batch of one image.
+    out = tmp_path / "run"
+    code, lines = run_in_process(capsys, "train", "--data", flowers_dir, "--out", out, *FAST[:6], "--batch-size", "47")
+    assert code == 0, lines
+    assert json.loads((out / "metrics.json").read_text())["epochs"] == 1
+
+
+@pytest.fixture
+def finished_run(flowers_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, lines = run_in_process(capsys, "train", "--data", flowers_dir, "--out", out, *FAST)
+    assert code == 0, lines
+    return out
+
+
+DAMAGE = {
+    "backup not a zip": lambda out: (out / "backup").mkdir() or (out / "backup" / "state.npz").write_bytes(b"junk"),
+    "backup truncated": lambda out: (
+        (out / "backup").mkdir() or np.savez(out / "backup" / "state.npz", meta=np.array("{not json"))
+    ),
+    "config.json a list": lambda out: (
+        (out / "backup").mkdir()
+        or (out / "backup" / "state.npz").write_bytes(b"x")
+        or (out / "config.json").write_text("[1, 2]")
+    ),
+    "split.json null": lambda out: (
+        (out / "backup").mkdir()
+        or (out / "backup" / "state.npz").write_bytes(b"x")
+        or (out / "split.json").write_text("null")
+    ),
+    "metrics.json truncated": lambda out: (out / "metrics.json").write_text('{"test_accuracy": 0.'),
+}
+DAMAGE_TEXT = {
+    "backup not a zip": "backup/state.npz is damaged",
+    "backup truncated": "backup/state.npz is damaged",
+    "config.json a list": "holds no readable config.json and split.json to resume from",
+    "split.json null": "holds no readable config.json and split.json to resume from",
+    "metrics.json truncated": "metrics.json is damaged",
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE, ids=list(DAMAGE))
+def test_a_damaged_run_directory_is_one_line_on_resume(flowers_dir, finished_run, capsys, damage):
+    DAMAGE[damage](finished_run)
+    code, lines = run_in_process(capsys, "train", "--data", flowers_dir, "--out", finished_run, *FAST, "--resume")
+    assert code == 2 and len(lines) == 1, lines
+    assert DAMAGE_TEXT[damage] in lines[0]
+
+
+def test_a_backend_keras_does_not_have_is_one_line(monkeypatch, capsys, flowers_dir):
+    monkeypatch.setenv("KERAS_BACKEND", "nonsense")
+    code, lines = run_in_process(capsys, "train", "--data", flowers_dir)
+    assert code == 2 and lines == [
+        "kflowers train: error: KERAS_BACKEND=nonsense is not a Keras backend; use one of torch, jax, "
+        "tensorflow, numpy, openvino (or unset it for torch)"
+    ]

@@ -393,3 +393,47 @@ def test_unreadable_folder_is_named_in_a_warning(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "{'a': 3, 'b': 3}" in result.stdout
     assert "locked: folder not readable (Permission denied)" in result.stderr
+
+
+def test_class_names_with_terminal_escapes_never_reach_the_terminal(tmp_path):
+    from kflowers.reports import markdown_table
+
+    root = two_classes(tmp_path / "data")
+    os.rename(root / "b", root / "\x1b[31mred")
+    folder = kflowers.scan_folder(root)
+    assert folder.class_names == ["\\x1b[31mred", "a"]
+    table = markdown_table([{"class": "\x1b]0;title\x07x"}])
+    assert "\x1b" not in table and "\x07" not in table and "\\x1b]0;title\\x07x" in table
+
+
+def test_an_image_changed_after_the_scan_is_named(tmp_path):
+    root = two_classes(tmp_path / "data")
+    folder = kflowers.scan_folder(root)
+    data = kflowers.FlowerDataset.from_folder(folder, image_size=16)
+    with open(folder.paths[0], "r+b") as f:
+        f.truncate(20)
+    with pytest.raises(kflowers.DataError, match=r"0\.png can no longer be read .*changed after the dataset was"):
+        data.load(0)
+
+
+def test_pillow_notes_are_not_the_users_warnings(tmp_path):
+    import warnings
+
+    image = Image.new("P", (8, 8))
+    image.putpalette([0, 0, 0, 255, 0, 0] * 128)
+    image.info["transparency"] = b"\x00\xff"  # transparency as bytes: Pillow notes it with a UserWarning
+    image.save(tmp_path / "p.png", transparency=b"\x00\xff")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kflowers.read_image(tmp_path / "p.png")
+
+
+def test_explain_keeps_both_pictures_of_two_images_with_one_name(tmp_path, small_model_file):
+    from kflowers.explain import explain_images
+
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(gradient()).save(tmp_path / folder / "x.png")
+    model = kflowers.load_model(small_model_file)
+    written = explain_images(model, [tmp_path / "a" / "x.png", tmp_path / "b" / "x.png"], str(tmp_path / "out"))
+    assert [os.path.basename(p) for p in written] == ["x.gradcam.png", "x.2.gradcam.png"]

@@ -174,3 +174,31 @@ def test_modern_config_names_its_rates():
     scratch = RunOptions(data="d", strategy="scratch", recipe="modern")
     assert scratch.image_size == 112 and scratch.epochs == 40
     assert RunOptions(data="d", strategy="scratch").image_size == 224  # the lesson's
+
+
+def test_plots_leave_pyplot_alone(tmp_path):
+    code = (
+        "import sys, matplotlib\n"
+        "matplotlib.use('svg')\n"
+        "from kflowers.reports import plot_confusion\n"
+        "plot_confusion([[3, 1], [0, 4]], ['a', 'b'], sys.argv[1])\n"
+        "print(matplotlib.get_backend(), 'matplotlib.pyplot' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "c.png")], capture_output=True, text=True)
+    assert result.stdout.split() == ["svg", "False"], result.stderr[-2000:]
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_run_started_off_the_main_thread_trains(flowers_dir, tmp_path):
+    import threading
+
+    from kflowers.options import RunOptions
+    from kflowers.runs import train_run
+
+    options = RunOptions(data=flowers_dir, strategy="scratch", out=str(tmp_path / "run"), epochs=1)
+    options.image_size, options.batch_size, options.quiet = SIZE, 16, True
+    results = []
+    worker = threading.Thread(target=lambda: results.append(train_run(options)))
+    worker.start()
+    worker.join()
+    assert results and results[0]["epochs"] == 1  # no "signal only works in main thread" ValueError

@@ -15,7 +15,7 @@ from kflowers.recipes import INGREDIENTS
 from kflowers.recipes import LESSON
 from kflowers.recipes import get_recipe
 from kflowers.recipes import learning_rate_schedule
-from kflowers.strategies import SparseCrossentropyWithSmoothing
+from kflowers.losses import SparseCrossentropyWithSmoothing
 from kflowers.strategies import get_strategy
 from kflowers.strategies import stage_optimizer
 

@@ -127,15 +127,23 @@ INTERRUPTIONS = {
     "SIGKILL in epoch 3": ("kill", 2, 0),
 }
 PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
+LESSON_STRATEGIES = [s for s in STRATEGIES if "modern" not in s]
 CASES = [
     (s, i, early, "float32", 1)
-    for s in STRATEGIES
+    for s in LESSON_STRATEGIES
     for i in INTERRUPTIONS
     for early in (False, True)
     if not (early and i in ("Ctrl-C in epoch 1", "SIGKILL in epoch 3"))
 ]
 # Mixed precision (the torch fast path computes in bfloat16): every strategy, both kinds of interruption.
-CASES += [(s, i, False, "bfloat16", 1) for s in STRATEGIES for i in ("Ctrl-C in epoch 2", "SIGKILL in epoch 2")]
+CASES += [(s, i, False, "bfloat16", 1) for s in LESSON_STRATEGIES for i in ("Ctrl-C in epoch 2", "SIGKILL in epoch 2")]
+# The modern recipe: cut across the stage switch (with early stopping too), in its last epoch, under bfloat16.
+CASES += [
+    ("two-stage modern", "SIGKILL in epoch 2", False, "float32", 1),
+    ("two-stage modern", "Ctrl-C in epoch 2", True, "float32", 1),
+    ("scratch modern", "SIGKILL in epoch 3", False, "float32", 1),
+    ("two-stage modern", "Ctrl-C in epoch 2", False, "bfloat16", 1),
+]
 # Two loader threads reading ahead, cut and resumed across the stage switch, against the straight run with one.
 CASES += [("two-stage uncached", "SIGKILL in epoch 2", True, "float32", 2)]
 

@@ -1,0 +1,118 @@
+"""The modern recipe, measured: the headline run, the same run with each ingredient removed in turn, and
+the lesson's recipe for the same epochs, image size and precision, on a real dataset.
+
+Every run is the README's command (`kflowers train --strategy scratch --recipe modern --weights none`,
+plus `--without INGREDIENT` or `--recipe lesson`), so each row is reproducible by hand. Runs already
+finished in `--out` are read back, not repeated (a long ablation can be stopped and continued).
+
+    python benchmarks/recipe_ablation.py --data ../shared/data/flowers --out runs/ablation \\
+        [--seeds 0 1 2] [--without ema tta ...] [--lesson] [--epochs N --image-size S]
+
+Writes `--out/ablation.md` (accuracy and minutes per row: mean and spread over the seeds) and
+`--out/curves.png` (test accuracy per epoch of the first seed's runs), and prints the table.
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+
+import numpy as np
+
+
+def run(data, out, seed, extra, common):
+    metrics_path = os.path.join(out, "metrics.json")
+    if os.path.exists(metrics_path) and not os.path.exists(os.path.join(out, "backup")):
+        with open(metrics_path) as f:
+            return json.load(f)
+    command = [sys.executable, "-m", "kflowers", "train", "--data", data, "--out", out, "--strategy", "scratch"]
+    command += ["--weights", "none", "--seed", str(seed), "--quiet", *common, *extra]
+    if os.path.exists(os.path.join(out, "backup")):
+        command.append("--resume")
+    print(" ".join(command), flush=True)
+    subprocess.run(command, check=True)
+    with open(metrics_path) as f:
+        return json.load(f)
+
+
+def cpu():
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+    except OSError:
+        return platform.processor()
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
+    flags = [flag for flag in ("avx512_bf16", "amx_bf16") if flag in text]
+    return f"{model}, {os.cpu_count()} cores, native bf16: {', '.join(flags) or 'no'}"
+
+
+def main():
+    from kflowers.recipes import INGREDIENTS
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--out", default="runs/ablation")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--without", nargs="*", default=list(INGREDIENTS), choices=INGREDIENTS)
+    parser.add_argument("--lesson", action="store_true", help="add the lesson's recipe for the same epochs")
+    parser.add_argument("--epochs", type=int, help="override the recipe's epochs (a shorter ablation)")
+    parser.add_argument("--image-size", type=int, help="override the recipe's image size")
+    args = parser.parse_args()
+    common = []
+    if args.epochs:
+        common += ["--epochs", str(args.epochs)]
+    if args.image_size:
+        common += ["--image-size", str(args.image_size)]
+    variants = {"modern": ["--recipe", "modern"]}
+    variants.update({f"modern without {w}": ["--recipe", "modern", "--without", w] for w in args.without})
+    if args.lesson:
+        from kflowers.options import RunOptions
+
+        modern = RunOptions(data=args.data, strategy="scratch", recipe="modern")
+        size = args.image_size or modern.image_size
+        variants["lesson (same epochs, size, precision)"] = [
+            "--recipe",
+            "lesson",
+            "--epochs",
+            str(args.epochs or modern.epochs),
+            "--image-size",
+            str(size),
+            "--precision",
+            modern.precision,
+        ]
+    rows, histories = [], {}
+    for name, extra in variants.items():
+        results = []
+        for seed in args.seeds:
+            out = os.path.join(args.out, name.replace(" ", "-").replace(",", ""), f"seed{seed}")
+            results.append(run(args.data, out, seed, extra, common))
+            if seed == args.seeds[0]:
+                from kflowers.runs import read_history
+
+                histories[name] = read_history(out)
+        accuracy = np.array([r["test_accuracy"] for r in results])
+        minutes = np.array([r["wall_seconds"] / 60 for r in results])
+        rows.append(
+            {
+                "run": name,
+                "seeds": len(results),
+                "test_accuracy": f"{accuracy.mean():.4f} ± {accuracy.std():.4f}",
+                "min_max": f"{accuracy.min():.4f}–{accuracy.max():.4f}",
+                "minutes": f"{minutes.mean():.1f}",
+            }
+        )
+    from kflowers.files import write_text
+    from kflowers.reports import markdown_table
+    from kflowers.reports import plot_comparison
+
+    table = markdown_table(rows)
+    note = f"\n\nCPU: {cpu()}; seeds {', '.join(map(str, args.seeds))}; data {args.data}\n"
+    write_text(os.path.join(args.out, "ablation.md"), table + note)
+    plot_comparison(histories, os.path.join(args.out, "curves.png"))
+    print(table + note)
+
+
+if __name__ == "__main__":
+    main()
