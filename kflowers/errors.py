@@ -20,6 +20,10 @@ class DataError(KflowersError, ValueError):
     """A dataset that can't be used; the message says why and what to do."""
 
 
+class NotAClassifier(KflowersError, ValueError):
+    """A Keras model without a kflowers classifier's parts (preprocess, backbone, pool, head)."""
+
+
 class WeightsError(KflowersError, ValueError):
     """Weights or a model file that can't be loaded; the message names the problem."""
 

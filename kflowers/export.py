@@ -151,6 +151,7 @@ def _export_here(model_path, format, out, images, atol, force):
         pixels = np.concatenate([pixels, prepare_images(list(images), size)])
     expected = softmax(model.predict(pixels, verbose=0))
     out = os.fspath(out)
+    _remove_stale_temporaries(out)
     writing = _into_folder(out) if os.path.isdir(out) else atomic_path(out, suffix=EXTENSIONS[format])
     with writing as tmp:
         EXPORTERS[format](model, tmp, size)
@@ -180,6 +181,18 @@ def _export_here(model_path, format, out, images, atol, force):
         "max_probability_difference": difference,
         "class_names": model.class_names,
     }
+
+
+def _remove_stale_temporaries(out):
+    """Remove what a killed export to `out` left beside it: only kflowers's temporaries named for `out`."""
+    from kflowers.files import TEMPORARY_PREFIX
+
+    parent = os.path.dirname(os.path.abspath(out))
+    start = f"{TEMPORARY_PREFIX}{os.path.basename(os.path.abspath(out))}."
+    for name in os.listdir(parent) if os.path.isdir(parent) else ():
+        if name.startswith(start):
+            path = os.path.join(parent, name)
+            shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
 
 
 @contextlib.contextmanager

@@ -7,6 +7,8 @@ module looks layers up by string.
 
 import dataclasses
 
+from kflowers.errors import NotAClassifier
+
 PREPROCESS, BACKBONE, POOL, HEAD = "preprocess", "backbone", "pool", "head"
 
 
@@ -41,8 +43,8 @@ def model_parts(model):
     """
     try:
         return ModelParts(*(model.get_layer(name) for name in (PREPROCESS, BACKBONE, POOL, HEAD)))
-    except ValueError:
-        raise ValueError(
+    except ValueError as error:
+        raise NotAClassifier(
             f"{model.name} is not a kflowers classifier (it needs layers named "
             f"{PREPROCESS}, {BACKBONE}, {POOL} and {HEAD})"
-        ) from None
+        ) from error

@@ -389,6 +389,9 @@ class RunLoop:
         if state is not None:
             current = self._restore(state)
             first_epoch = state.epoch
+            if first_epoch >= current.end:  # that stage's fit had ended: do what the end of a fit does
+                trained = self.cache.head_model if current.name == "cached" else self.model
+                self.optimizer.finalize_variable_values(trained.trainable_weights)  # the EMA weights, if any
             if self.verbose and first_epoch:
                 print(f"Resuming after epoch {first_epoch} of {self.strategy.epochs}")
         stopped = self.early is not None and self.early.wait >= self.early.patience

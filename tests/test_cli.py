@@ -86,7 +86,7 @@ def test_every_flag_has_help_and_its_default():
             [sys.executable, "-m", "kflowers", "train", "--help"], capture_output=True, text=True, env=ENV
         ).stdout.split()
     )
-    for default in ("(default: two-stage)", "(default: 224)", "(default: runs/latest)", "(default: 64)"):
+    for default in ("(default: two-stage)", "(default: the recipe's: 224", "(default: runs/latest)", "(default: 64)"):
         assert default in train_help
 
 
@@ -194,11 +194,13 @@ def test_predict_agrees_with_model_predict(run, flowers_dir):
 
 def test_evaluate_json_and_class_names_by_name(run, flowers_dir, tmp_path):
     result = kflowers(
-        "evaluate", "--model", os.path.join(run, "model.keras"), "--data", flowers_dir, "--json", "--out", tmp_path
+        "evaluate",
+        *("--model", os.path.join(run, "model.keras"), "--data", flowers_dir, "--json", "--out", tmp_path),
+        *("--split", "all"),
     )
     report = json.loads(result.stdout)
     assert set(report) >= {"accuracy", "per_class", "confusion"}
-    assert np.sum(report["confusion"]) == 60
+    assert np.sum(report["confusion"]) == 60 and report["split"] == "all"
     assert_png_not_blank(tmp_path / "confusion.png")
     # A folder holding only some classes is mapped by name, not by position.
     subset = tmp_path / "subset"
@@ -207,7 +209,9 @@ def test_evaluate_json_and_class_names_by_name(run, flowers_dir, tmp_path):
         os.link(os.path.join(flowers_dir, "tulip", name), subset / "tulip" / name)
     partial = json.loads(
         kflowers(
-            "evaluate", "--model", os.path.join(run, "model.keras"), "--data", subset, "--json", "--out", tmp_path
+            "evaluate",
+            *("--model", os.path.join(run, "model.keras"), "--data", subset, "--json", "--out", tmp_path),
+            *("--split", "all"),
         ).stdout
     )
     assert partial["per_class"]["tulip"]["support"] == 4 and partial["per_class"]["daisy"]["support"] == 0
@@ -269,7 +273,8 @@ def test_offline_download_says_how_to_use_local_data(tmp_path, command):
         [sys.executable, "-m", "kflowers", *command], capture_output=True, text=True, env=env, timeout=120
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "pass --data DIR" in result.stderr.strip().splitlines()[-1]
+    hint = "give it to train or compare as --data DIR" if command == ["download"] else "pass --data DIR"
+    assert hint in result.stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.slow

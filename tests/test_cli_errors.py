@@ -42,6 +42,9 @@ def place(tmp_path_factory, flowers_dir):
     replace_entry(root / "model.keras", root / "nested.keras", b"[" * 200_000)
     wide = kf.build_model(num_classes=5, weights=None, image_size=5000)  # no pixels allocated until predict
     kf.save_model(wide, root / "wide.keras", ["daisy", "dandelion", "rose", "sunflower", "tulip"])
+    inputs = keras.Input((32, 32, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inputs))
+    kf.save_model(keras.Model(inputs, keras.layers.Dense(5, name="head")(pooled)), root / "plain.keras", list("abcde"))
     other = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
     other.save(root / "other.keras")
     (root / "file").write_text("not a folder")
@@ -125,6 +128,11 @@ ROWS = [
         ["predict", "--model", "{root}/bomb.keras", "{image}"],
         "its kflowers.json declares 2,000,000 bytes",
     ),
+    (
+        "explain a model that is not a ResNet",
+        ["explain", "--model", "{root}/plain.keras", "{image}", "--out", "{root}/explained"],
+        "is not a kflowers classifier (it needs layers named preprocess, backbone, pool and head)",
+    ),
     ("deeply nested class names", ["predict", "--model", "{root}/nested.keras", "{image}"], "are damaged"),
     (
         "a 5000 px model",
@@ -199,22 +207,21 @@ def finished_run(flowers_dir, tmp_path, capsys):
     return out
 
 
+def _write(path, data):
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(data)
+
+
+def _junk_backup(out):
+    _write(out / "backup" / "state.npz", b"x")
+
+
 DAMAGE = {
-    "backup not a zip": lambda out: (out / "backup").mkdir() or (out / "backup" / "state.npz").write_bytes(b"junk"),
-    "backup truncated": lambda out: (
-        (out / "backup").mkdir() or np.savez(out / "backup" / "state.npz", meta=np.array("{not json"))
-    ),
-    "config.json a list": lambda out: (
-        (out / "backup").mkdir()
-        or (out / "backup" / "state.npz").write_bytes(b"x")
-        or (out / "config.json").write_text("[1, 2]")
-    ),
-    "split.json null": lambda out: (
-        (out / "backup").mkdir()
-        or (out / "backup" / "state.npz").write_bytes(b"x")
-        or (out / "split.json").write_text("null")
-    ),
-    "metrics.json truncated": lambda out: (out / "metrics.json").write_text('{"test_accuracy": 0.'),
+    "backup not a zip": _junk_backup,
+    "backup truncated": lambda out: _write(out / "backup" / "state.npz", b"PK\x03\x04 half a zip"),
+    "config.json a list": lambda out: (_junk_backup(out), _write(out / "config.json", b"[1, 2]")),
+    "split.json null": lambda out: (_junk_backup(out), _write(out / "split.json", b"null")),
+    "metrics.json truncated": lambda out: _write(out / "metrics.json", b'{"test_accuracy": 0.'),
 }
 DAMAGE_TEXT = {
     "backup not a zip": "backup/state.npz is damaged",

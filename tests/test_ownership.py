@@ -236,3 +236,22 @@ def test_ctrl_c_in_compare_keeps_what_ran_and_stops(flowers_dir, tmp_path, capsy
     assert [row["strategy"] for row in compared["rows"]] == ["scratch", "finetune"]
     assert compared["rows"][1]["interrupted"] and not os.path.exists(out / "frozen")
     assert os.path.getsize(out / "curves.png") > 0
+
+
+def test_an_export_cleans_what_a_killed_export_to_the_same_target_left(small_model_file, tmp_path, monkeypatch):
+    import keras
+
+    _fake_export(
+        monkeypatch,
+        lambda path, pixels: keras.ops.convert_to_numpy(
+            kflowers.load_model(small_model_file).predict(pixels, verbose=0)
+        ),
+    )
+    left = tmp_path / (TEMPORARY_PREFIX + "out.onnx.k1ll3d.tmp.onnx")
+    left.write_bytes(b"half an export")
+    other = tmp_path / (TEMPORARY_PREFIX + "other.onnx.x.tmp.onnx")  # another target's: not ours to judge
+    other.write_bytes(b"x")
+    from kflowers import export
+
+    export.export_model(small_model_file, "onnx", tmp_path / "out.onnx")
+    assert not left.exists() and other.exists() and (tmp_path / "out.onnx").exists()
