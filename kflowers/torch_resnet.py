@@ -258,8 +258,11 @@ def _folded(conv, bn, dtype):
     key = (torch_layers.versions(*variables), dtype)
     cached = _FOLDED.get(conv)
     if cached is None or cached[0] != key:
-        kernel, gamma, beta, mean, var = (v.detach().float() for v in variables)
-        scale = gamma * torch.rsqrt(var + bn.epsilon)
-        weight = torch_layers.torch_kernel(kernel * scale).to(dtype)
-        cached = _FOLDED[conv] = (key, weight, (beta - mean * scale).to(dtype))
+        # Never inference tensors, even when first folded under torch.inference_mode(): a later call that
+        # needs a gradient (an input gradient through a frozen backbone) saves them for backward.
+        with torch.inference_mode(False), torch.no_grad():
+            kernel, gamma, beta, mean, var = (v.detach().float() for v in variables)
+            scale = gamma * torch.rsqrt(var + bn.epsilon)
+            weight = torch_layers.torch_kernel(kernel * scale).to(dtype)
+            cached = _FOLDED[conv] = (key, weight, (beta - mean * scale).to(dtype))
     return cached[1], cached[2]

@@ -202,3 +202,21 @@ def test_a_run_started_off_the_main_thread_trains(flowers_dir, tmp_path):
     worker.start()
     worker.join()
     assert results and results[0]["epochs"] == 1  # no "signal only works in main thread" ValueError
+
+
+def test_an_input_gradient_after_a_call_under_inference_mode(tmp_path):
+    if keras.backend.backend() != "torch":
+        pytest.skip("torch's inference mode and the torch fast path")
+    import torch
+
+    keras.utils.set_random_seed(0)
+    model = kflowers.build_model(weights=None, image_size=SIZE)
+    kflowers.model_parts(model).backbone.trainable = False  # frozen: the fast path folds each batch norm
+    pixels = np.random.default_rng(0).uniform(0, 255, (2, SIZE, SIZE, 3)).astype("float32")
+    with torch.inference_mode():
+        expected = keras.ops.convert_to_numpy(model(pixels, training=False))
+    images = torch.tensor(pixels, requires_grad=True)
+    logits = model(images, training=False)
+    logits.sum().backward()  # failed: "Inference tensors cannot be saved for backward"
+    assert images.grad is not None and torch.isfinite(images.grad).all()
+    np.testing.assert_allclose(logits.detach().cpu().numpy(), expected, rtol=1e-5, atol=1e-5)
