@@ -55,7 +55,9 @@ def read_image(path, min_size=None):
         min_size: optional int. When set, a JPEG may be decoded at a reduced
             scale (1/2, 1/4 or 1/8) as long as both sides stay at least
             `min_size` pixels: a 1000 px photo resized to 64 px then costs a
-            fraction of a full decode.
+            fraction of a full decode. An image above `LARGE_PIXELS` of any
+            format is shrunk by a whole factor right after decoding, keeping
+            at least twice `min_size` on its short side, before any copy.
 
     Raises:
         UnreadableImage: the file is empty, truncated, not an image, or too
@@ -81,6 +83,9 @@ def read_image(path, min_size=None):
                 large = image.size[0] * image.size[1] > LARGE_PIXELS
                 with _ONE_LARGE_DECODE if large else contextlib.nullcontext():
                     image.load()
+                    factor = min(image.size) // (2 * min_size) if (large and min_size) else 1
+                    if factor >= 2:  # a huge image wanted small: shrink before any copy (twice min_size kept)
+                        image = image.reduce(factor)
                     image = ImageOps.exif_transpose(image)
                     return _to_rgb_uint8(image)
     except UnreadableImage:

@@ -54,3 +54,16 @@ def test_transparent_pixels_are_composited_onto_white(tmp_path):
     pixels = read_image(tmp_path / "a.png")
     assert tuple(pixels[4, 4]) == (255, 127, 127)  # round((c * 128 + 255 * 127) / 255)
     assert tuple(pixels[0, 0]) == (10, 20, 30) and tuple(pixels[0, 1]) == (255, 255, 255)
+
+
+def test_a_huge_image_wanted_small_is_shrunk_right_after_decoding(tmp_path):
+    from kflowers.images import LARGE_PIXELS
+
+    side = int(LARGE_PIXELS**0.5) + 100  # just above the budget
+    rgba = np.zeros((side, side, 4), np.uint8)
+    rgba[..., 0], rgba[..., 3] = 200, 255
+    Image.fromarray(rgba).save(tmp_path / "huge.png")
+    pixels = read_image(tmp_path / "huge.png", min_size=64)
+    assert min(pixels.shape[:2]) >= 128 and min(pixels.shape[:2]) < 256  # reduced by a whole factor, not below 2x
+    assert tuple(pixels[5, 5]) == (200, 0, 0)
+    assert read_image(tmp_path / "huge.png").shape[:2] == (side, side)  # no min_size: the full image
