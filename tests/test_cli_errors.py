@@ -219,11 +219,16 @@ def _junk_backup(out):
 DAMAGE = {
     "backup not a zip": _junk_backup,
     "backup truncated": lambda out: _write(out / "backup" / "state.npz", b"PK\x03\x04 half a zip"),
+    "backup meta not JSON": lambda out: (
+        (out / "backup").mkdir(),
+        np.savez(out / "backup" / "state.npz", meta=np.array("{not json")),
+    ),
     "config.json a list": lambda out: (_junk_backup(out), _write(out / "config.json", b"[1, 2]")),
     "split.json null": lambda out: (_junk_backup(out), _write(out / "split.json", b"null")),
     "metrics.json truncated": lambda out: _write(out / "metrics.json", b'{"test_accuracy": 0.'),
 }
 DAMAGE_TEXT = {
+    "backup meta not JSON": "backup/state.npz is damaged (JSONDecodeError",
     "backup not a zip": "backup/state.npz is damaged",
     "backup truncated": "backup/state.npz is damaged",
     "config.json a list": "holds no readable config.json and split.json to resume from",

@@ -255,3 +255,13 @@ def test_an_export_cleans_what_a_killed_export_to_the_same_target_left(small_mod
 
     export.export_model(small_model_file, "onnx", tmp_path / "out.onnx")
     assert not left.exists() and other.exists() and (tmp_path / "out.onnx").exists()
+
+
+def test_a_temporary_named_link_to_a_folder_is_unlinked_never_followed(tmp_path):
+    kept = tmp_path / "sub"
+    kept.mkdir()
+    (kept / "model.keras").write_text("mine")
+    os.symlink(kept, tmp_path / (TEMPORARY_PREFIX + "x.tmp"))
+    remove_temporaries(str(tmp_path))
+    assert not os.path.lexists(tmp_path / (TEMPORARY_PREFIX + "x.tmp"))
+    assert (kept / "model.keras").read_text() == "mine"
