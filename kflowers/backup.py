@@ -18,6 +18,9 @@ from kflowers.files import atomic_path
 from kflowers.errors import BackupMismatch
 
 FILE_NAME = "state.npz"
+# What a backup may declare it unpacks to: ResNet18's weights, Adam's two moments and early stopping's best
+# weights are about 200 MB; anything near this is a damaged or hostile file, refused before it is unpacked.
+MAX_BACKUP_BYTES = 4 << 30
 
 
 @dataclasses.dataclass
@@ -82,6 +85,13 @@ def load(folder):
     if not os.path.exists(path):
         return None
     try:
+        with zipfile.ZipFile(path) as archive:
+            declared = sum(item.file_size for item in archive.infolist())
+        if declared > MAX_BACKUP_BYTES:
+            raise BackupMismatch(
+                f"the backup {path} declares {declared:,} bytes unpacked (at most {MAX_BACKUP_BYTES:,}): it is "
+                "damaged; remove it, or start afresh without --resume"
+            )
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(str(data["meta"]))
             best = meta["best_weights"]
@@ -95,6 +105,8 @@ def load(folder):
                 optimizer=[data[f"optimizer_{i}"] for i in range(meta["optimizer"])],
                 best_weights=None if best is None else [data[f"best_{i}"] for i in range(best)],
             )
+    except BackupMismatch:
+        raise
     except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, RecursionError) as error:
         if isinstance(error, OSError) and not isinstance(error, EOFError) and error.errno is not None:
             raise  # the user's environment (permissions, a full disk): errors.user_message names it

@@ -176,15 +176,9 @@ def check_out(out, data=None, force=False):
 def check_resumable(out, options, strategy, train_split, test_split):
     """Raise `BackupMismatch` unless the run in `out` was started with these
     arguments and this split; called before a resumed run touches anything."""
-    import json
 
-    try:
-        with open(os.path.join(out, "config.json")) as f:
-            config = json.load(f)
-        with open(os.path.join(out, "split.json")) as f:
-            split = json.load(f)
-    except (OSError, ValueError, RecursionError):
-        config = split = None
+    config = _read_small_json(os.path.join(out, "config.json"))
+    split = _read_small_json(os.path.join(out, "split.json"))
     if not (isinstance(config, dict) and isinstance(split, dict)):
         raise BackupMismatch(
             f"{out} holds no readable config.json and split.json to resume from; start afresh without --resume"

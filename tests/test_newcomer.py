@@ -220,3 +220,12 @@ def test_an_input_gradient_after_a_call_under_inference_mode(tmp_path):
     logits.sum().backward()  # failed: "Inference tensors cannot be saved for backward"
     assert images.grad is not None and torch.isfinite(images.grad).all()
     np.testing.assert_allclose(logits.detach().cpu().numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_backup_declaring_more_than_it_may_is_refused_before_unpacking(data, tmp_path, monkeypatch):
+    from kflowers import backup
+
+    train(data, tmp_path / "backup", keep_backup=True)
+    monkeypatch.setattr(backup, "MAX_BACKUP_BYTES", 1 << 20)  # stands in for a file declaring gigabytes
+    with pytest.raises(BackupMismatch, match=r"state.npz declares [\d,]+ bytes unpacked \(at most 1,048,576\)"):
+        backup.load(str(tmp_path / "backup"))
