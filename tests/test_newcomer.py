@@ -52,6 +52,7 @@ def train(data, backup_dir, **kwargs):
     return model, kflowers.train(model, "scratch", *data, epochs=1, verbose=0, backup_dir=str(backup_dir), **kwargs)
 
 
+@pytest.mark.slow  # backend-independent bookkeeping: the torch pass covers it
 def test_a_finished_python_run_removes_its_backup_and_the_next_one_trains(data, tmp_path):
     first, _ = train(data, tmp_path / "backup")
     assert not os.path.exists(tmp_path / "backup")
@@ -189,6 +190,7 @@ def test_plots_leave_pyplot_alone(tmp_path):
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow  # backend-independent: the torch pass covers it
 def test_a_run_started_off_the_main_thread_trains(flowers_dir, tmp_path):
     import threading
 
