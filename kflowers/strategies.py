@@ -228,16 +228,11 @@ def compile_for(model, strategy, learning_rate=None):
     """
     from kflowers.callbacks import UnfreezeBackbone
 
-    strategy = get_strategy(strategy) if isinstance(strategy, str) else strategy
-    rate = learning_rate if learning_rate is not None else strategy.learning_rate
-    from kflowers.parts import model_parts
+    from kflowers.recipes import LESSON
 
-    model_parts(model).backbone.trainable = not strategy.freeze
-    if strategy.backbone_learning_rate is not None:
-        optimizer = discriminative_optimizer(model, strategy.backbone_learning_rate, rate, optimizer=strategy.optimizer)
-    else:
-        optimizer = make_optimizer(strategy.optimizer, rate)
-    model.compile(optimizer=optimizer, loss=classification_loss(), metrics=["accuracy"])
+    strategy = get_strategy(strategy) if isinstance(strategy, str) else strategy
+    stage = "frozen" if strategy.freeze else "trainable"  # the lesson's optimizer takes no epochs or steps
+    compile_stage(model, strategy, LESSON, stage, epochs=1, steps_per_epoch=1, learning_rate=learning_rate)
     callbacks = []
     if strategy.unfreeze_epoch is not None and strategy.unfreeze_epoch < strategy.epochs:
         callbacks.append(UnfreezeBackbone(strategy.unfreeze_epoch, strategy.unfreeze_learning_rate))
