@@ -38,6 +38,7 @@ except Exception:  # noqa: BLE001 - not installed (run from a source tree)
 
 _EXPORTS = {
     "build_model": "kflowers.model",
+    "with_image_size": "kflowers.model",
     "load_weights": "kflowers.model",
     "save_model": "kflowers.model",
     "load_model": "kflowers.model",

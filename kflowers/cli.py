@@ -173,8 +173,9 @@ def main(argv=None):
             file=sys.stderr,
         )
         return 2
-    _quiet_tensorflow(args.verbose, HEAVY_IMPORTS.get(args.command, ()))
     try:
+        _check_before_imports(args)
+        _quiet_tensorflow(args.verbose, HEAVY_IMPORTS.get(args.command, ()))
         return COMMANDS[args.command](args) or 0
     except KeyboardInterrupt:
         print("kflowers: interrupted", file=sys.stderr)
@@ -196,6 +197,23 @@ HEAVY_IMPORTS = {
         for command in ("train", "evaluate", "predict", "explain", "export", "compare", "lr-find", "demo")
     },
 }
+
+
+def _check_before_imports(args):
+    """The checks that need neither Keras nor torch, made before they are imported (which takes seconds):
+    a mistyped path or a missing extra is said at once."""
+    data = getattr(args, "data", None)
+    if data is not None and args.command in HEAVY_IMPORTS and not os.path.isdir(data):
+        raise UserError(f"dataset folder not found: {data}")
+    model = getattr(args, "model", None)
+    if model is not None and not os.path.isfile(model):
+        raise UserError(f"model file not found: {model}")
+    if args.command == "export":
+        from kflowers.export import check_export_runtime
+        from kflowers.export import check_export_target
+
+        check_export_target(args.format, args.out, args.force)
+        check_export_runtime(args.format)
 
 
 def _quiet_tensorflow(verbose, modules):

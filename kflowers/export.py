@@ -76,12 +76,7 @@ def export_model(model_path, format, out, images=(), atol=1e-4, force=False):
     if format not in FORMATS:
         raise KflowersError(f"unknown export format {format!r}; choose from {', '.join(FORMATS)}")
     check_export_target(format, out, force)
-    missing = [m for m in RUNTIMES[format] if not _installed(m)]
-    if missing:
-        raise KflowersError(
-            f"exporting to {format} needs {', '.join(missing)}: "
-            "pip install -e '.[export]' in kflowers's folder (or pip install 'kflowers[export]')"
-        )
+    check_export_runtime(format)
     if keras.backend.backend() != FORMATS[format]:
         return _export_in_child(model_path, format, out, images, atol, force)
     return _export_here(model_path, format, out, images, atol, force)
@@ -101,6 +96,16 @@ def check_export_target(format, out, force):
         raise KflowersError(
             f"--out {out} already exists; choose another --out, or pass --force to replace "
             f"{'the export files in it' if folder_format else 'it'}"
+        )
+
+
+def check_export_runtime(format):
+    """Refuse a `format` whose exporter or runtime isn't installed (found without importing it)."""
+    missing = [m for m in RUNTIMES[format] if not _installed(m)]
+    if missing:
+        raise KflowersError(
+            f"exporting to {format} needs {', '.join(missing)}: "
+            "pip install -e '.[export]' in kflowers's folder (or pip install 'kflowers[export]')"
         )
 
 

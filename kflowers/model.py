@@ -114,6 +114,47 @@ def build_model(num_classes=5, weights="imagenet", image_size=224, name="kflower
     return model
 
 
+def with_image_size(model, image_size):
+    """The same classifier, weights and dtype policy, for `image_size` inputs.
+
+    A ResNet ends in global pooling, so its weights serve any input size;
+    only the `Input` is fixed when the model is built. The modern scratch
+    recipe trains on random-resized crops, which show objects larger than a
+    whole resized photo does, and scores test photos at a higher resolution
+    to match ("FixRes", Touvron et al. 2019).
+
+    Args:
+        model: a model from `build_model` (or `load_model`).
+        image_size: int, the side of the new model's square inputs.
+
+    Returns:
+        A new `keras.Model` from `build_model` with `model`'s weights.
+
+    Example:
+    >>> model = build_model(weights=None, image_size=96)
+    >>> with_image_size(model, 128).input_shape
+    (None, 128, 128, 3)
+    """
+    import keras
+
+    parts = model_parts(model)
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(parts.backbone.dtype_policy.name)  # the layers keep it
+    try:
+        resized = build_model(
+            num_classes=parts.head.units,
+            weights=None,
+            image_size=image_size,
+            name=model.name,
+        )
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    resized.set_weights(model.get_weights())
+    if hasattr(model, "class_names"):
+        resized.class_names = model.class_names
+    return resized
+
+
 def load_weights(model, source):
     """Load backbone (or whole-model) weights into a model from `build_model`.
 

@@ -384,6 +384,7 @@ def _train_locked(options, folder, split, started, rank, processes):
     from kflowers.model import build_model
     from kflowers.model import save_model
     from kflowers.recipes import get_recipe
+    from kflowers.recipes import test_image_size
     from kflowers.strategies import classification_loss
     from kflowers.strategies import get_strategy
     from kflowers.training import train
@@ -473,10 +474,17 @@ def _train_locked(options, folder, split, started, rank, processes):
 
     # Every figure in metrics.json is of the model saved beside it.
     clock = time.perf_counter()
-    results = evaluate_model(model, test_ds, folder.class_names, features=result.test_features, tta=recipe.tta)
+    features = result.test_features
+    test_size = test_image_size(recipe, options.image_size)
+    if test_size != options.image_size:  # the saved model takes the test side
+        model = _for_test_size(model, test_size)
+        test_ds = FlowerDataset.from_folder(test_split, batch_size=256, image_size=test_size, workers=test_ds.threads)
+        features = None
+    results = evaluate_model(model, test_ds, folder.class_names, features=features, tta=recipe.tta)
     seconds["evaluation"] = time.perf_counter() - clock
     clock = time.perf_counter()
-    if recipe.label_smoothing:  # saved with Keras's own loss, so that plain keras.models.load_model reads it
+    if recipe.label_smoothing and model.optimizer is not None:
+        # saved with Keras's own loss, so that plain keras.models.load_model reads it
         model.compile(optimizer=model.optimizer, loss=classification_loss(), metrics=["accuracy"])
     save_model(model, os.path.join(out, "model.keras"), folder.class_names)
     _write_history_csv(os.path.join(out, "history.csv"), rows)
@@ -489,7 +497,7 @@ def _train_locked(options, folder, split, started, rank, processes):
         results["logits"],
         folder.class_names,
         os.path.join(out, "top_losses.png"),
-        image_size=options.image_size,
+        image_size=test_size,
     )
     test_accuracies = [row["test_accuracy"] for row in rows if "test_accuracy" in row]
     metrics = {
@@ -497,6 +505,7 @@ def _train_locked(options, folder, split, started, rank, processes):
         "test_accuracy": results["accuracy"],
         "best_test_accuracy": max(test_accuracies + [results["accuracy"]]),
         "test_loss": results["loss"],
+        "test_image_size": test_size,
         "per_class": results["per_class"],
         "confusion": results["confusion"],
         "epochs": len(rows),
@@ -512,6 +521,20 @@ def _train_locked(options, folder, split, started, rank, processes):
     if result.finished:
         backup.remove(os.path.join(out, "backup"))  # only an interrupted run needs it
     return metrics
+
+
+def _for_test_size(model, size):
+    """`model` rebuilt for `size` inputs, compiled as the trained one was saved (stock loss, its optimizer's
+    settings)."""
+    import keras
+
+    from kflowers.model import with_image_size
+    from kflowers.strategies import classification_loss
+
+    resized = with_image_size(model, size)
+    optimizer = keras.optimizers.deserialize(keras.optimizers.serialize(model.optimizer))
+    resized.compile(optimizer=optimizer, loss=classification_loss(), metrics=["accuracy"])
+    return resized
 
 
 def default_workers():

@@ -110,7 +110,7 @@ def test_two_processes_match_one_with_the_same_global_batch(flowers_dir, tmp_pat
 
 
 @pytest.mark.slow
-def test_torchrun_cli_writes_the_run_once(flowers_dir, tmp_path):
+def test_torchrun_cli_writes_the_run_once_under_the_modern_recipe(flowers_dir, tmp_path):
     pytest.importorskip("torch")
     out = tmp_path / "run"
     command = [
@@ -125,25 +125,33 @@ def test_torchrun_cli_writes_the_run_once(flowers_dir, tmp_path):
         "--data",
         flowers_dir,
         "--strategy",
-        "finetune",
+        "two-stage",
+        "--recipe",
+        "modern",
         "--epochs",
-        "1",
+        "2",
         "--weights",
         "none",
         "--image-size",
         "32",
         "--batch-size",
         "8",
+        "--precision",
+        "float32",
         "--out",
         str(out),
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=TORCH_ENV)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count("finetune: test accuracy") == 1
+    assert result.stdout.count("two-stage: test accuracy") == 1
     config = json.load(open(out / "config.json"))
     assert config["processes"] == 2
     assert not (out / "backup").exists()  # a finished run keeps no backup
-    assert json.load(open(out / "metrics.json"))["epochs"] == 1
+    # The modern recipe under torchrun: both stages (the unfreeze with a fresh optimizer, EMA, schedule).
+    metrics = json.load(open(out / "metrics.json"))
+    assert metrics["epochs"] == 2
+    model = kflowers.load_model(out / "model.keras")
+    assert kflowers.model_parts(model).backbone.trainable
 
 
 @pytest.mark.slow

@@ -231,3 +231,26 @@ def test_a_backup_declaring_more_than_it_may_is_refused_before_unpacking(data, t
     monkeypatch.setattr(backup, "MAX_BACKUP_BYTES", 1 << 20)  # stands in for a file declaring gigabytes
     with pytest.raises(BackupMismatch, match=r"state.npz declares [\d,]+ bytes unpacked \(at most 1,048,576\)"):
         backup.load(str(tmp_path / "backup"))
+
+
+PROBE = "import sys; from kflowers.cli import main; code = main(sys.argv[1:]); print(code, 'keras' in sys.modules)"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--data", "no-such-folder"], "dataset folder not found: no-such-folder"),
+        (["compare", "--data", "no-such-folder"], "dataset folder not found: no-such-folder"),
+        (["evaluate", "--model", "no.keras", "--data", "."], "model file not found: no.keras"),
+        (["predict", "--model", "no.keras", "x.jpg"], "model file not found: no.keras"),
+        (["export", "--model", "EXISTING", "--format", "onnx", "--out", "EXISTING"], "already exists"),
+    ],
+    ids=["train", "compare", "evaluate", "predict", "export-existing-out"],
+)
+def test_a_mistyped_path_is_said_before_keras_is_imported(tmp_path, args, message):
+    existing = tmp_path / "model.keras"
+    existing.write_bytes(b"")
+    args = [str(existing) if a == "EXISTING" else a for a in args]
+    result = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, cwd=tmp_path)
+    assert result.stdout.split() == ["2", "False"]  # exit code 2, Keras never imported
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1

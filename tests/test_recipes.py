@@ -45,6 +45,7 @@ def test_every_ingredient_can_be_turned_off_by_name(ingredient):
         "random-erasing": less.random_erasing == 0,
         "ema": less.ema_momentum is None,
         "tta": not less.tta,
+        "test-resolution": less.test_scale is None,
     }
     assert off[ingredient]
 
@@ -164,17 +165,33 @@ def test_the_saved_model_is_the_ema_model_and_metrics_are_true_of_it(flowers_dir
     from kflowers.runs import evaluate_model
 
     with_ema, metrics = _train(flowers_dir, tmp_path, "ema")
-    without_ema, _ = _train(flowers_dir, tmp_path, "no-ema", "--without", "ema")
+    without_ema, other_metrics = _train(flowers_dir, tmp_path, "no-ema", "--without", "ema", "test-resolution")
     model = kflowers.load_model(with_ema / "model.keras")
     other = kflowers.load_model(without_ema / "model.keras")
+    # Scored, and saved, at 4/3 of the training side; without that ingredient, at the training side.
+    assert metrics["test_image_size"] == model.input_shape[1] == round(SIZE * 4 / 3)
+    assert other_metrics["test_image_size"] == other.input_shape[1] == SIZE
     assert any(not np.array_equal(a, b) for a, b in zip(model.get_weights(), other.get_weights()))
     with open(with_ema / "split.json") as f:
         split = json.load(f)
     labels = [split["classes"].index(os.path.basename(os.path.dirname(p))) for p in split["test"]]
-    test = FlowerDataset(split["test"], labels, batch_size=64, image_size=SIZE)
+    test = FlowerDataset(split["test"], labels, batch_size=64, image_size=metrics["test_image_size"])
     again = evaluate_model(model, test, split["classes"], tta=True)
     assert again["accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-5)  # metrics.json: 6 digits
     assert again["loss"] == pytest.approx(metrics["test_loss"], rel=1e-4)
+
+
+def test_a_model_at_another_image_size_computes_what_a_size_free_model_computes():
+    """`with_image_size` against an independent reference: the same weights in a model that takes any size."""
+    model = kflowers.build_model(weights=None, image_size=SIZE)
+    resized = kflowers.with_image_size(model, 48)
+    free = kflowers.build_model(weights=None, image_size=None)
+    free.set_weights(model.get_weights())
+    images = np.random.default_rng(0).integers(0, 256, (2, 48, 48, 3)).astype("uint8")
+    assert resized.input_shape == (None, 48, 48, 3)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(resized(images)), keras.ops.convert_to_numpy(free(images)), atol=1e-5
+    )
 
 
 @pytest.mark.slow

@@ -118,6 +118,8 @@ STRATEGIES = {
     # random erasing (their RNG), weight decay, per-part rates after the switch.
     "two-stage modern": dict(strategy="two-stage", recipe="modern"),
     "scratch modern": dict(strategy="scratch", recipe="modern"),
+    # Head-only on frozen features: no augmentation, so the feature cache serves every epoch (schedule, decay).
+    "frozen modern cached": dict(strategy="frozen", recipe="modern"),
 }
 # (epoch, batch): two-stage over 3 epochs unfreezes at epoch 1 (0-based).
 INTERRUPTIONS = {
@@ -143,6 +145,7 @@ CASES += [
     ("two-stage modern", "Ctrl-C in epoch 2", True, "float32", 1),
     ("scratch modern", "SIGKILL in epoch 3", False, "float32", 1),
     ("two-stage modern", "Ctrl-C in epoch 2", False, "bfloat16", 1),
+    ("frozen modern cached", "SIGKILL in epoch 2", True, "float32", 1),
 ]
 # Two loader threads reading ahead, cut and resumed across the stage switch, against the straight run with one.
 CASES += [("two-stage uncached", "SIGKILL in epoch 2", True, "float32", 2)]
