@@ -29,6 +29,10 @@ if "KERAS_BACKEND" not in os.environ and "keras" in sys.modules:
     _backend_already_chosen()
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
+from kflowers import native_logs  # noqa: E402 - after the backend is set; imports nothing heavy
+
+native_logs.install()
+
 try:
     from importlib.metadata import version as _version
 
@@ -79,6 +83,7 @@ _SUBMODULES = [
     "losses",
     "lr_find",
     "model",
+    "native_logs",
     "options",
     "parts",
     "predict",

@@ -158,6 +158,8 @@ def main(argv=None):
     args, extra = parser.parse_known_args(argv)
     if extra:  # said by the command's own parser, so that the hint names its --help
         parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.verbose:  # TensorFlow's start-up lines too (kflowers.native_logs)
+        os.environ["KFLOWERS_VERBOSE"] = "1"
     logging.basicConfig(format="%(levelname)s: %(message)s", level=logging.INFO if args.verbose else logging.WARNING)
     logging.getLogger("kflowers").setLevel(logging.INFO)
     if (getattr(args, "image_size", None) or 32) < 32:
@@ -166,7 +168,7 @@ def main(argv=None):
             args.image_size,
         )
     backend = os.environ.get("KERAS_BACKEND", "torch")
-    if args.command in HEAVY_IMPORTS and backend not in KERAS_BACKENDS:
+    if args.command in HEAVY_COMMANDS and backend not in KERAS_BACKENDS:
         print(
             f"kflowers {args.command}: error: KERAS_BACKEND={backend} is not a Keras backend; use one of "
             f"{', '.join(KERAS_BACKENDS)} (or unset it for torch)",
@@ -175,7 +177,6 @@ def main(argv=None):
         return 2
     try:
         _check_before_imports(args)
-        _quiet_tensorflow(args.verbose, HEAVY_IMPORTS.get(args.command, ()))
         return COMMANDS[args.command](args) or 0
     except KeyboardInterrupt:
         print("kflowers: interrupted", file=sys.stderr)
@@ -189,21 +190,15 @@ def main(argv=None):
 
 
 KERAS_BACKENDS = ("torch", "jax", "tensorflow", "numpy", "openvino")
-# What each command imports; Keras and keras-hub load TensorFlow when it is installed.
-HEAVY_IMPORTS = {
-    "download": ("keras",),
-    **{
-        command: ("keras", "keras_hub")
-        for command in ("train", "evaluate", "predict", "explain", "export", "compare", "lr-find", "demo")
-    },
-}
+# The commands that import Keras (and keras-hub, which loads TensorFlow when it is installed).
+HEAVY_COMMANDS = ("download", "train", "evaluate", "predict", "explain", "export", "compare", "lr-find", "demo")
 
 
 def _check_before_imports(args):
     """The checks that need neither Keras nor torch, made before they are imported (which takes seconds):
     a mistyped path or a missing extra is said at once."""
     data = getattr(args, "data", None)
-    if data is not None and args.command in HEAVY_IMPORTS and not os.path.isdir(data):
+    if data is not None and args.command in HEAVY_COMMANDS and not os.path.isdir(data):
         raise UserError(f"dataset folder not found: {data}")
     model = getattr(args, "model", None)
     if model is not None and not os.path.isfile(model):
@@ -214,27 +209,6 @@ def _check_before_imports(args):
 
         check_export_target(args.format, args.out, args.force)
         check_export_runtime(args.format)
-
-
-def _quiet_tensorflow(verbose, modules):
-    """Import `modules` with TensorFlow's start-up chatter kept off the terminal."""
-    import importlib
-    import importlib.util
-
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    modules = [m for m in modules if m not in sys.modules]
-    if verbose or not modules or importlib.util.find_spec("tensorflow") is None:
-        return
-    # TensorFlow's C++ start-up messages are written before its log level is read.
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            for module in modules:
-                importlib.import_module(module)
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 # ---------------------------------------------------------------- commands

@@ -254,3 +254,19 @@ def test_a_mistyped_path_is_said_before_keras_is_imported(tmp_path, args, messag
     result = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, cwd=tmp_path)
     assert result.stdout.split() == ["2", "False"]  # exit code 2, Keras never imported
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow  # backend-independent: the torch pass covers it
+def test_tensorflows_start_up_lines_stay_off_stderr_unless_asked():
+    import importlib.util
+
+    if importlib.util.find_spec("tensorflow") is None:
+        pytest.skip("TensorFlow is not installed: it has no start-up lines to hide")
+    code = "import kflowers, keras_hub; print('imported')"
+    quiet = python(code)
+    loud = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "KFLOWERS_VERBOSE": "1"}
+    )
+    assert quiet.stdout.strip() == loud.stdout.strip() == "imported"
+    assert "absl::InitializeLog" in loud.stderr  # the lines exist, and are shown when asked for
+    assert "absl" not in quiet.stderr and "cuda" not in quiet.stderr.lower() and "oneDNN" not in quiet.stderr
