@@ -129,6 +129,7 @@ def test_train_writes_the_full_run_directory(run):
     assert not [f for f in os.listdir(run) if f.endswith(".tmp")]
 
 
+@pytest.mark.one_backend
 def test_saved_model_reloads_after_import_kflowers(run):
     code = (
         "import kflowers, keras, numpy as np\n"
@@ -139,6 +140,7 @@ def test_saved_model_reloads_after_import_kflowers(run):
     assert "OUT (1, 5)" in result.stdout, result.stderr[-2000:]
 
 
+@pytest.mark.one_backend
 def test_same_seed_same_metrics(run, flowers_dir, resnet18_pth, tmp_path):
     again = tmp_path / "again"
     kflowers(
@@ -159,6 +161,7 @@ def test_same_seed_same_metrics(run, flowers_dir, resnet18_pth, tmp_path):
     assert metrics_without_time(run) == metrics_without_time(again)
 
 
+@pytest.mark.one_backend
 def test_explain_writes_one_grad_cam_picture_per_image(run, flowers_dir, tmp_path):
     images = [
         os.path.join(flowers_dir, "rose", name) for name in sorted(os.listdir(os.path.join(flowers_dir, "rose")))[:2]
@@ -192,6 +195,7 @@ def test_predict_agrees_with_model_predict(run, flowers_dir):
     assert table.startswith("| image | #1 | #2 | #3 |")
 
 
+@pytest.mark.one_backend
 def test_evaluate_json_and_class_names_by_name(run, flowers_dir, tmp_path):
     result = kflowers(
         "evaluate",
@@ -217,6 +221,7 @@ def test_evaluate_json_and_class_names_by_name(run, flowers_dir, tmp_path):
     assert partial["per_class"]["tulip"]["support"] == 4 and partial["per_class"]["daisy"]["support"] == 0
 
 
+@pytest.mark.one_backend
 def test_evaluate_on_other_classes_is_a_one_line_error(run, tmp_path):
     from kflowers.demo import draw_dataset
 
@@ -244,6 +249,7 @@ def test_evaluate_on_other_classes_is_a_one_line_error(run, tmp_path):
         (["train", "--data", ".", "--strategy", "magic"], "argument --strategy: unknown strategy 'magic'"),
     ],
 )
+@pytest.mark.one_backend
 def test_user_errors_are_one_line(args, message):
     result = kflowers(*args, check=False)
     assert result.returncode == 2
@@ -251,6 +257,7 @@ def test_user_errors_are_one_line(args, message):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.one_backend
 def test_train_with_missing_weights_file_is_one_line(flowers_dir, tmp_path):
     result = kflowers(
         "train", "--data", flowers_dir, "--weights", tmp_path / "nope.pth", "--out", tmp_path, check=False
@@ -259,6 +266,7 @@ def test_train_with_missing_weights_file_is_one_line(flowers_dir, tmp_path):
     assert "error: unknown weights" in result.stderr
 
 
+@pytest.mark.one_backend
 def test_show_prints_counts_and_writes_the_grid(flowers_dir, tmp_path):
     result = kflowers("show", "--data", flowers_dir, "--out", tmp_path / "grid.png")
     assert "| total |  | 60 |" in result.stdout
@@ -266,6 +274,7 @@ def test_show_prints_counts_and_writes_the_grid(flowers_dir, tmp_path):
 
 
 @pytest.mark.parametrize("command", [["download"], ["train", "--strategy", "frozen"]])
+@pytest.mark.one_backend
 def test_offline_download_says_how_to_use_local_data(tmp_path, command):
     # The real URL can't be reached from the test machine, or any offline machine.
     env = {**ENV, "KERAS_HOME": str(tmp_path), "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}
@@ -319,6 +328,7 @@ def test_compare_writes_table_and_curves(flowers_dir, resnet18_pth, tmp_path):
     assert "| frozen |" in result.stdout
 
 
+@pytest.mark.one_backend
 def test_lr_find_plots_and_suggests(flowers_dir, resnet18_pth, tmp_path):
     result = kflowers(
         "lr-find",
@@ -340,6 +350,7 @@ def test_lr_find_plots_and_suggests(flowers_dir, resnet18_pth, tmp_path):
     assert_png_not_blank(tmp_path / "lr.png")
 
 
+@pytest.mark.one_backend
 def test_lr_find_says_when_it_stopped_early_and_refuses_a_sweep_that_goes_down(flowers_dir, tmp_path, capsys):
     from kflowers.cli import main
 
@@ -442,6 +453,7 @@ def run_files(run):
     }
 
 
+@pytest.mark.one_backend
 def test_a_finished_run_keeps_no_backup_and_resuming_it_changes_nothing(run, flowers_dir, resnet18_pth):
     assert not os.path.exists(os.path.join(run, "backup"))  # only an interrupted run needs one
     before = run_files(run)
@@ -464,6 +476,7 @@ def test_a_finished_run_keeps_no_backup_and_resuming_it_changes_nothing(run, flo
     assert run_files(run) == before
 
 
+@pytest.mark.one_backend
 def test_evaluate_writes_nothing_into_the_run_unless_told(run, flowers_dir):
     before = run_files(run)
     result = kflowers("evaluate", "--model", os.path.join(run, "model.keras"), "--data", flowers_dir)
@@ -484,6 +497,7 @@ def test_metrics_describe_the_saved_model(run):
     assert metrics["test_accuracy"] == pytest.approx(accuracy, abs=1e-6)
 
 
+@pytest.mark.one_backend
 def test_resume_with_other_arguments_is_one_line_and_touches_nothing(flowers_dir, resnet18_pth, tmp_path):
     out = tmp_path / "run"
     flags = [

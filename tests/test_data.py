@@ -90,6 +90,7 @@ def test_augmentation_changes_pixels_but_not_labels(flowers_dir):
     assert not np.array_equal(xp, xa)
 
 
+@pytest.mark.one_backend  # the loader's threads are the dataset's own, whatever the backend
 def test_fit_with_worker_threads_matches_single_thread(flowers_dir):
     """The same seed gives the same weights whether the data comes from 1 or 2 threads, in a plain
     `fit` with no kflowers callback (Keras stops its workers at each epoch's end)."""

@@ -19,6 +19,8 @@ import kflowers
 from kflowers.images import UnreadableImage
 from kflowers.images import read_image
 
+pytestmark = pytest.mark.one_backend  # scanning hostile folders and files: the torch pass covers it
+
 
 def jpeg_bytes(image, **kwargs):
     buffer = io.BytesIO()

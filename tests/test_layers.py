@@ -1,4 +1,4 @@
-"""The package's layers point down only: data -> model -> training -> runs -> cli (ARCHITECTURE.md).
+"""The package's layers point down only: data -> model -> training -> runs -> cli (docs/architecture.md).
 
 Every `kflowers.X` import, at module level or inside a function, is read from the source with `ast`;
 a module may import its own layer, the layers below it, and the helpers beside all layers.
@@ -8,6 +8,8 @@ import ast
 import os
 
 import pytest
+
+pytestmark = pytest.mark.one_backend  # the package's import graph: the torch pass covers it
 
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "kflowers")
 

@@ -13,6 +13,8 @@ import kflowers
 from kflowers.data import FlowerDataset
 from kflowers.errors import BackupMismatch
 
+pytestmark = pytest.mark.one_backend  # the CLI's and the run directory's bookkeeping: the torch pass covers it
+
 SIZE = 32
 
 
@@ -173,7 +175,7 @@ def test_modern_config_names_its_rates():
     assert rates["backbone_peak_after_unfreeze"] == pytest.approx(0.0001)
     assert options.image_size == 224 and options.epochs == 10
     scratch = RunOptions(data="d", strategy="scratch", recipe="modern")
-    assert scratch.image_size == 112 and scratch.epochs == 40
+    assert scratch.image_size == 96 and scratch.epochs == 60
     assert RunOptions(data="d", strategy="scratch").image_size == 224  # the lesson's
 
 

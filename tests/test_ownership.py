@@ -17,6 +17,8 @@ from kflowers.run_directory import RunLock
 from kflowers.run_directory import remove_temporaries
 from clitools import TRAIN_FLAGS
 
+pytestmark = pytest.mark.one_backend  # which files kflowers writes and removes: the torch pass covers it
+
 FAST = ["--strategy", "scratch", "--epochs", "1", "--quiet", *TRAIN_FLAGS]
 
 # A user's project folder: what `--out .` or `--out my-project` would point at.

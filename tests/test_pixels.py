@@ -7,6 +7,8 @@ from PIL import Image
 
 from kflowers.images import read_image
 
+pytestmark = pytest.mark.one_backend  # pixel conversion in numpy: the torch pass covers it
+
 
 def grey16(path, value, pixel=None):
     pixels = np.full((8, 8), value, np.uint16)

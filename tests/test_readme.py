@@ -1,11 +1,13 @@
-"""The README's Python tour runs as written, on drawn images and a generated checkpoint."""
+"""The Python in the README and in docs/ runs as written, on drawn images and a generated checkpoint."""
 
+import glob
 import os
 import re
 
 import pytest
 
-README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PAGES = [os.path.join(ROOT, "README.md"), *sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))]
 
 # What a test can't use (the network, 224 px, the lesson's epochs), and what it uses instead.
 SUBSTITUTIONS = [
@@ -21,14 +23,17 @@ SUBSTITUTIONS = [
 
 
 def python_blocks():
-    with open(README, encoding="utf-8") as f:
-        return re.findall(r"```python\n(.*?)```", f.read(), flags=re.S)
+    blocks = []
+    for page in PAGES:
+        with open(page, encoding="utf-8") as f:
+            blocks += re.findall(r"```python\n(.*?)```", f.read(), flags=re.S)
+    return blocks
 
 
 def test_the_readme_has_a_python_tour():
     assert len(python_blocks()) >= 2
     for old, _ in SUBSTITUTIONS:
-        assert any(old in code for code in python_blocks()), f"the README no longer says {old!r}"
+        assert any(old in code for code in python_blocks()), f"neither the README nor docs/ says {old!r} any more"
 
 
 @pytest.mark.slow
@@ -48,7 +53,7 @@ def test_readme_python_block_runs(index, flowers_dir, resnet18_pth, tmp_path, mo
     )
     image = kflowers.scan_folder(flowers_dir).paths[0]
     namespace = {"FLOWERS": flowers_dir, "WEIGHTS": resnet18_pth, "MODEL": model, "IMAGE": image}
-    exec(compile(code, f"README.md python block {index + 1}", "exec"), namespace)
+    exec(compile(code, f"python block {index + 1} of README.md and docs/", "exec"), namespace)
     if "result" in namespace:
         assert namespace["result"].finished and len(namespace["result"].rows) == 2
     if "answers" in namespace:
