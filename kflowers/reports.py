@@ -149,3 +149,29 @@ def markdown_table(rows, columns=None):
     ]
     lines += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def history_table(*histories):
+    """The epochs of one or more `fit` calls, one after the other, as the lesson's table (markdown).
+
+    Keras names the metrics on `validation_data` `val_*`; the examples and
+    `kflowers train` pass the test split there, so they are `test_*` here.
+
+    Args:
+        *histories: `keras.callbacks.History` objects (what `fit` returns), in
+            the order they trained.
+
+    Example:
+    >>> first = model.fit(train_ds, validation_data=test_ds, epochs=5)
+    >>> second = model.fit(train_ds, validation_data=test_ds, epochs=10, initial_epoch=5)
+    >>> print(history_table(first, second))
+    """
+    rows = []
+    for history in histories:
+        logs = history.history
+        for i in range(len(next(iter(logs.values()), []))):
+            row = {"epoch": len(rows) + 1}
+            for key, values in logs.items():
+                row[key.replace("val_", "test_", 1) if key.startswith("val_") else key] = float(values[i])
+            rows.append(row)
+    return markdown_table(rows)

@@ -46,6 +46,10 @@ def test_example_runs(script, epochs, flowers_dir, resnet18_pth):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert re.search(r"final test accuracy: [01]\.\d{4}", result.stdout), result.stdout[-2000:]
+    # The lesson's table of epochs, from fit's History (val_* is the test split: test_* here).
+    table = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert table[0].startswith("| epoch | accuracy | loss | test_accuracy | test_loss")
+    assert len(table) == 1 + epochs  # the header, then one row per epoch (both stages' for two_stage.py)
     if script == "two_stage.py" and epochs == 2:
         assert "Epoch 2: backbone unfrozen, learning rate 0.0001" in result.stdout
     if script == "two_stage.py" and epochs == 1:
