@@ -562,7 +562,6 @@ def cmd_lr_find(args):
 
 def cmd_demo(args):
     import shutil
-    import tempfile
 
     from kflowers.data import CLASS_NAMES
     from kflowers.demo import draw_dataset
@@ -573,28 +572,30 @@ def cmd_demo(args):
 
     check_out(args.out, force=args.force)
     claim(args.out, kind="demo", force=args.force)
-    scratch = tempfile.mkdtemp(prefix="kflowers-demo-")
-    try:
-        data = os.path.join(scratch, "flowers")
-        draw_dataset(data, CLASS_NAMES, per_class=40, size=48, seed=0)
-        print(f"drew a dataset of 5 x 40 images (removed at the end) in {data}")
-        options = RunOptions(
-            data=data,
-            strategy="scratch",
-            out=args.out,
-            epochs=4,
-            batch_size=32,
-            image_size=32,
-            weights=None,
-            quiet=args.quiet,
-        )
-        metrics = train_run(options)
-        sample = os.path.join(args.out, "sample_rose.jpg")
-        shutil.copyfile(os.path.join(data, CLASS_NAMES[2], f"{CLASS_NAMES[2]}_000.JPG"), sample)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    # The drawn images stay in the run directory, so that its config.json and split.json point to data that
+    # exists (`kflowers evaluate --data RUN/demo-data` works). The folder is the demo's own: redrawn each time.
+    data = os.path.join(args.out, DEMO_DATA)
+    shutil.rmtree(data, ignore_errors=True)
+    draw_dataset(data, CLASS_NAMES, per_class=40, size=48, seed=0)
+    print(f"drew a dataset of 5 x 40 images in {data}")
+    options = RunOptions(
+        data=data,
+        strategy="scratch",
+        out=args.out,
+        epochs=4,
+        batch_size=32,
+        image_size=32,
+        weights=None,
+        quiet=args.quiet,
+        force=True,  # the folder was claimed above; it now holds the drawn images
+    )
+    metrics = train_run(options)
+    sample = os.path.join(data, CLASS_NAMES[2], f"{CLASS_NAMES[2]}_000.JPG")
     _print_summary(args.out, metrics)
     print(f"\nnext: kflowers predict --model {os.path.join(args.out, 'model.keras')} {sample}")
+
+
+DEMO_DATA = "demo-data"
 
 
 COMMANDS = {

@@ -385,11 +385,19 @@ def test_demo_then_predict(tmp_path):
     command = result.stdout.strip().splitlines()[-1]
     assert command.startswith("next: kflowers predict --model")
     image = command.split()[-1]
-    assert image == str(out / "sample_rose.jpg")
+    assert os.path.isfile(image) and image.startswith(str(out / "demo-data"))
     answer = json.loads(kflowers("predict", "--model", out / "model.keras", image, "--json").stdout)
     assert answer[0]["top"][0]["probability"] > 0
-    drawn = result.stdout.split("drew a dataset of 5 x 40 images (removed at the end) in ")[1].split()[0]
-    assert not os.path.exists(drawn)
+    # The run's files point to data that exists: evaluate reads the run's own test split from it.
+    config = json.loads((out / "config.json").read_text())
+    split = json.loads((out / "split.json").read_text())
+    assert os.path.isdir(config["data"]) and all(os.path.isfile(p) for p in split["train"] + split["test"])
+    evaluated = json.loads(
+        kflowers("evaluate", "--model", out / "model.keras", "--data", config["data"], "--json").stdout
+    )
+    assert evaluated["images"] == len(split["test"])
+    # A second demo into the same folder redraws its data and trains again.
+    kflowers("demo", "--out", out, "--quiet")
 
 
 @pytest.mark.slow
