@@ -372,136 +372,200 @@ def train_run(options, folder=None, split=None):
         return _train_locked(options, folder, split, started, rank, processes)
 
 
-def _train_locked(options, folder, split, started, rank, processes):
-    import keras
+@dataclasses.dataclass
+class _Run:
+    """What one run works with, step by step (`_train_locked`)."""
 
-    from kflowers import distributed
-    from kflowers import reports
-    from kflowers.data import FlowerDataset
+    options: object
+    strategy: object
+    recipe: object
+    folder: object
+    train_split: object
+    test_split: object
+    backup_dir: str
+    resuming: bool
+    rank: int
+    processes: int
+    seconds: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def main_process(self):
+        return self.rank == 0
+
+    @property
+    def split(self):
+        return self.train_split, self.test_split
+
+
+def _train_locked(options, folder, split, started, rank, processes):
+    """A run, in order: prepare, build, own the directory, train, evaluate and write (rank 0 only)."""
+    if rank == 0:  # under torchrun, before any process can have started writing
+        remove_temporaries(options.out)
+    run = _prepare(options, folder, split, rank, processes)
+    model = _build(run)
+    train_ds, test_ds = _datasets(run)
+    if not run.resuming:  # the run has everything it needs: it now owns the directory
+        backup.remove(run.backup_dir)
+        if run.main_process:  # a resumed run keeps the setup files it started with
+            write_marker(options.out, "run")
+            _replace_previous_run(options.out)
+            _write_setup(options.out, options, run.strategy, run.recipe, run.folder, *run.split, processes)
+    clock = time.perf_counter()
+    result = _fit(run, model, train_ds, test_ds)
+    if not run.main_process:
+        return None
+    run.seconds["feature_pass"] = result.feature_seconds
+    run.seconds["training"] = time.perf_counter() - clock - result.feature_seconds
+    metrics = _finish(run, model, test_ds, result, started)
+    if result.finished:
+        backup.remove(os.path.join(options.out, "backup"))  # only an interrupted run needs it
+    return metrics
+
+
+def _prepare(options, folder, split, rank, processes):
+    """The strategy, recipe, data, split and backup of a run, checked against the run it resumes."""
     from kflowers.data import scan_folder
     from kflowers.data import split_dataset
-    from kflowers.explain import plot_top_losses
-    from kflowers.model import build_model
-    from kflowers.model import save_model
     from kflowers.recipes import get_recipe
-    from kflowers.recipes import test_image_size
-    from kflowers.strategies import classification_loss
     from kflowers.strategies import get_strategy
-    from kflowers.training import train
 
-    out = options.out
-    main_process = rank == 0
-    if main_process:  # under torchrun, before any process can have started writing
-        remove_temporaries(out)
     strategy = get_strategy(options.strategy).with_epochs(options.epochs)
     recipe = get_recipe(options.recipe, strategy.name, options.without)
     if folder is None:
         folder = scan_folder(options.data)
     train_split, test_split = split or split_dataset(folder, test_size=options.test_size, seed=options.seed)
     # Each process keeps its own backup (they are identical); rank 0 alone writes the run.
+    out = options.out
     backup_dir = os.path.join(out, "backup") if processes == 1 else os.path.join(out, "backup", f"rank{rank}")
     remove_temporaries(backup_dir)  # each process its own
     resuming = options.resume and os.path.exists(os.path.join(backup_dir, backup.FILE_NAME))
     if resuming:
         check_resumable(out, options, strategy, train_split, test_split)
-
     if strategy.freeze and _weights(options, strategy) is None:
         log.warning(
             "%s starts with a frozen backbone, but --weights none leaves it random: only the "
             "head will learn, from random features",
             strategy.name,
         )
+    run = _Run(options, strategy, recipe, folder, train_split, test_split, backup_dir, resuming, rank, processes)
+    run.seconds["scan"] = folder.seconds
+    return run
+
+
+def _build(run):
+    """The run's model, seeded, built under the run's precision policy (its layers keep it)."""
+    import keras
+
+    from kflowers.model import build_model
+
+    options = run.options
     keras.utils.set_random_seed(options.seed)
     previous_policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(PRECISIONS[options.precision])  # the model's layers keep it
+    keras.mixed_precision.set_global_policy(PRECISIONS[options.precision])
     clock = time.perf_counter()
     try:
         model = build_model(
-            num_classes=len(folder.class_names), weights=_weights(options, strategy), image_size=options.image_size
+            num_classes=len(run.folder.class_names),
+            weights=_weights(options, run.strategy),
+            image_size=options.image_size,
         )
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
-    seconds = {"scan": folder.seconds, "build_model": time.perf_counter() - clock}
+    run.seconds["build_model"] = time.perf_counter() - clock
+    return model
+
+
+def _datasets(run):
+    """The training dataset (shuffled, augmented as the recipe says, this process's shard) and the test one."""
+    from kflowers.data import FlowerDataset
+
+    options, recipe = run.options, run.recipe
+    workers = options.workers or default_workers()
     train_ds = FlowerDataset.from_folder(
-        train_split,
+        run.train_split,
         batch_size=options.batch_size,
         image_size=options.image_size,
         shuffle=True,
         augment=recipe.augment or options.augment,
         random_erasing=recipe.random_erasing,
         seed=options.seed,
-        workers=options.workers or default_workers(),
+        workers=workers,
     )
-    test_ds = FlowerDataset.from_folder(
-        test_split, batch_size=256, image_size=options.image_size, workers=options.workers or default_workers()
-    )
-    # The run has everything it needs: it now owns the directory.
-    if not resuming:
-        backup.remove(backup_dir)
-        if main_process:  # a resumed run keeps the setup files it started with
-            write_marker(out, "run")
-            _replace_previous_run(out)
-            _write_setup(out, options, strategy, recipe, folder, train_split, test_split, processes)
-    callbacks = []
-    feature_cache = options.feature_cache
-    if processes > 1:
-        train_ds = train_ds.shard(rank, processes)
-        callbacks.append(distributed.SyncReplicas())
-        feature_cache = False
-    verbose = 0 if options.quiet or not main_process else 2 if _not_a_terminal() else 1
-    clock = time.perf_counter()
+    if run.processes > 1:
+        train_ds = train_ds.shard(run.rank, run.processes)
+    test_ds = FlowerDataset.from_folder(run.test_split, batch_size=256, image_size=options.image_size, workers=workers)
+    return train_ds, test_ds
+
+
+def _fit(run, model, train_ds, test_ds):
+    """`training.train` with the run's options, stopped cleanly by Ctrl-C; returns its `TrainResult`."""
+    from kflowers import distributed
+    from kflowers.training import train
+
+    options = run.options
+    callbacks = [distributed.SyncReplicas()] if run.processes > 1 else []
+    verbose = 0 if options.quiet or not run.main_process else 2 if _not_a_terminal() else 1
     with StopOnInterrupt() as interrupt:
-        result = train(
+        return train(
             model,
-            strategy,
+            run.strategy,
             train_ds,
             test_ds,
             learning_rate=options.lr,
             callbacks=callbacks,
             verbose=verbose,
-            feature_cache=feature_cache,
-            backup_dir=backup_dir,
+            feature_cache=options.feature_cache if run.processes == 1 else False,  # the cache is per process
+            backup_dir=run.backup_dir,
             early_stopping=options.early_stopping,
             stop=interrupt.event,
-            recipe=recipe,
-            keep_backup=True,  # removed below, once the run's files are written
+            recipe=run.recipe,
+            keep_backup=True,  # removed once the run's files are written
         )
-    if not main_process:
-        return None
-    rows = result.rows
-    seconds["feature_pass"] = result.feature_seconds
-    seconds["training"] = time.perf_counter() - clock - result.feature_seconds
 
+
+def _finish(run, model, test_ds, result, started):
+    """Evaluate the final model (at the recipe's test side), save it, and write the run's files and plots."""
+    from kflowers import reports
+    from kflowers.data import FlowerDataset
+    from kflowers.explain import plot_top_losses
+    from kflowers.model import save_model
+    from kflowers.recipes import test_image_size
+    from kflowers.strategies import classification_loss
+
+    options, out, class_names = run.options, run.options.out, run.folder.class_names
     # Every figure in metrics.json is of the model saved beside it.
     clock = time.perf_counter()
     features = result.test_features
-    test_size = test_image_size(recipe, options.image_size)
+    test_size = test_image_size(run.recipe, options.image_size)
     if test_size != options.image_size:  # the saved model takes the test side
         model = _for_test_size(model, test_size)
-        test_ds = FlowerDataset.from_folder(test_split, batch_size=256, image_size=test_size, workers=test_ds.threads)
+        test_ds = FlowerDataset.from_folder(
+            run.test_split, batch_size=256, image_size=test_size, workers=test_ds.threads
+        )
         features = None
-    results = evaluate_model(model, test_ds, folder.class_names, features=features, tta=recipe.tta)
-    seconds["evaluation"] = time.perf_counter() - clock
+    results = evaluate_model(model, test_ds, class_names, features=features, tta=run.recipe.tta)
+    run.seconds["evaluation"] = time.perf_counter() - clock
     clock = time.perf_counter()
-    if recipe.label_smoothing and model.optimizer is not None:
+    if run.recipe.label_smoothing and model.optimizer is not None:
         # saved with Keras's own loss, so that plain keras.models.load_model reads it
         model.compile(optimizer=model.optimizer, loss=classification_loss(), metrics=["accuracy"])
-    save_model(model, os.path.join(out, "model.keras"), folder.class_names)
+    save_model(model, os.path.join(out, "model.keras"), class_names)
+    rows = result.rows
     _write_history_csv(os.path.join(out, "history.csv"), rows)
     if rows:
-        reports.plot_history(history_columns(rows), os.path.join(out, "curves.png"), title=strategy.name)
-    reports.plot_confusion(results["confusion"], folder.class_names, os.path.join(out, "confusion.png"))
+        reports.plot_history(history_columns(rows), os.path.join(out, "curves.png"), title=run.strategy.name)
+    reports.plot_confusion(results["confusion"], class_names, os.path.join(out, "confusion.png"))
     plot_top_losses(
-        test_split.paths,
+        run.test_split.paths,
         results["labels"],
         results["logits"],
-        folder.class_names,
+        class_names,
         os.path.join(out, "top_losses.png"),
         image_size=test_size,
     )
     test_accuracies = [row["test_accuracy"] for row in rows if "test_accuracy" in row]
     metrics = {
-        "strategy": strategy.name,
+        "strategy": run.strategy.name,
         "test_accuracy": results["accuracy"],
         "best_test_accuracy": max(test_accuracies + [results["accuracy"]]),
         "test_loss": results["loss"],
@@ -514,12 +578,10 @@ def _train_locked(options, folder, split, started, rank, processes):
         "best_epoch": result.best_epoch,
         "wall_seconds": time.perf_counter() - started,
     }
-    seconds["writing"] = time.perf_counter() - clock
-    metrics["seconds"] = seconds  # where the wall time went (scan: before the run started)
+    run.seconds["writing"] = time.perf_counter() - clock
+    metrics["seconds"] = run.seconds  # where the wall time went (scan: before the run started)
     write_json(os.path.join(out, "metrics.json"), metrics)
-    log.info("seconds: %s", ", ".join(f"{key} {value:.1f}" for key, value in seconds.items()))
-    if result.finished:
-        backup.remove(os.path.join(out, "backup"))  # only an interrupted run needs it
+    log.info("seconds: %s", ", ".join(f"{key} {value:.1f}" for key, value in run.seconds.items()))
     return metrics
 
 
