@@ -8,7 +8,7 @@ B: kflowers: `build_model` + `compile` + `fit` (and `predict`) with the same
    batch, image size and optimizer (frozen = `backbone.trainable = False`).
 `--extra` adds more sides: `A-channels-last` (the lesson's loop in torch's
 channels_last memory format, what B runs on), `B-stock` (kflowers on Keras's
-stock layers: what `kflowers.torch_layers` buys), and mixed precision:
+stock layers: what `kflowers.models.torch_kernels.layers` buys), and mixed precision:
 `B-bf16` (kflowers under `mixed_bfloat16`) with `A-bf16` (the lesson's loop
 under `torch.autocast(bfloat16)`, the fair reference) and
 `A-channels-last-bf16` (the same in channels_last, what B-bf16 runs on), and

@@ -12,7 +12,7 @@ import argparse
 import time
 
 import kflowers
-from kflowers.data import FlowerDataset
+from kflowers.data.dataset import FlowerDataset
 
 
 def images_per_second(dataset, batches):

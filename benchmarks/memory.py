@@ -18,7 +18,7 @@ import tempfile
 SCAN = """
 import resource, sys
 import numpy, PIL.Image
-from kflowers.data import scan_folder
+from kflowers.data.folders import scan_folder
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 folder = scan_folder(sys.argv[1])
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -28,7 +28,7 @@ print((peak - base) / 1024, len(folder.paths))
 PREDICT = """
 import resource, sys
 import kflowers
-from kflowers.predict import predict_images
+from kflowers.tools.predict import predict_images
 model = kflowers.load_model(sys.argv[2])
 predict_images(model, [sys.argv[3]])  # warm up on the small image: the model's own buffers
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

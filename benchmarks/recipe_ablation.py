@@ -47,12 +47,12 @@ EVALUATION_ONLY = ("tta", "test-resolution")
 
 def rescore(run_dir, data, without):
     """The finished run's saved model, scored on its own test split without an evaluation-only ingredient."""
-    from kflowers.data import FlowerDataset
-    from kflowers.data import scan_folder
-    from kflowers.data import split_dataset
-    from kflowers.model import load_model
-    from kflowers.model import with_image_size
-    from kflowers.runs import evaluate_model
+    from kflowers.data.dataset import FlowerDataset
+    from kflowers.data.folders import scan_folder
+    from kflowers.data.folders import split_dataset
+    from kflowers.models.saving import load_model
+    from kflowers.models.resnet import with_image_size
+    from kflowers.runs.run import evaluate_model
 
     with open(os.path.join(run_dir, "config.json")) as f:
         config = json.load(f)
@@ -127,7 +127,7 @@ def main():
             out = os.path.join(args.out, name.replace(" ", "-").replace(",", ""), f"seed{seed}")
             results.append(run(args.data, out, seed, extra, common))
             if seed == args.seeds[0]:
-                from kflowers.runs import read_history
+                from kflowers.runs.run import read_history
 
                 histories[name] = read_history(out)
         accuracy = np.array([r["test_accuracy"] for r in results])

@@ -13,12 +13,12 @@ import os
 
 import kflowers  # noqa: F401 - sets the torch backend before Keras is imported
 
-from kflowers.data import FlowerDataset
-from kflowers.model import load_model
-from kflowers.model import with_image_size
-from kflowers.data import scan_folder
-from kflowers.data import split_dataset
-from kflowers.runs import evaluate_model
+from kflowers.data.dataset import FlowerDataset
+from kflowers.models.saving import load_model
+from kflowers.models.resnet import with_image_size
+from kflowers.data.folders import scan_folder
+from kflowers.data.folders import split_dataset
+from kflowers.runs.run import evaluate_model
 
 
 def main():

@@ -41,69 +41,52 @@ except Exception:  # noqa: BLE001 - not installed (run from a source tree)
     __version__ = "unknown"
 
 _EXPORTS = {
-    "build_model": "kflowers.model",
-    "with_image_size": "kflowers.model",
-    "load_weights": "kflowers.model",
-    "save_model": "kflowers.model",
-    "load_model": "kflowers.model",
-    "use_torch_kernels": "kflowers.torch_kernels",
-    "WeightsError": "kflowers.model",
-    "download_flowers": "kflowers.data",
-    "scan_folder": "kflowers.data",
-    "split_dataset": "kflowers.data",
-    "FlowerDataset": "kflowers.data",
-    "ImageFolder": "kflowers.data",
-    "DataError": "kflowers.data",
-    "read_image": "kflowers.images",
-    "UnreadableImage": "kflowers.images",
-    "model_parts": "kflowers.parts",
-    "train": "kflowers.training",
-    "discriminative_optimizer": "kflowers.strategies",
-    "STRATEGIES": "kflowers.strategies",
-    "compile_for": "kflowers.strategies",
-    "predict_images": "kflowers.predict",
-    "decode_predictions": "kflowers.predict",
+    "build_model": "kflowers.models.resnet",
+    "with_image_size": "kflowers.models.resnet",
+    "load_weights": "kflowers.models.weights",
+    "save_model": "kflowers.models.saving",
+    "load_model": "kflowers.models.saving",
+    "use_torch_kernels": "kflowers.models.torch_kernels",
+    "WeightsError": "kflowers.errors",
+    "download_flowers": "kflowers.data.download",
+    "scan_folder": "kflowers.data.folders",
+    "split_dataset": "kflowers.data.folders",
+    "FlowerDataset": "kflowers.data.dataset",
+    "ImageFolder": "kflowers.data.folders",
+    "DataError": "kflowers.errors",
+    "read_image": "kflowers.data.images",
+    "UnreadableImage": "kflowers.data.images",
+    "model_parts": "kflowers.models.parts",
+    "train": "kflowers.training.loop",
+    "discriminative_optimizer": "kflowers.training.strategies",
+    "STRATEGIES": "kflowers.training.strategies",
+    "compile_for": "kflowers.training.strategies",
+    "predict_images": "kflowers.tools.predict",
+    "decode_predictions": "kflowers.tools.predict",
     "RunOptions": "kflowers.options",
     "KflowersError": "kflowers.errors",
     "TrainingDiverged": "kflowers.errors",
 }
 
-# Submodules reachable as attributes (`kflowers.training.train(...)`), imported on first use.
-_SUBMODULES = [
-    "backup",
-    "callbacks",
-    "data",
-    "distributed",
-    "errors",
-    "explain",
-    "export",
-    "feature_cache",
-    "files",
-    "images",
-    "losses",
-    "lr_find",
-    "model",
-    "native_logs",
-    "options",
-    "parts",
-    "predict",
-    "recipes",
-    "run_directory",
-    "reports",
-    "runs",
-    "strategies",
-    "torch_kernels",
-    "torch_layers",
-    "torch_resnet",
-    "training",
-]
+# The layers, and the helpers beside them, reachable as attributes (`kflowers.training.train(...)`); the
+# modules the Python tour names are reachable by their short names too (`kflowers.callbacks`).
+_SUBMODULES = {
+    **{name: f"kflowers.{name}" for name in ("data", "models", "training", "tools", "runs", "cli")},
+    **{name: f"kflowers.{name}" for name in ("errors", "files", "options", "recipes", "reports", "native_logs")},
+    "callbacks": "kflowers.training.callbacks",
+    "strategies": "kflowers.training.strategies",
+    "distributed": "kflowers.training.distributed",
+    "predict": "kflowers.tools.predict",
+    "explain": "kflowers.tools.explain",
+    "export": "kflowers.tools.export",
+}
 
-__all__ = sorted(_EXPORTS) + _SUBMODULES
+__all__ = sorted(_EXPORTS) + sorted(_SUBMODULES)
 
 
 def __getattr__(name):
     if name in _SUBMODULES:
-        return importlib.import_module(f"kflowers.{name}")
+        return importlib.import_module(_SUBMODULES[name])
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'kflowers' has no attribute {name!r}")

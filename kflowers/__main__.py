@@ -1,5 +1,5 @@
 import sys
 
-from kflowers.cli import main
+from kflowers.cli.main import main
 
 sys.exit(main())

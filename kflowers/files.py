@@ -9,7 +9,7 @@ import tempfile
 
 # Every temporary file kflowers writes starts with this: only such names are ever cleaned up.
 TEMPORARY_PREFIX = ".kflowers-tmp-"
-# The file that marks a folder as one kflowers made (a run directory); see `kflowers.run_directory`.
+# The file that marks a folder as one kflowers made (a run directory); see `kflowers.runs.directory`.
 RUN_MARKER = ".kflowers-run"
 
 

@@ -103,7 +103,8 @@ class RunOptions:
     batch_size: int = _flag(64, "images per training step", type=positive_int)
     image_size: object = _flag(
         None,
-        "side of the square images the model sees, in pixels (default: the recipe's: 224; 112 for modern scratch)",
+        "side of the square training images, in pixels (default: the recipe's: 224; for modern scratch 96, "
+        "with test images scored at 128)",
         type=image_size,
     )
     weights: object = _flag(

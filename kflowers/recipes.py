@@ -111,7 +111,7 @@ class Recipe:
 LESSON = Recipe()
 
 # One modern recipe per strategy. Image size and epochs for scratch were chosen once, by measurement on
-# the development split within a 30-minute CPU budget (README, "The modern recipe").
+# the development split within a 30-minute CPU budget (docs/recipes.md).
 _MODERN_COMMON = dict(
     name="modern",
     optimizer="sgd",

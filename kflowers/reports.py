@@ -38,36 +38,6 @@ def save_figure(figure, path):
     return str(path)
 
 
-def plot_samples(folder, path, rows=3, cols=5, seed=0, image_size=None):
-    """The lesson's grid of random images titled with their class.
-
-    Args:
-        folder: an `ImageFolder`.
-        path: the PNG file to write.
-        rows, cols: grid shape (3x5 as in the lesson).
-        seed: which images are drawn.
-        image_size: show images resized as the model sees them; `None`
-            shows them as they are on disk.
-    """
-    from kflowers.images import read_image
-
-    rng = np.random.default_rng(seed)
-    count = min(rows * cols, len(folder))
-    chosen = rng.choice(len(folder), size=count, replace=False)
-    figure, axes = new_figure(rows, cols, figsize=(cols * 2.4, rows * 2.6))
-    for ax in np.ravel(axes):
-        ax.axis("off")
-    for ax, index in zip(np.ravel(axes), chosen):
-        pixels = read_image(folder.paths[index], min_size=image_size)
-        if image_size:
-            import albumentations as A
-
-            pixels = A.Resize(image_size, image_size)(image=pixels)["image"]
-        ax.imshow(pixels)
-        ax.set_title(folder.class_names[folder.labels[index]])
-    return save_figure(figure, path)
-
-
 def plot_history(history, path, title=None):
     """Loss and accuracy per epoch, train against test, side by side.
 

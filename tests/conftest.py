@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from kflowers.demo import draw_dataset  # noqa: E402
+from kflowers.data.demo import draw_dataset  # noqa: E402
 
 CLASSES = ["daisy", "dandelion", "rose", "sunflower", "tulip"]
 

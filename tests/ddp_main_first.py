@@ -5,7 +5,7 @@ import sys
 
 os.environ["KERAS_BACKEND"] = "torch"
 
-from kflowers.distributed import main_process_first  # noqa: E402
+from kflowers.training.distributed import main_process_first  # noqa: E402
 
 cache = sys.argv[1]
 rank = os.environ["RANK"]

@@ -14,9 +14,9 @@ import sys
 import numpy as np
 
 import kflowers
-from kflowers import distributed
-from kflowers.data import FlowerDataset
-from kflowers.training import train
+from kflowers.training import distributed
+from kflowers.data.dataset import FlowerDataset
+from kflowers.training.loop import train
 
 out, data, strategy, batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 rank, size = distributed.init_torch_distributed()

@@ -78,7 +78,7 @@ class NoTorch(importlib.abc.MetaPathFinder):  # as if torch were not installed
 
 sys.meta_path.insert(0, NoTorch())
 import numpy as np, kflowers
-from kflowers.model import WeightsError
+from kflowers.errors import WeightsError
 model = kflowers.build_model(weights=sys.argv[1], image_size=32)
 print("SAFETENSORS OK")
 model = kflowers.build_model(weights=sys.argv[2], image_size=32)

@@ -2,6 +2,8 @@
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -47,7 +49,7 @@ def run(flowers_dir, resnet18_pth, tmp_path_factory):
 
 def test_help_is_fast_because_nothing_heavy_is_imported():
     code = (
-        "import sys; from kflowers.cli import build_parser\n"
+        "import sys; from kflowers.cli.parser import build_parser\n"
         "try:\n    build_parser().parse_args(['train', '--help'])\nexcept SystemExit: pass\n"
         "heavy = [m for m in ('keras', 'torch', 'keras_hub', 'tensorflow') if m in sys.modules]\n"
         "print('HEAVY', heavy)"
@@ -60,7 +62,7 @@ def test_help_is_fast_because_nothing_heavy_is_imported():
 def test_every_flag_has_help_and_its_default():
     import argparse
 
-    from kflowers.cli import build_parser
+    from kflowers.cli.parser import build_parser
 
     def parsers(parser):
         yield parser
@@ -91,7 +93,7 @@ def test_every_flag_has_help_and_its_default():
 
 
 def test_version_and_strategy_aliases():
-    from kflowers.cli import build_parser
+    from kflowers.cli.parser import build_parser
 
     version = subprocess.run([sys.executable, "-m", "kflowers", "--version"], capture_output=True, text=True, env=ENV)
     assert version.returncode == 0 and version.stdout.strip() == f"kflowers {kflowers_version()}"
@@ -181,7 +183,7 @@ def test_predict_agrees_with_model_predict(run, flowers_dir):
     import keras
 
     import kflowers as kf
-    from kflowers.data import FlowerDataset
+    from kflowers.data.dataset import FlowerDataset
 
     model = kf.load_model(os.path.join(run, "model.keras"))
     paths = [a["image"] for a in answers]
@@ -223,7 +225,7 @@ def test_evaluate_json_and_class_names_by_name(run, flowers_dir, tmp_path):
 
 @pytest.mark.one_backend
 def test_evaluate_on_other_classes_is_a_one_line_error(run, tmp_path):
-    from kflowers.demo import draw_dataset
+    from kflowers.data.demo import draw_dataset
 
     draw_dataset(tmp_path / "other", ["cat", "dog"], per_class=2, size=32)
     result = kflowers(
@@ -352,7 +354,7 @@ def test_lr_find_plots_and_suggests(flowers_dir, resnet18_pth, tmp_path):
 
 @pytest.mark.one_backend
 def test_lr_find_says_when_it_stopped_early_and_refuses_a_sweep_that_goes_down(flowers_dir, tmp_path, capsys):
-    from kflowers.cli import main
+    from kflowers.cli.main import main
 
     args = ["lr-find", "--data", flowers_dir, "--weights", "none", "--image-size", "32", "--batch-size", "8"]
     capsys.readouterr()
@@ -368,7 +370,7 @@ def test_lr_find_says_when_it_stopped_early_and_refuses_a_sweep_that_goes_down(f
 
 
 def test_suggestion_is_the_steepest_descent():
-    from kflowers.lr_find import suggest_learning_rate
+    from kflowers.training.lr_find import suggest_learning_rate
 
     rates = np.geomspace(1e-6, 1, 61)
     x = np.log10(rates)
@@ -530,3 +532,47 @@ def test_resume_with_other_arguments_is_one_line_and_touches_nothing(flowers_dir
     lines = result.stderr.strip().splitlines()
     assert "Traceback" not in result.stderr and "differs from the one in" in lines[-1] and " in lr;" in lines[-1]
     assert run_files(out) == before
+
+
+@pytest.mark.one_backend
+def test_report_html_is_one_self_contained_page(run):
+    with open(os.path.join(run, "report.html"), encoding="utf-8") as f:
+        page = f.read()
+    with open(os.path.join(run, "metrics.json")) as f:
+        metrics = json.load(f)
+    assert f"Test accuracy of the saved model: <b>{metrics['test_accuracy']:.4f}</b>" in page
+    for name in ("daisy", "dandelion", "rose", "sunflower", "tulip"):  # the per-class table
+        assert f"<td>{name}</td>" in page
+    assert page.count('src="data:image/png;base64,') == 3  # curves, confusion matrix, top losses: embedded
+    assert not re.search(r'(src|href)="(?!data:)', page)  # nothing is fetched from anywhere
+    assert page.count("<tr>") >= 1 + 2 + 5  # the history's two epochs, the per-class rows, ...
+
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+
+
+@pytest.mark.one_backend
+def test_report_html_renders_in_a_headless_browser(run, tmp_path):
+    browser = next((shutil.which(name) for name in BROWSERS if shutil.which(name)), None)
+    if browser is None:
+        pytest.skip("no headless browser installed (Debian: apt-get install chromium)")
+    page = tmp_path / "report.html"
+    with open(os.path.join(run, "report.html"), encoding="utf-8") as f:
+        # Once the page has loaded, count the pictures the browser decoded.
+        page.write_text(
+            f.read().replace(
+                "</body>",
+                "<script>addEventListener('load', () => document.body.setAttribute('data-decoded', "
+                "[...document.images].filter(i => i.complete && i.naturalWidth > 0).length));</script></body>",
+            )
+        )
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
+    flags += ["--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}"]
+    result = subprocess.run(
+        [browser, *flags, "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert 'data-decoded="3"' in result.stdout, result.stderr[-2000:]
+    assert "Test accuracy of the saved model" in result.stdout

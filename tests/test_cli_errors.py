@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kflowers.cli import main as kflowers_main
+from kflowers.cli.main import main as kflowers_main
 from clitools import TRAIN_FLAGS
 from clitools import kflowers
 
@@ -181,7 +181,7 @@ def test_bad_input_is_one_line(place, capsys, name, args, text):
         out = args[args.index("--out") + 1]
         if os.path.isdir(out):  # a run that could not start or finish leaves no model and no metrics
             assert not {"model.keras", "metrics.json"} & set(os.listdir(out))
-            # nothing hidden but the marker of a run that had started (kflowers.run_directory)
+            # nothing hidden but the marker of a run that had started (kflowers.runs.directory)
             assert not [n for n in os.listdir(out) if n.startswith(".") and n != ".kflowers-run"], os.listdir(out)
 
 

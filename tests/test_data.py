@@ -8,10 +8,10 @@ import pytest
 
 import kflowers
 from conftest import CLASSES
-from kflowers.data import DataError
-from kflowers.data import FlowerDataset
-from kflowers.data import download_flowers
-from kflowers.training import train
+from kflowers.data.download import DataError
+from kflowers.data.dataset import FlowerDataset
+from kflowers.data.download import download_flowers
+from kflowers.training.loop import train
 
 
 def test_scan_sorted_classes_and_case_insensitive_extensions(flowers_dir):
@@ -191,7 +191,7 @@ def test_a_planted_extraction_marker_is_not_trusted(flowers_dir, tmp_path):
 def test_extraction_refuses_bombs_and_archives_that_do_not_fit(tmp_path, monkeypatch):
     import shutil
 
-    from kflowers.data import extract_archive
+    from kflowers.data.download import extract_archive
 
     bomb = tmp_path / "bomb.zip"
     with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
@@ -221,7 +221,7 @@ def test_offline_download_says_how_to_use_local_data(tmp_path):
 
 
 def test_sample_grid_is_written(flowers_dir, tmp_path):
-    from kflowers.reports import plot_samples
+    from kflowers.data.samples import plot_samples
 
     folder = kflowers.scan_folder(flowers_dir)
     out = plot_samples(folder, tmp_path / "grid.png", seed=0)

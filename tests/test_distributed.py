@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import kflowers
-from kflowers.data import FlowerDataset
+from kflowers.data.dataset import FlowerDataset
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}

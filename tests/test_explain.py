@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 import kflowers
-from kflowers.explain import grad_cam
-from kflowers.explain import top_losses
+from kflowers.tools.explain import grad_cam
+from kflowers.tools.explain import top_losses
 
 SIZE = 128  # a 4x4 last feature map, 2x2 cells per quadrant (at 64 px each cell sees the whole image)
 QUADRANTS = {"top left": (0, 0), "top right": (0, 1), "bottom left": (1, 0), "bottom right": (1, 1)}
@@ -64,7 +64,7 @@ def test_grad_cam_equals_autodiff_grad_cam(spot_model):
         pytest.skip("the autodiff reference uses torch autograd")
     import torch
 
-    from kflowers.parts import model_parts
+    from kflowers.models.parts import model_parts
 
     images = spotted(np.random.default_rng(2), 4, "any")
     heatmaps, logits = grad_cam(spot_model, images)

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import kflowers
-from kflowers.data import FlowerDataset
-from kflowers.training import train
+from kflowers.data.dataset import FlowerDataset
+from kflowers.training.loop import train
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import kflowers
-from kflowers.images import UnreadableImage
-from kflowers.images import read_image
+from kflowers.data.images import UnreadableImage
+from kflowers.data.images import read_image
 
 pytestmark = pytest.mark.one_backend  # scanning hostile folders and files: the torch pass covers it
 
@@ -353,7 +353,7 @@ def test_the_dataset_is_what_the_folder_says(tmp_path, caplog, name, change, exp
 
 
 def test_split_too_small_for_the_classes_is_one_clear_error(tmp_path):
-    from kflowers.data import split_dataset
+    from kflowers.data.folders import split_dataset
 
     single = two_classes(tmp_path / "single")
     one_class(single)
@@ -382,8 +382,9 @@ def test_unreadable_folder_is_named_in_a_warning(tmp_path):
     for path in [*(root / "a").glob("*.png"), *(root / "b").glob("*.png")]:
         os.chmod(path, 0o644)
     code = (
-        "import os, kflowers.data; os.setgid(65534); os.setuid(65534); f = kflowers.data.scan_folder(%r); "
-        "print(f.counts())" % str(root)
+        # Pillow loads its format plugins on first use, from this Python's folder, which `nobody` may not read.
+        "import os, kflowers.data.folders; from PIL import Image; Image.init(); os.setgid(65534); os.setuid(65534); "
+        "f = kflowers.data.folders.scan_folder(%r); print(f.counts())" % str(root)
     )
     try:
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -431,7 +432,7 @@ def test_pillow_notes_are_not_the_users_warnings(tmp_path):
 
 
 def test_explain_keeps_both_pictures_of_two_images_with_one_name(tmp_path, small_model_file):
-    from kflowers.explain import explain_images
+    from kflowers.tools.explain import explain_images
 
     for folder in ("a", "b"):
         (tmp_path / folder).mkdir()

@@ -1,7 +1,8 @@
-"""The package's layers point down only: data -> model -> training -> runs -> cli (docs/architecture.md).
+"""The package's layers point down only: data -> models -> training -> tools -> runs -> cli (docs/architecture.md).
 
-Every `kflowers.X` import, at module level or inside a function, is read from the source with `ast`;
-a module may import its own layer, the layers below it, and the helpers beside all layers.
+The folders are the layers. Every `kflowers.X` import, at module level or inside a function, is read from
+the source with `ast`; a module may import its own layer, the layers below it, and the helpers beside all
+layers (the modules at the top of the package).
 """
 
 import ast
@@ -12,54 +13,69 @@ import pytest
 pytestmark = pytest.mark.one_backend  # the package's import graph: the torch pass covers it
 
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "kflowers")
-
-BESIDE_ALL = {"errors", "files", "options", "recipes"}
-LAYERS = {
-    "data": {"data", "images", "demo", "reports"},  # reports draws sample grids from images
-    "model": {"model", "parts", "predict", "losses", "torch_kernels", "torch_layers", "torch_resnet"},
-    "training": {"training", "strategies", "callbacks", "backup", "feature_cache", "lr_find", "distributed"},
-    "runs": {"runs", "run_directory", "export", "explain"},
-    "cli": {"cli", "__main__"},
-}
-ORDER = list(LAYERS)
-MODULES = sorted(name[:-3] for name in os.listdir(PACKAGE) if name.endswith(".py") and name != "__init__.py")
+ORDER = ["data", "models", "training", "tools", "runs", "cli"]
+BESIDE_ALL = {"errors", "files", "options", "recipes", "reports", "native_logs"}
 
 
-def layer_of(module):
-    return next((index for index, name in enumerate(ORDER) if module in LAYERS[name]), None)
+def modules():
+    """Every module of the package, dotted (`kflowers.data.folders`), with its file."""
+    found = {}
+    for folder, _, files in os.walk(PACKAGE):
+        for name in files:
+            if name.endswith(".py"):
+                relative = os.path.relpath(os.path.join(folder, name), os.path.dirname(PACKAGE))[:-3]
+                dotted = relative.replace(os.sep, ".").removesuffix(".__init__")
+                found[dotted] = os.path.join(folder, name)
+    return found
+
+
+MODULES = modules()
+
+
+def layer_of(dotted):
+    """The layer's index, `"beside"` for the helpers beside all layers, `None` for the package itself."""
+    parts = dotted.split(".")
+    if len(parts) == 1 or parts[1] == "__main__":
+        return None if len(parts) == 1 else ORDER.index("cli")
+    if parts[1] in ORDER:
+        return ORDER.index(parts[1])
+    return "beside" if parts[1] in BESIDE_ALL else "unplaced"
 
 
 def kflowers_imports(path):
     tree = ast.parse(open(path, encoding="utf-8").read())
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("kflowers"):
-            parts = node.module.split(".")
-            if len(parts) > 1:
-                yield parts[1], node.lineno
-            else:  # from kflowers import x: a module, or a name of the package itself (__version__)
-                yield from ((alias.name, node.lineno) for alias in node.names if alias.name in MODULES)
+            if node.module == "kflowers":  # from kflowers import x: a module, or a name of the package
+                yield from ((f"kflowers.{a.name}", node.lineno) for a in node.names if f"kflowers.{a.name}" in MODULES)
+            else:
+                yield node.module, node.lineno
         elif isinstance(node, ast.Import):
-            for alias in node.names:
-                if alias.name.startswith("kflowers."):
-                    yield alias.name.split(".")[1], node.lineno
+            yield from ((a.name, node.lineno) for a in node.names if a.name.startswith("kflowers."))
 
 
 def test_every_module_has_a_place():
-    placed = BESIDE_ALL.union(*LAYERS.values())
-    assert [m for m in MODULES if m not in placed] == []
+    assert [m for m in MODULES if layer_of(m) == "unplaced"] == []
+    imported = {name for path in MODULES.values() for name, _ in kflowers_imports(path)}
+    assert sorted(name for name in imported if name not in MODULES) == []  # no import of a module that moved
 
 
-@pytest.mark.parametrize("module", MODULES)
+def test_the_folders_are_the_layers():
+    assert sorted(
+        name
+        for name in os.listdir(PACKAGE)
+        if os.path.isdir(os.path.join(PACKAGE, name, "")) and not name.startswith("__")
+    ) == sorted(ORDER)
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
 def test_imports_point_down(module):
     mine = layer_of(module)
     upward = []
-    for imported, line in kflowers_imports(os.path.join(PACKAGE, f"{module}.py")):
-        if imported in BESIDE_ALL or imported == module:
-            continue
+    for imported, line in kflowers_imports(MODULES[module]):
         theirs = layer_of(imported)
-        if module in BESIDE_ALL:
-            if theirs is not None:  # a helper beside all layers imports no layer
-                upward.append(f"line {line}: {imported}")
-        elif theirs is None or theirs > mine:
-            upward.append(f"line {line}: {imported} ({ORDER[theirs] if theirs is not None else '?'})")
-    assert upward == [], f"kflowers/{module}.py ({ORDER[mine] if mine is not None else 'beside all'}) imports up"
+        if theirs in ("beside", None) or imported.startswith(module):
+            continue
+        if mine == "beside" or (mine is not None and theirs > mine):
+            upward.append(f"line {line}: {imported}")
+    assert upward == [], f"{module} imports upward"

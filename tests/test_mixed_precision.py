@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import kflowers
-from kflowers.data import FlowerDataset
-from kflowers.training import train
+from kflowers.data.dataset import FlowerDataset
+from kflowers.training.loop import train
 
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "torch", reason="the fast path is torch's")
 
@@ -35,7 +35,7 @@ def models(pth, size=64):
 
 
 def test_bf16_forward_is_within_bf16_tolerance_of_float32(resnet18_pth, monkeypatch):
-    from kflowers import torch_resnet
+    from kflowers.models.torch_kernels import resnet as torch_resnet
 
     reference, fast = models(resnet18_pth)
     served = []
@@ -87,7 +87,7 @@ def test_bf16_training_learns_as_float32_does(flowers_dir, resnet18_pth):
 
 
 def test_float16_runs_the_fast_path_with_keras_loss_scaling(resnet18_pth, monkeypatch):
-    from kflowers import torch_resnet
+    from kflowers.models.torch_kernels import resnet as torch_resnet
 
     keras.utils.set_random_seed(0)
     reference = kflowers.build_model(weights=resnet18_pth, image_size=32, torch_kernels=False)

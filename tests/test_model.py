@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 import kflowers
-from kflowers import torch_layers
+from kflowers.models.torch_kernels import layers as torch_layers
 from checkpoints import resnet18_state_dict
 from checkpoints import save_pth
 from checkpoints import torch_features
 from checkpoints import torch_training_step
-from kflowers.model import WeightsError
+from kflowers.errors import WeightsError
 
 SIZE = 64
 
@@ -34,7 +34,7 @@ def assert_features_match(actual, expected, rel=1e-5):
 
 def _uses_torch_kernels(model):
     backbone = model.get_layer("backbone")
-    whole = "call" in vars(backbone)  # kflowers.torch_resnet's one-function forward
+    whole = "call" in vars(backbone)  # kflowers.models.torch_kernels.resnet's one-function forward
     assert whole == any(torch_layers.is_switched(layer) for layer in backbone.layers)
     return whole
 
@@ -61,7 +61,7 @@ def test_build_model_structure():
 
 
 def kernels_params():
-    """Stock Keras layers everywhere; kflowers.torch_layers too on torch."""
+    """Stock Keras layers everywhere; kflowers.models.torch_kernels.layers too on torch."""
     on_torch = keras.backend.backend() == "torch"
     return [False, pytest.param(True, marks=pytest.mark.skipif(not on_torch, reason="torch backend only"))]
 
@@ -412,7 +412,7 @@ def test_unreadable_checkpoint_fails_clearly(tmp_path):
 def test_imagenet_download_is_cached_and_hash_checked(tmp_path):
     import hashlib
 
-    from kflowers.model import fetch_imagenet_checkpoint
+    from kflowers.models.weights import fetch_imagenet_checkpoint
 
     source = tmp_path / "served" / "resnet18-test.pth"
     source.parent.mkdir()
@@ -431,7 +431,7 @@ def test_imagenet_download_is_cached_and_hash_checked(tmp_path):
 
 
 def test_imagenet_offline_error_says_what_to_do(tmp_path):
-    from kflowers.model import fetch_imagenet_checkpoint
+    from kflowers.models.weights import fetch_imagenet_checkpoint
 
     with pytest.raises(WeightsError, match="--weights PATH"):
         fetch_imagenet_checkpoint(cache_dir=str(tmp_path), url=(tmp_path / "missing.pth").as_uri())

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import kflowers
-from kflowers.data import FlowerDataset
+from kflowers.data.dataset import FlowerDataset
 from kflowers.errors import BackupMismatch
 
 pytestmark = pytest.mark.one_backend  # the CLI's and the run directory's bookkeeping: the torch pass covers it
@@ -72,7 +72,7 @@ def test_a_finished_backup_is_never_resumed_silently(data, tmp_path):
 
 
 def test_a_backup_from_another_backend_is_refused(data, tmp_path):
-    from kflowers import backup
+    from kflowers.training import backup
 
     train(data, tmp_path / "backup", keep_backup=True)
     state = backup.load(str(tmp_path / "backup"))
@@ -85,7 +85,7 @@ def test_a_backup_from_another_backend_is_refused(data, tmp_path):
 
 @pytest.fixture(scope="module")
 def trained_run(flowers_dir, tmp_path_factory):
-    from kflowers.cli import main
+    from kflowers.cli.main import main
 
     out = tmp_path_factory.mktemp("evaluate") / "run"
     args = ["train", "--data", flowers_dir, "--out", str(out), "--strategy", "scratch", "--epochs", "1"]
@@ -94,7 +94,7 @@ def trained_run(flowers_dir, tmp_path_factory):
 
 
 def evaluate(capsys, *args):
-    from kflowers.cli import main
+    from kflowers.cli.main import main
 
     capsys.readouterr()
     code = main(["evaluate", *map(str, args)])
@@ -164,8 +164,8 @@ def test_config_json_says_what_ran(trained_run):
 def test_modern_config_names_its_rates():
     from kflowers.options import RunOptions
     from kflowers.recipes import get_recipe
-    from kflowers.runs import learning_rates
-    from kflowers.strategies import get_strategy
+    from kflowers.runs.run import learning_rates
+    from kflowers.training.strategies import get_strategy
 
     options = RunOptions(data="d", strategy="two-stage", recipe="modern")
     strategy = get_strategy("two-stage").with_epochs(options.epochs)
@@ -197,7 +197,7 @@ def test_a_run_started_off_the_main_thread_trains(flowers_dir, tmp_path):
     import threading
 
     from kflowers.options import RunOptions
-    from kflowers.runs import train_run
+    from kflowers.runs.run import train_run
 
     options = RunOptions(data=flowers_dir, strategy="scratch", out=str(tmp_path / "run"), epochs=1)
     options.image_size, options.batch_size, options.quiet = SIZE, 16, True
@@ -227,7 +227,7 @@ def test_an_input_gradient_after_a_call_under_inference_mode(tmp_path):
 
 
 def test_a_backup_declaring_more_than_it_may_is_refused_before_unpacking(data, tmp_path, monkeypatch):
-    from kflowers import backup
+    from kflowers.training import backup
 
     train(data, tmp_path / "backup", keep_backup=True)
     monkeypatch.setattr(backup, "MAX_BACKUP_BYTES", 1 << 20)  # stands in for a file declaring gigabytes

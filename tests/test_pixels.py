@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kflowers.images import read_image
+from kflowers.data.images import read_image
 
 pytestmark = pytest.mark.one_backend  # pixel conversion in numpy: the torch pass covers it
 
@@ -59,7 +59,7 @@ def test_transparent_pixels_are_composited_onto_white(tmp_path):
 
 
 def test_a_huge_image_wanted_small_is_shrunk_right_after_decoding(tmp_path):
-    from kflowers.images import LARGE_PIXELS
+    from kflowers.data.images import LARGE_PIXELS
 
     side = int(LARGE_PIXELS**0.5) + 100  # just above the budget
     rgba = np.zeros((side, side, 4), np.uint8)

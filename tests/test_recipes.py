@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 
 import kflowers
-from kflowers.data import FlowerDataset
+from kflowers.data.dataset import FlowerDataset
 from kflowers.recipes import INGREDIENTS
 from kflowers.recipes import LESSON
 from kflowers.recipes import get_recipe
 from kflowers.recipes import learning_rate_schedule
-from kflowers.losses import SparseCrossentropyWithSmoothing
-from kflowers.strategies import get_strategy
-from kflowers.strategies import stage_optimizer
+from kflowers.models.losses import SparseCrossentropyWithSmoothing
+from kflowers.training.strategies import get_strategy
+from kflowers.training.strategies import stage_optimizer
 
 SIZE = 32
 
@@ -131,7 +131,7 @@ def test_trivial_augment_differs_from_basic(flowers_dir):
 
 
 def test_flip_tta_averages_the_probabilities_of_both_views(flowers_dir, small_model_file):
-    from kflowers.runs import evaluate_model
+    from kflowers.runs.run import evaluate_model
 
     model = kflowers.load_model(small_model_file)
     folder = kflowers.scan_folder(flowers_dir)
@@ -150,7 +150,7 @@ def test_flip_tta_averages_the_probabilities_of_both_views(flowers_dir, small_mo
 
 
 def _train(flowers_dir, tmp_path, name, *more):
-    from kflowers.cli import main
+    from kflowers.cli.main import main
 
     out = tmp_path / name
     args = ["train", "--data", flowers_dir, "--out", out, "--strategy", "scratch", "--recipe", "modern"]
@@ -162,7 +162,7 @@ def _train(flowers_dir, tmp_path, name, *more):
 
 @pytest.mark.slow
 def test_the_saved_model_is_the_ema_model_and_metrics_are_true_of_it(flowers_dir, tmp_path):
-    from kflowers.runs import evaluate_model
+    from kflowers.runs.run import evaluate_model
 
     with_ema, metrics = _train(flowers_dir, tmp_path, "ema")
     without_ema, other_metrics = _train(flowers_dir, tmp_path, "no-ema", "--without", "ema", "test-resolution")

@@ -38,7 +38,7 @@ def test_a_second_run_into_the_same_out_refuses_at_once(flowers_dir, tmp_path, s
     # The first run pauses after its first backup until the test lets it go on (a line on its stdin).
     code = (
         "import sys\n"
-        "import kflowers.backup as backup\n"
+        "import kflowers.training.backup as backup\n"
         "saved = backup.save\n"
         "def pausing(folder, state):\n"
         "    saved(folder, state)\n"
@@ -110,7 +110,7 @@ def test_resume_with_other_data_changes_nothing(flowers_dir, tmp_path):
     out = tmp_path / "run"
     code = (
         "import os, signal, sys\n"
-        "import kflowers.backup as backup\n"
+        "import kflowers.training.backup as backup\n"
         "def dying(folder, state):\n"
         "    os.kill(os.getpid(), signal.SIGKILL)\n"
         "saved = backup.save\n"

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 import kflowers
-from kflowers.data import FlowerDataset
-from kflowers.training import train
+from kflowers.data.dataset import FlowerDataset
+from kflowers.training.loop import train
 
 SIZE = 32
 
@@ -60,7 +60,7 @@ def run(
     **kwargs,
 ):
     from kflowers.recipes import get_recipe
-    from kflowers.strategies import get_strategy
+    from kflowers.training.strategies import get_strategy
 
     recipe = get_recipe(recipe, get_strategy(strategy).name)
     keras.utils.set_random_seed(0)
@@ -248,7 +248,7 @@ def test_feature_cache_on_a_shard_uses_the_shards_samples(splits, resnet18_pth):
     shard = train_ds.shard(1, 2)
     model = kflowers.build_model(weights=resnet18_pth, image_size=SIZE)
     kflowers.model_parts(model).backbone.trainable = False
-    from kflowers.feature_cache import FeatureCache
+    from kflowers.training.feature_cache import FeatureCache
 
     cache = FeatureCache(model, shard)
     features, labels = cache.batches[0]

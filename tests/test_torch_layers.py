@@ -1,4 +1,4 @@
-"""kflowers.torch_layers: each layer computes what the stock Keras layer
+"""kflowers.models.torch_kernels.layers: each layer computes what the stock Keras layer
 computes (outputs, gradients, BatchNorm statistics), and falls back to it
 where its fast path does not apply."""
 
@@ -6,8 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from kflowers import torch_layers
-from kflowers.torch_kernels import use_torch_kernels
+from kflowers.models.torch_kernels import layers as torch_layers
+from kflowers.models.torch_kernels import use_torch_kernels
 
 on_torch = keras.backend.backend() == "torch"
 _np = keras.ops.convert_to_numpy

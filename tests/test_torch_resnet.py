@@ -1,7 +1,7 @@
-"""kflowers.torch_resnet: the backbone run as one torch function computes what
+"""kflowers.models.torch_kernels.resnet: the backbone run as one torch function computes what
 Keras computes running the backbone's layers one by one - outputs, gradients
 and BatchNorm statistics - in every mode a strategy uses it in, and falls
-back where it does not apply. (The layers are kflowers.torch_layers, each
+back where it does not apply. (The layers are kflowers.models.torch_kernels.layers, each
 tested against the stock Keras layer in test_torch_layers.py, so both sides
 use the same torch kernels and differ only in how the backbone is put
 together; test_model.py checks the whole model against plain torch too.)"""
@@ -13,7 +13,7 @@ import pytest
 import kflowers
 from checkpoints import resnet18_state_dict
 from checkpoints import save_pth
-from kflowers import torch_resnet
+from kflowers.models.torch_kernels import resnet as torch_resnet
 
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "torch", reason="torch backend only")
 

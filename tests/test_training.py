@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 import kflowers
-from kflowers.callbacks import UnfreezeBackbone
-from kflowers.strategies import classification_loss
-from kflowers.strategies import discriminative_optimizer
+from kflowers.training.callbacks import UnfreezeBackbone
+from kflowers.training.strategies import classification_loss
+from kflowers.training.strategies import discriminative_optimizer
 
 SIZE = 32
 
@@ -151,8 +151,8 @@ def test_strategies_compile_as_the_lesson_says():
 
 
 def test_lr_find_keeps_the_discriminative_ratio_and_leaves_the_model_as_found():
-    from kflowers.lr_find import find_learning_rate
-    from kflowers.strategies import compile_for
+    from kflowers.training.lr_find import find_learning_rate
+    from kflowers.training.strategies import compile_for
 
     keras.utils.set_random_seed(0)
     model = kflowers.build_model(weights=None, image_size=SIZE)

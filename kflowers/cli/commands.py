@@ -1,223 +1,20 @@
-"""The `kflowers` command line: download, show, train, evaluate, predict,
-explain, export, compare, lr-find, demo.
+"""What each `kflowers` command does. Keras, torch and keras-hub are imported inside the commands that
+need them, so that `kflowers --help` and argument errors come at once."""
 
-Keras, torch and keras-hub are imported inside the commands that need them,
-so `kflowers --help` answers at once. Every error a user can cause ends with
-one line on stderr and exit status 2; no traceback.
-"""
-
-import argparse
 import json
 import logging
 import os
 import sys
-
-from kflowers import options
 from kflowers.errors import KflowersError as UserError
-from kflowers.errors import user_message
 from kflowers.files import strict_json
 
 log = logging.getLogger("kflowers")
 
 
-class _DefaultsFormatter(argparse.HelpFormatter):
-    """Ends each flag's help with its default, unless the help already says it or there is none."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        quiet = (
-            any(action.default is value for value in (None, False, argparse.SUPPRESS))
-            or "default" in text
-            or action.option_strings == []
-            or action.nargs == 0
-        )
-        return text if quiet else f"{text} (default: {action.default})"
-
-
-class _Parser(argparse.ArgumentParser):
-    """An `ArgumentParser` whose errors are one line on stderr (exit status 2), with defaults in `--help`."""
-
-    def __init__(self, *args, **kwargs):
-        kwargs.setdefault("formatter_class", _DefaultsFormatter)
-        super().__init__(*args, **kwargs)
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-TRAINING_FLAGS = [
-    "data",
-    "epochs",
-    "lr",
-    "batch_size",
-    "image_size",
-    "weights",
-    "augment",
-    "seed",
-    "precision",
-    "workers",
-    "quiet",
-    "feature_cache",
-    "recipe",
-    "without",
-    "force",
-]
-
-
-FORCE_HELP = "use an --out that holds files kflowers did not write (only kflowers's own file names are replaced)"
-
-
-def build_parser():
-    from kflowers import __version__
-
-    parser = _Parser(prog="kflowers", description="ResNet18 transfer learning on the flowers dataset, in Keras 3.")
-    parser.add_argument("--version", action="version", version=f"kflowers {__version__}")
-    parser.add_argument("--verbose", action="store_true", help="show library log output")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    parser.commands = commands.choices
-
-    p = commands.add_parser("download", help="fetch and extract the flowers dataset")
-    p.add_argument("--dir", help="cache folder (default: ~/.keras)")
-
-    p = commands.add_parser("show", help="sample grid and per-class counts of a dataset")
-    p.add_argument("--data", required=True, help="dataset folder, one subfolder per class")
-    p.add_argument("--out", default="grid.png", help="where to write the sample grid")
-    p.add_argument("--seed", type=options.seed, default=0, help="which images the grid shows")
-
-    p = commands.add_parser("train", help="train one strategy into a run directory")
-    options.add_flags(
-        p, ["strategy", *TRAINING_FLAGS, "out", "early_stopping", "resume"], image_size=None, precision=None
-    )
-
-    p = commands.add_parser("evaluate", help="accuracy, per-class report and confusion matrix")
-    p.add_argument("--model", required=True, help="a model.keras file")
-    p.add_argument("--data", required=True, help="dataset folder, one subfolder per class")
-    p.add_argument("--image-size", type=options.image_size, help="default: the model's")
-    p.add_argument("--out", help="write confusion.png into this folder (default: write no file)")
-    p.add_argument(
-        "--split",
-        choices=["test", "train", "all"],
-        help="which side of the model's run to score, read from split.json beside the model (default: test when "
-        "there is one, else all the images)",
-    )
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-
-    p = commands.add_parser("predict", help="classify images")
-    p.add_argument("--model", required=True, help="a model.keras file")
-    p.add_argument("images", nargs="+", help="image files or folders")
-    p.add_argument("--top", type=options.positive_int, default=3, help="classes to show per image")
-    p.add_argument("--json", action="store_true", help="print one JSON list")
-
-    p = commands.add_parser("explain", help="Grad-CAM: where the model looks, one picture per image")
-    p.add_argument("--model", required=True, help="a model.keras file")
-    p.add_argument("images", nargs="+", help="image files or folders")
-    p.add_argument("--out", default="explain", help="folder for the NAME.gradcam.png pictures")
-    p.add_argument("--top", type=options.positive_int, default=3, help="classes named in each title")
-
-    p = commands.add_parser("export", help="SavedModel, ONNX or LiteRT, checked against the .keras model")
-    p.add_argument("--model", required=True, help="a model.keras file")
-    p.add_argument("--format", required=True, choices=["saved_model", "onnx", "litert"], help="what to write")
-    p.add_argument("--out", required=True, help="the file (onnx, litert) or folder (saved_model) to write")
-    p.add_argument(
-        "--check-images",
-        nargs="*",
-        default=[],
-        metavar="IMAGE",
-        help="images to compare the export and the model on, besides 4 random ones",
-    )
-    p.add_argument("--force", action="store_true", help="replace an existing --out (only the export's own files)")
-
-    p = commands.add_parser("compare", help="several strategies on the same split and seed")
-    options.add_flags(p, [*TRAINING_FLAGS, "out"], out="runs/compare", image_size=None, precision=None)
-    p.add_argument(
-        "--strategies",
-        nargs="+",
-        type=options.strategy,
-        default=list(options.STRATEGY_NAMES),
-        metavar="STRATEGY",
-        help="the strategies to train, in order",
-    )
-
-    p = commands.add_parser("lr-find", help="loss against learning rate, with a suggestion")
-    options.add_flags(p, ["data", "strategy", "weights", "batch_size", "image_size", "seed"], strategy="finetune")
-    p.add_argument("--steps", type=options.positive_int, default=100, help="training steps in the sweep")
-    p.add_argument("--min-lr", type=options.positive_float, default=1e-7, help="first learning rate of the sweep")
-    p.add_argument("--max-lr", type=options.positive_float, default=10.0, help="last learning rate of the sweep")
-    p.add_argument("--out", default="lr_find.png", help="where to write the plot")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-
-    p = commands.add_parser("demo", help="the whole pipeline, offline, on a generated dataset")
-    p.add_argument("--out", default="runs/demo", help="run directory")
-    p.add_argument("--force", action="store_true", help=FORCE_HELP)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    return parser
-
-
-def main(argv=None):
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if extra:  # said by the command's own parser, so that the hint names its --help
-        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
-    if args.verbose:  # TensorFlow's start-up lines too (kflowers.native_logs)
-        os.environ["KFLOWERS_VERBOSE"] = "1"
-    logging.basicConfig(format="%(levelname)s: %(message)s", level=logging.INFO if args.verbose else logging.WARNING)
-    logging.getLogger("kflowers").setLevel(logging.INFO)
-    if (getattr(args, "image_size", None) or 32) < 32:
-        log.warning(
-            "--image-size %d: below 32 px ResNet18's last stage sees a single pixel; expect poor accuracy",
-            args.image_size,
-        )
-    backend = os.environ.get("KERAS_BACKEND", "torch")
-    if args.command in HEAVY_COMMANDS and backend not in KERAS_BACKENDS:
-        print(
-            f"kflowers {args.command}: error: KERAS_BACKEND={backend} is not a Keras backend; use one of "
-            f"{', '.join(KERAS_BACKENDS)} (or unset it for torch)",
-            file=sys.stderr,
-        )
-        return 2
-    try:
-        _check_before_imports(args)
-        return COMMANDS[args.command](args) or 0
-    except KeyboardInterrupt:
-        print("kflowers: interrupted", file=sys.stderr)
-        return 130
-    except Exception as error:  # noqa: BLE001 - user errors become one line
-        text = user_message(error)
-        if text is None:
-            raise
-        print(f"kflowers {args.command}: error: {text}", file=sys.stderr)
-        return 2
-
-
-KERAS_BACKENDS = ("torch", "jax", "tensorflow", "numpy", "openvino")
-# The commands that import Keras (and keras-hub, which loads TensorFlow when it is installed).
-HEAVY_COMMANDS = ("download", "train", "evaluate", "predict", "explain", "export", "compare", "lr-find", "demo")
-
-
-def _check_before_imports(args):
-    """The checks that need neither Keras nor torch, made before they are imported (which takes seconds):
-    a mistyped path or a missing extra is said at once."""
-    data = getattr(args, "data", None)
-    if data is not None and args.command in HEAVY_COMMANDS and not os.path.isdir(data):
-        raise UserError(f"dataset folder not found: {data}")
-    model = getattr(args, "model", None)
-    if model is not None and not os.path.isfile(model):
-        raise UserError(f"model file not found: {model}")
-    if args.command == "export":
-        from kflowers.export import check_export_runtime
-        from kflowers.export import check_export_target
-
-        check_export_target(args.format, args.out, args.force)
-        check_export_runtime(args.format)
-
-
-# ---------------------------------------------------------------- commands
-
-
 def cmd_download(args):
-    from kflowers.data import DataError
-    from kflowers.data import download_flowers
-    from kflowers.data import scan_folder
+    from kflowers.data.download import DataError
+    from kflowers.data.download import download_flowers
+    from kflowers.data.folders import scan_folder
 
     try:
         root = download_flowers(cache_dir=args.dir)
@@ -243,8 +40,8 @@ def _print_counts(folder):
 
 
 def cmd_show(args):
-    from kflowers.data import scan_folder
-    from kflowers.reports import plot_samples
+    from kflowers.data.folders import scan_folder
+    from kflowers.data.samples import plot_samples
 
     folder = scan_folder(args.data)
     _print_counts(folder)
@@ -284,17 +81,17 @@ def _data_root(args):
     """`--data`, or the flowers dataset, downloaded (once, by rank 0 under torchrun) when it is not given."""
     if args.data:
         return args.data
-    from kflowers.data import download_flowers
-    from kflowers.distributed import main_process_first
+    from kflowers.data.download import download_flowers
+    from kflowers.training.distributed import main_process_first
 
     return main_process_first(download_flowers)
 
 
 def cmd_train(args):
-    from kflowers.data import scan_folder
-    from kflowers.distributed import is_main_process
-    from kflowers.runs import check_out
-    from kflowers.runs import train_run
+    from kflowers.data.folders import scan_folder
+    from kflowers.training.distributed import is_main_process
+    from kflowers.runs.run import check_out
+    from kflowers.runs.run import train_run
 
     check_out(args.out, args.data, args.force)
     args.data = _data_root(args)
@@ -318,18 +115,18 @@ def _print_summary(out, metrics):
 
 
 def _load(path):
-    from kflowers.model import load_model
+    from kflowers.models.saving import load_model
 
     return load_model(path)
 
 
 def cmd_evaluate(args):
-    from kflowers.data import FlowerDataset
-    from kflowers.data import scan_folder
+    from kflowers.data.dataset import FlowerDataset
+    from kflowers.data.folders import scan_folder
     from kflowers.reports import markdown_table
     from kflowers.reports import plot_confusion
-    from kflowers.runs import evaluate_model
-    from kflowers.runs import run_split
+    from kflowers.runs.run import evaluate_model
+    from kflowers.runs.run import run_split
 
     model = _load(args.model)
     folder = scan_folder(args.data)
@@ -386,9 +183,9 @@ def cmd_evaluate(args):
 
 def _readable_images(items):
     """The image files among `items` (files and folders); unreadable ones skipped with a warning."""
-    from kflowers.data import image_files
-    from kflowers.images import UnreadableImage
-    from kflowers.images import read_image
+    from kflowers.data.folders import image_files
+    from kflowers.data.images import UnreadableImage
+    from kflowers.data.images import read_image
 
     paths = []
     for item in items:
@@ -411,7 +208,7 @@ def _readable_images(items):
 
 
 def cmd_explain(args):
-    from kflowers.explain import explain_images
+    from kflowers.tools.explain import explain_images
 
     model = _load(args.model)
     written = explain_images(model, _readable_images(args.images), args.out, top_k=args.top)
@@ -419,7 +216,7 @@ def cmd_explain(args):
 
 
 def cmd_export(args):
-    from kflowers.export import export_model
+    from kflowers.tools.export import export_model
 
     result = export_model(args.model, args.format, args.out, images=args.check_images, force=args.force)
     print(
@@ -429,7 +226,7 @@ def cmd_export(args):
 
 
 def cmd_predict(args):
-    from kflowers.predict import predict_images
+    from kflowers.tools.predict import predict_images
     from kflowers.reports import markdown_table
 
     model = _load(args.model)
@@ -452,14 +249,14 @@ def cmd_predict(args):
 
 def cmd_compare(args):
     from kflowers import reports
-    from kflowers.data import scan_folder
-    from kflowers.data import split_dataset
+    from kflowers.data.folders import scan_folder
+    from kflowers.data.folders import split_dataset
     from kflowers.files import write_json
     from kflowers.files import write_text
-    from kflowers.run_directory import claim
-    from kflowers.runs import check_out
-    from kflowers.runs import read_history
-    from kflowers.runs import train_run
+    from kflowers.runs.directory import claim
+    from kflowers.runs.run import check_out
+    from kflowers.runs.run import read_history
+    from kflowers.runs.run import train_run
 
     check_out(args.out, args.data, args.force)
     args.data = _data_root(args)
@@ -499,8 +296,8 @@ def _how_they_train(args):
     """One row per strategy: what trains when, and at which rates (the recipe's, or the lesson's)."""
     from kflowers.recipes import get_recipe
     from kflowers.reports import markdown_table
-    from kflowers.runs import learning_rates
-    from kflowers.strategies import get_strategy
+    from kflowers.runs.run import learning_rates
+    from kflowers.training.strategies import get_strategy
 
     rows = []
     for name in args.strategies:
@@ -529,7 +326,7 @@ def _compare_row(strategy, recipe, metrics):
 
 
 def cmd_lr_find(args):
-    from kflowers.lr_find import lr_find
+    from kflowers.training.lr_find import lr_find
 
     if not args.min_lr < args.max_lr:
         raise UserError(f"--min-lr {args.min_lr:g} must be below --max-lr {args.max_lr:g} (the sweep goes up)")
@@ -563,12 +360,12 @@ def cmd_lr_find(args):
 def cmd_demo(args):
     import shutil
 
-    from kflowers.data import CLASS_NAMES
-    from kflowers.demo import draw_dataset
+    from kflowers.data.download import CLASS_NAMES
+    from kflowers.data.demo import draw_dataset
     from kflowers.options import RunOptions
-    from kflowers.run_directory import claim
-    from kflowers.runs import check_out
-    from kflowers.runs import train_run
+    from kflowers.runs.directory import claim
+    from kflowers.runs.run import check_out
+    from kflowers.runs.run import train_run
 
     check_out(args.out, force=args.force)
     claim(args.out, kind="demo", force=args.force)
@@ -610,7 +407,3 @@ COMMANDS = {
     "lr-find": cmd_lr_find,
     "demo": cmd_demo,
 }
-
-
-if __name__ == "__main__":
-    sys.exit(main())

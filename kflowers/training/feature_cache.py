@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from kflowers.parts import model_parts
+from kflowers.models.parts import model_parts
 
 
 def pooled_features(model, dataset, verbose=0):

@@ -11,7 +11,7 @@ range of epochs:
     trainable  the strategy's own compile (scratch, finetune, discriminative)
 
 After every finished epoch it records the history row, updates early stopping
-and writes the backup (`kflowers.backup`). An epoch cut short by a stop
+and writes the backup (`kflowers.training.backup`). An epoch cut short by a stop
 request is neither recorded nor backed up, so resuming repeats it from its
 start. A stop request or early stopping ends the whole run, whatever stage it
 is in. With early stopping the model ends with the best epoch's weights. A
@@ -33,14 +33,14 @@ import time
 import keras
 import numpy as np
 
-from kflowers import backup
+from kflowers.training import backup
 from kflowers.errors import TrainingDiverged
-from kflowers.parts import model_parts
+from kflowers.models.parts import model_parts
 from kflowers.recipes import LESSON
-from kflowers.strategies import compile_stage
-from kflowers.strategies import get_strategy
-from kflowers.strategies import stage_loss
-from kflowers.strategies import stage_optimizer
+from kflowers.training.strategies import compile_stage
+from kflowers.training.strategies import get_strategy
+from kflowers.training.strategies import stage_loss
+from kflowers.training.strategies import stage_optimizer
 
 log = logging.getLogger("kflowers")
 
@@ -100,7 +100,7 @@ def train(
     stages (frozen on cached features, frozen through the network,
     unfrozen), runs each as an ordinary `fit`, and after every finished
     epoch records the history row and, with `backup_dir`, writes everything
-    a resumed run needs (see `kflowers.backup`). An epoch cut short by an
+    a resumed run needs (see `kflowers.training.backup`). An epoch cut short by an
     interruption is not recorded; with `backup_dir`, calling `train` again
     with the same arguments continues from the last finished epoch and ends
     with the same weights and history as an uninterrupted run.
@@ -116,7 +116,7 @@ def train(
         verbose: Keras's progress bar setting.
         feature_cache: train the frozen epochs (all of `frozen`, the first
             stage of `two-stage`) on backbone features computed once
-            (`kflowers.feature_cache`). Default: whenever the backbone starts
+            (`kflowers.training.feature_cache`). Default: whenever the backbone starts
             frozen and `train_data` is a `FlowerDataset` without augmentation.
         backup_dir: keep the run's state here after every epoch, and resume
             from it when it holds one.
@@ -233,7 +233,7 @@ class RunLoop:
         recipe=None,
         keep_backup=False,
     ):
-        from kflowers.data import FlowerDataset
+        from kflowers.data.dataset import FlowerDataset
 
         self.model, self.strategy = model, strategy
         self.parts = model_parts(model)
@@ -278,7 +278,7 @@ class RunLoop:
         args = (self.strategy, self.recipe, stage.name, epochs, steps, self.learning_rate)
         compile_stage(self.model, *args)
         if stage.name == "cached":
-            from kflowers.feature_cache import FeatureCache
+            from kflowers.training.feature_cache import FeatureCache
 
             self.cache = FeatureCache(self.model, self.train_data, self.test_data, verbose=self.verbose)
             head_model = self.cache.head_model
@@ -294,7 +294,7 @@ class RunLoop:
             print(f"Epoch {stage.start + 1}: backbone unfrozen{rate}")
 
     def _fit(self, stage, first_epoch):
-        from kflowers.callbacks import SetDatasetEpoch
+        from kflowers.training.callbacks import SetDatasetEpoch
 
         recorder = _Recorder(self)
         if stage.name == "cached":

@@ -122,12 +122,12 @@ def lr_find(
     """
     import keras
 
-    from kflowers.data import FlowerDataset
-    from kflowers.data import scan_folder
-    from kflowers.data import split_dataset
-    from kflowers.model import build_model
-    from kflowers.strategies import compile_for
-    from kflowers.strategies import get_strategy
+    from kflowers.data.dataset import FlowerDataset
+    from kflowers.data.folders import scan_folder
+    from kflowers.data.folders import split_dataset
+    from kflowers.models.resnet import build_model
+    from kflowers.training.strategies import compile_for
+    from kflowers.training.strategies import get_strategy
 
     strategy = get_strategy(strategy)
     keras.utils.set_random_seed(seed)

@@ -20,7 +20,7 @@ computation as one torch function over the backbone's own variables:
   a frozen backbone, frozen blocks) is folded into its convolution: one
   kernel and a bias, cached until any of the five variables changes;
 - a batch norm in training mode is torch's fused kernel with Keras's
-  statistics rule (`kflowers.torch_layers.batch_norm_training`).
+  statistics rule (`kflowers.models.torch_kernels.layers.batch_norm_training`).
 
 Each layer's own `trainable` flag decides its mode, as in Keras. The
 backbone object stays a `ResNetBackbone` (the `call` is set on the
@@ -34,7 +34,7 @@ and, for a whole training step, against plain torch.
 
 Example:
 >>> backbone = kflowers.model_parts(model).backbone
->>> kflowers.torch_resnet.install(backbone)   # done by kflowers.use_torch_kernels
+>>> kflowers.models.torch_kernels.resnet.install(backbone)   # done by kflowers.use_torch_kernels
 True
 """
 
@@ -43,7 +43,7 @@ import weakref
 
 import keras
 
-from kflowers import torch_layers
+from kflowers.models.torch_kernels import layers as torch_layers
 
 # Conv2D layer -> (key of the five variables' versions, folded kernel, bias).
 _FOLDED = weakref.WeakKeyDictionary()

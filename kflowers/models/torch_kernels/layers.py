@@ -20,11 +20,11 @@ path does not apply (masks, float16, channels-first, asymmetric padding,
 `torch.compile`), the layer runs the stock Keras code; where a reason other
 than the layer's own settings stops it, it says so once in the log.
 `kflowers.use_torch_kernels(model)` switches a whole model
-(`kflowers.torch_kernels`).
+(`kflowers.models.torch_kernels`).
 
 Example:
 >>> conv = keras.layers.Conv2D(64, 3, padding="same")
->>> kflowers.torch_layers.switch(conv)
+>>> kflowers.models.torch_kernels.layers.switch(conv)
 True
 """
 

@@ -19,10 +19,10 @@ import os
 
 import numpy as np
 
-from kflowers.parts import model_parts
-from kflowers.predict import class_names_of
-from kflowers.predict import decode_predictions
-from kflowers.predict import prepare_images
+from kflowers.models.parts import model_parts
+from kflowers.tools.predict import class_names_of
+from kflowers.tools.predict import decode_predictions
+from kflowers.tools.predict import prepare_images
 
 
 def grad_cam(model, pixels, class_index=None, normalize=True):
@@ -118,7 +118,7 @@ def _unused_name(out_dir, path, written):
 
 def top_losses(logits, labels, count=9):
     """Indices of the `count` samples with the highest cross-entropy loss, highest first, and their losses."""
-    from kflowers.predict import log_softmax
+    from kflowers.tools.predict import log_softmax
 
     losses = -log_softmax(logits)[np.arange(len(labels)), np.asarray(labels)]
     order = np.argsort(-losses, kind="stable")[:count]
@@ -136,7 +136,7 @@ def plot_top_losses(paths, labels, logits, class_names, path, count=9, image_siz
         count: how many photos (a grid of up to 3 columns).
         image_size: show the photos as the model saw them (resized).
     """
-    from kflowers.images import read_image
+    from kflowers.data.images import read_image
     from kflowers.reports import new_figure
     from kflowers.reports import save_figure
 

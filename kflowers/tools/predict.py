@@ -2,7 +2,7 @@
 
 `predict_images(model, images)` takes photos as files, PIL images or arrays
 of any size, prepares them exactly as training did (decoded by
-`kflowers.images.read_image`, resized by albumentations to the model's input
+`kflowers.data.images.read_image`, resized by albumentations to the model's input
 size, kept as 0-255 pixels) and returns the top classes with their
 probabilities, the way keras-hub's `decode_imagenet_predictions` does.
 """
@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from kflowers.images import read_image
+from kflowers.data.images import read_image
 
 log = logging.getLogger("kflowers")
 

@@ -2,8 +2,8 @@
 
 The one switch that `build_model` and `load_model` use. It switches every
 stock `Conv2D`, `BatchNormalization` and `MaxPooling2D` layer, nested models
-included (`kflowers.torch_layers`), and runs a keras-hub `ResNetBackbone`
-with ResNet18's layout as one torch function (`kflowers.torch_resnet`).
+included (`kflowers.models.torch_kernels.layers`), and runs a keras-hub `ResNetBackbone`
+with ResNet18's layout as one torch function (`kflowers.models.torch_kernels.resnet`).
 Both work on the instances: classes, configs, weights and saved files stay
 Keras's. `keras.models.clone_model` builds new layers from their configs, so
 a clone runs the stock layers until it is switched too.
@@ -16,8 +16,8 @@ Example:
 
 import keras
 
-from kflowers import torch_layers
-from kflowers import torch_resnet
+from kflowers.models.torch_kernels import layers as torch_layers
+from kflowers.models.torch_kernels import resnet as torch_resnet
 
 
 def use_torch_kernels(model):

@@ -17,7 +17,7 @@ import re
 
 import keras
 
-from kflowers.losses import SparseCrossentropyWithSmoothing
+from kflowers.models.losses import SparseCrossentropyWithSmoothing
 from kflowers.options import strategy_name
 
 
@@ -157,7 +157,7 @@ def compile_stage(model, strategy, recipe, stage, epochs, steps_per_epoch, learn
     Example:
     >>> compile_stage(model, get_strategy("scratch"), get_recipe("modern", "scratch"), "trainable", 40, 41)
     """
-    from kflowers.parts import model_parts
+    from kflowers.models.parts import model_parts
 
     model_parts(model).backbone.trainable = stage in ("trainable", "unfrozen")
     model.compile(
@@ -206,7 +206,7 @@ def stage_optimizer(model, strategy, recipe, stage, epochs, steps_per_epoch, lea
 def per_part_optimizer(model, backbone_optimizer, head_optimizer, layer="backbone"):
     """A `keras.optimizers.MultiOptimizer`: `backbone_optimizer` for the backbone's variables,
     `head_optimizer` for everything else (the head, and any layer you add)."""
-    from kflowers.parts import model_parts
+    from kflowers.models.parts import model_parts
 
     backbone = model.get_layer(layer) if layer != "backbone" else model_parts(model).backbone
     prefixes = sorted({v.path.split("/")[0] for v in backbone.variables})
@@ -226,7 +226,7 @@ def compile_for(model, strategy, learning_rate=None):
         learning_rate: overrides the strategy's (the head's, for
             discriminative).
     """
-    from kflowers.callbacks import UnfreezeBackbone
+    from kflowers.training.callbacks import UnfreezeBackbone
 
     from kflowers.recipes import LESSON
 

@@ -120,7 +120,7 @@ def _export_in_child(model_path, format, out, images, atol, force):
     command = [
         sys.executable,
         "-m",
-        "kflowers.export",
+        "kflowers.tools.export",
         json.dumps(
             {
                 "model_path": os.fspath(model_path),
@@ -145,9 +145,9 @@ def _export_in_child(model_path, format, out, images, atol, force):
 def _export_here(model_path, format, out, images, atol, force):
     from kflowers.files import atomic_path
     from kflowers.files import write_json
-    from kflowers.model import load_model
-    from kflowers.predict import prepare_images
-    from kflowers.predict import softmax
+    from kflowers.models.saving import load_model
+    from kflowers.tools.predict import prepare_images
+    from kflowers.tools.predict import softmax
 
     model = load_model(model_path)
     size = model.input_shape[1] or 224

@@ -9,6 +9,7 @@
     RUN/top_losses.png  the test photos with the highest loss: true and predicted class
     RUN/split.json      classes, and the train and test image paths
     RUN/config.json     every argument, the backend, package versions
+    RUN/report.html     all of the above on one self-contained page (`kflowers.runs.report`)
 
 A run directory belongs to one run. A lock (`RUN/.kflowers.lock`, held while
 the run lives and released by the operating system when it dies) makes a
@@ -35,7 +36,7 @@ import time
 
 import numpy as np
 
-from kflowers import backup
+from kflowers.training import backup
 from kflowers.errors import BackupMismatch
 from kflowers.errors import KflowersError
 from kflowers.files import strict_json
@@ -43,15 +44,16 @@ from kflowers.files import write_json
 from kflowers.files import write_text
 from kflowers.options import PRECISIONS
 from kflowers.options import RunOptions  # noqa: F401 - re-exported: kflowers.runs.RunOptions
-from kflowers.parts import model_parts
-from kflowers.predict import log_softmax
-from kflowers.predict import softmax
-from kflowers.run_directory import LOCK_FILE  # noqa: F401 - re-exported
-from kflowers.run_directory import RunLock
-from kflowers.run_directory import check_not_inside
-from kflowers.run_directory import claim
-from kflowers.run_directory import remove_temporaries
-from kflowers.run_directory import write_marker
+from kflowers.models.parts import model_parts
+from kflowers.tools.predict import log_softmax
+from kflowers.tools.predict import softmax
+from kflowers.runs.directory import LOCK_FILE  # noqa: F401 - re-exported
+from kflowers.runs.directory import RunLock
+from kflowers.runs.directory import check_not_inside
+from kflowers.runs.directory import claim
+from kflowers.runs.directory import remove_temporaries
+from kflowers.runs.directory import write_marker
+from kflowers.runs.report import write_run_report
 
 log = logging.getLogger("kflowers")
 
@@ -64,6 +66,7 @@ RUN_FILES = (
     "top_losses.png",
     "split.json",
     "config.json",
+    "report.html",
 )
 
 
@@ -164,7 +167,7 @@ class StopOnInterrupt:
 def check_out(out, data=None, force=False):
     """Refuse an `--out` that can't be a run directory, before any work: a file, a folder inside
     the dataset, or a folder that holds files kflowers did not write (unless `force`)."""
-    from kflowers.run_directory import foreign_entries
+    from kflowers.runs.directory import foreign_entries
 
     if os.path.lexists(out) and not os.path.isdir(out):
         raise KflowersError(f"--out {out} is a file, not a folder: choose another --out")
@@ -348,7 +351,7 @@ def train_run(options, folder=None, split=None):
     """
     import keras
 
-    from kflowers import distributed
+    from kflowers.training import distributed
 
     started = time.perf_counter()
     out = options.out
@@ -424,10 +427,10 @@ def _train_locked(options, folder, split, started, rank, processes):
 
 def _prepare(options, folder, split, rank, processes):
     """The strategy, recipe, data, split and backup of a run, checked against the run it resumes."""
-    from kflowers.data import scan_folder
-    from kflowers.data import split_dataset
+    from kflowers.data.folders import scan_folder
+    from kflowers.data.folders import split_dataset
     from kflowers.recipes import get_recipe
-    from kflowers.strategies import get_strategy
+    from kflowers.training.strategies import get_strategy
 
     strategy = get_strategy(options.strategy).with_epochs(options.epochs)
     recipe = get_recipe(options.recipe, strategy.name, options.without)
@@ -456,7 +459,7 @@ def _build(run):
     """The run's model, seeded, built under the run's precision policy (its layers keep it)."""
     import keras
 
-    from kflowers.model import build_model
+    from kflowers.models.resnet import build_model
 
     options = run.options
     keras.utils.set_random_seed(options.seed)
@@ -477,7 +480,7 @@ def _build(run):
 
 def _datasets(run):
     """The training dataset (shuffled, augmented as the recipe says, this process's shard) and the test one."""
-    from kflowers.data import FlowerDataset
+    from kflowers.data.dataset import FlowerDataset
 
     options, recipe = run.options, run.recipe
     workers = options.workers or default_workers()
@@ -499,8 +502,8 @@ def _datasets(run):
 
 def _fit(run, model, train_ds, test_ds):
     """`training.train` with the run's options, stopped cleanly by Ctrl-C; returns its `TrainResult`."""
-    from kflowers import distributed
-    from kflowers.training import train
+    from kflowers.training import distributed
+    from kflowers.training.loop import train
 
     options = run.options
     callbacks = [distributed.SyncReplicas()] if run.processes > 1 else []
@@ -526,11 +529,11 @@ def _fit(run, model, train_ds, test_ds):
 def _finish(run, model, test_ds, result, started):
     """Evaluate the final model (at the recipe's test side), save it, and write the run's files and plots."""
     from kflowers import reports
-    from kflowers.data import FlowerDataset
-    from kflowers.explain import plot_top_losses
-    from kflowers.model import save_model
+    from kflowers.data.dataset import FlowerDataset
+    from kflowers.tools.explain import plot_top_losses
+    from kflowers.models.saving import save_model
     from kflowers.recipes import test_image_size
-    from kflowers.strategies import classification_loss
+    from kflowers.training.strategies import classification_loss
 
     options, out, class_names = run.options, run.options.out, run.folder.class_names
     # Every figure in metrics.json is of the model saved beside it.
@@ -581,6 +584,7 @@ def _finish(run, model, test_ds, result, started):
     run.seconds["writing"] = time.perf_counter() - clock
     metrics["seconds"] = run.seconds  # where the wall time went (scan: before the run started)
     write_json(os.path.join(out, "metrics.json"), metrics)
+    write_run_report(out)  # from the files above: it says nothing they don't
     log.info("seconds: %s", ", ".join(f"{key} {value:.1f}" for key, value in run.seconds.items()))
     return metrics
 
@@ -590,8 +594,8 @@ def _for_test_size(model, size):
     settings)."""
     import keras
 
-    from kflowers.model import with_image_size
-    from kflowers.strategies import classification_loss
+    from kflowers.models.resnet import with_image_size
+    from kflowers.training.strategies import classification_loss
 
     resized = with_image_size(model, size)
     optimizer = keras.optimizers.deserialize(keras.optimizers.serialize(model.optimizer))
@@ -602,7 +606,7 @@ def _for_test_size(model, size):
 def default_workers():
     """Data loading threads: 1 on a CPU (decoding shares the cores with training), up to 8 with a CUDA
     GPU to feed (the lesson's GPU run was bound by its loader)."""
-    from kflowers.data import cuda_on_torch_backend
+    from kflowers.data.dataset import cuda_on_torch_backend
 
     if cuda_on_torch_backend():
         return max(1, min(8, (os.cpu_count() or 2) - 1))

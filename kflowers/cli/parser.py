@@ -1,0 +1,137 @@
+"""The `kflowers` command line's arguments: one sub-parser per command, every flag's default in `--help`."""
+
+import argparse
+from kflowers import options
+
+
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Ends each flag's help with its default, unless the help already says it or there is none."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        quiet = (
+            any(action.default is value for value in (None, False, argparse.SUPPRESS))
+            or "default" in text
+            or action.option_strings == []
+            or action.nargs == 0
+        )
+        return text if quiet else f"{text} (default: {action.default})"
+
+
+class _Parser(argparse.ArgumentParser):
+    """An `ArgumentParser` whose errors are one line on stderr (exit status 2), with defaults in `--help`."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _DefaultsFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+TRAINING_FLAGS = [
+    "data",
+    "epochs",
+    "lr",
+    "batch_size",
+    "image_size",
+    "weights",
+    "augment",
+    "seed",
+    "precision",
+    "workers",
+    "quiet",
+    "feature_cache",
+    "recipe",
+    "without",
+    "force",
+]
+
+
+FORCE_HELP = "use an --out that holds files kflowers did not write (only kflowers's own file names are replaced)"
+
+
+def build_parser():
+    from kflowers import __version__
+
+    parser = _Parser(prog="kflowers", description="ResNet18 transfer learning on the flowers dataset, in Keras 3.")
+    parser.add_argument("--version", action="version", version=f"kflowers {__version__}")
+    parser.add_argument("--verbose", action="store_true", help="show library log output")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.commands = commands.choices
+
+    p = commands.add_parser("download", help="fetch and extract the flowers dataset")
+    p.add_argument("--dir", help="cache folder (default: ~/.keras)")
+
+    p = commands.add_parser("show", help="sample grid and per-class counts of a dataset")
+    p.add_argument("--data", required=True, help="dataset folder, one subfolder per class")
+    p.add_argument("--out", default="grid.png", help="where to write the sample grid")
+    p.add_argument("--seed", type=options.seed, default=0, help="which images the grid shows")
+
+    p = commands.add_parser("train", help="train one strategy into a run directory")
+    options.add_flags(
+        p, ["strategy", *TRAINING_FLAGS, "out", "early_stopping", "resume"], image_size=None, precision=None
+    )
+
+    p = commands.add_parser("evaluate", help="accuracy, per-class report and confusion matrix")
+    p.add_argument("--model", required=True, help="a model.keras file")
+    p.add_argument("--data", required=True, help="dataset folder, one subfolder per class")
+    p.add_argument("--image-size", type=options.image_size, help="default: the model's")
+    p.add_argument("--out", help="write confusion.png into this folder (default: write no file)")
+    p.add_argument(
+        "--split",
+        choices=["test", "train", "all"],
+        help="which side of the model's run to score, read from split.json beside the model (default: test when "
+        "there is one, else all the images)",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = commands.add_parser("predict", help="classify images")
+    p.add_argument("--model", required=True, help="a model.keras file")
+    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("--top", type=options.positive_int, default=3, help="classes to show per image")
+    p.add_argument("--json", action="store_true", help="print one JSON list")
+
+    p = commands.add_parser("explain", help="Grad-CAM: where the model looks, one picture per image")
+    p.add_argument("--model", required=True, help="a model.keras file")
+    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("--out", default="explain", help="folder for the NAME.gradcam.png pictures")
+    p.add_argument("--top", type=options.positive_int, default=3, help="classes named in each title")
+
+    p = commands.add_parser("export", help="SavedModel, ONNX or LiteRT, checked against the .keras model")
+    p.add_argument("--model", required=True, help="a model.keras file")
+    p.add_argument("--format", required=True, choices=["saved_model", "onnx", "litert"], help="what to write")
+    p.add_argument("--out", required=True, help="the file (onnx, litert) or folder (saved_model) to write")
+    p.add_argument(
+        "--check-images",
+        nargs="*",
+        default=[],
+        metavar="IMAGE",
+        help="images to compare the export and the model on, besides 4 random ones",
+    )
+    p.add_argument("--force", action="store_true", help="replace an existing --out (only the export's own files)")
+
+    p = commands.add_parser("compare", help="several strategies on the same split and seed")
+    options.add_flags(p, [*TRAINING_FLAGS, "out"], out="runs/compare", image_size=None, precision=None)
+    p.add_argument(
+        "--strategies",
+        nargs="+",
+        type=options.strategy,
+        default=list(options.STRATEGY_NAMES),
+        metavar="STRATEGY",
+        help="the strategies to train, in order",
+    )
+
+    p = commands.add_parser("lr-find", help="loss against learning rate, with a suggestion")
+    options.add_flags(p, ["data", "strategy", "weights", "batch_size", "image_size", "seed"], strategy="finetune")
+    p.add_argument("--steps", type=options.positive_int, default=100, help="training steps in the sweep")
+    p.add_argument("--min-lr", type=options.positive_float, default=1e-7, help="first learning rate of the sweep")
+    p.add_argument("--max-lr", type=options.positive_float, default=10.0, help="last learning rate of the sweep")
+    p.add_argument("--out", default="lr_find.png", help="where to write the plot")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = commands.add_parser("demo", help="the whole pipeline, offline, on a generated dataset")
+    p.add_argument("--out", default="runs/demo", help="run directory")
+    p.add_argument("--force", action="store_true", help=FORCE_HELP)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser

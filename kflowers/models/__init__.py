@@ -1,0 +1,37 @@
+"""The model layer: the ResNet18 classifier, its weights, its files, its torch fast path.
+
+resnet         `build_model`, `with_image_size`
+weights        ImageNet checkpoint, `.pth`, `.safetensors`, `.weights.h5`, keras-hub presets
+saving         `save_model`, `load_model`: one `.keras` file that keeps its class names
+parts          `model_parts`: where the backbone, pooling and head are
+losses         label smoothing for integer labels
+torch_kernels  the backbone on torch's channels-last kernels, as one torch function
+"""
+
+_EXPORTS = {
+    "IMAGENET_MEAN": "kflowers.models.resnet",
+    "IMAGENET_STD": "kflowers.models.resnet",
+    "RESNET18_CONFIG": "kflowers.models.resnet",
+    "build_model": "kflowers.models.resnet",
+    "with_image_size": "kflowers.models.resnet",
+    "TORCHVISION_RESNET18_URL": "kflowers.models.weights",
+    "TORCHVISION_RESNET18_SHA256_PREFIX": "kflowers.models.weights",
+    "load_weights": "kflowers.models.weights",
+    "read_torch_state_dict": "kflowers.models.weights",
+    "load_state_dict": "kflowers.models.weights",
+    "fetch_imagenet_checkpoint": "kflowers.models.weights",
+    "MAX_CLASSES_ENTRY_BYTES": "kflowers.models.saving",
+    "MAX_INPUT_SIZE": "kflowers.models.saving",
+    "save_model": "kflowers.models.saving",
+    "read_class_names": "kflowers.models.saving",
+    "load_model": "kflowers.models.saving",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):  # the names load with their module, on first use (some import Keras)
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

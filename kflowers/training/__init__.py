@@ -1,0 +1,28 @@
+"""The training layer: strategies, recipes' optimizers, the run loop and what makes it resumable.
+
+loop           `train` and `RunLoop`: a strategy's stages, backups, early stopping
+strategies     scratch, frozen, finetune, two-stage, discriminative
+callbacks      `UnfreezeBackbone`, `SetDatasetEpoch`, ...
+backup         the state written after every epoch
+feature_cache  frozen epochs on backbone features computed once
+lr_find        the learning-rate sweep
+distributed    torchrun and jax data parallelism
+"""
+
+_EXPORTS = {
+    "TrainingResult": "kflowers.training.loop",
+    "train": "kflowers.training.loop",
+    "Stage": "kflowers.training.loop",
+    "plan_stages": "kflowers.training.loop",
+    "EarlyStopping": "kflowers.training.loop",
+    "RunLoop": "kflowers.training.loop",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):  # the names load with their module, on first use (some import Keras)
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
