@@ -2,6 +2,7 @@
 
 import logging
 
+import keras
 import numpy as np
 import pytest
 from PIL import Image
@@ -73,3 +74,29 @@ def test_decode_predictions_orders_by_probability():
     answer = decode_predictions(np.array([[2.0, 0.0, 1.0]]), ["a", "b", "c"], top_k=2)
     assert [name for name, _ in answer[0]] == ["a", "c"]
     assert answer[0][0][1] == pytest.approx(np.exp(2) / (np.exp(2) + 1 + np.exp(1)))
+
+
+def test_a_one_unit_head_is_a_binary_classifier(tmp_path):
+    """One logit says how likely the second class is: sigmoid, not a softmax over one output (always 1.0)."""
+    model = kflowers.build_model(num_classes=1, weights=None, image_size=32)
+    kflowers.save_model(model, tmp_path / "binary.keras", ["cat", "dog"])
+    loaded = kflowers.load_model(tmp_path / "binary.keras")
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3)).astype("uint8")
+    answers = kflowers.predict_images(loaded, list(images), top_k=2)
+    logits = keras.ops.convert_to_numpy(loaded(images))[:, 0].astype("float64")
+    for answer, dog in zip(answers, 1 / (1 + np.exp(-logits))):
+        assert dict(answer) == pytest.approx({"cat": 1 - dog, "dog": dog}, abs=1e-6)
+
+
+@pytest.mark.parametrize("units, activation", [(3, "softmax"), (1, "sigmoid")])
+def test_a_head_that_outputs_probabilities_is_read_as_such(units, activation):
+    inputs = keras.Input((8, 8, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(units, activation=activation)(pooled))
+    images = np.random.default_rng(1).integers(0, 256, (2, 8, 8, 3)).astype("uint8")
+    names = ["a", "b", "c"][: max(2, units)]
+    answers = kflowers.predict_images(model, list(images), top_k=3, class_names=names)
+    outputs = keras.ops.convert_to_numpy(model(images.astype("float32"))).astype("float64")
+    expected = outputs if units > 1 else np.concatenate([1 - outputs, outputs], axis=-1)
+    for answer, row in zip(answers, expected):
+        assert dict(answer) == pytest.approx(dict(zip(names, row)), abs=1e-6)

@@ -114,9 +114,10 @@ def load_model(path, torch_kernels=True):
             f"{path} declares {side} px input images (at most {MAX_INPUT_SIZE} px): the file was edited or damaged"
         )
     outputs = model.output_shape[-1]
+    classes = max(2, outputs)  # one output: a binary classifier of two classes
     if names is None:
-        names = [str(i) for i in range(outputs)]
-    elif len(names) != outputs:
+        names = [str(i) for i in range(classes)]
+    elif len(names) != classes:
         raise WeightsError(
             f"{path}: its class names ({len(names)}) don't match its {outputs} outputs; the file was edited or damaged"
         )

@@ -74,8 +74,17 @@ def _as_uint8(pixels):
     return np.ascontiguousarray(pixels)
 
 
-def decode_predictions(logits, class_names, top_k=5):
-    """Softmax `logits` and keep the `top_k` classes of each row.
+def decode_predictions(outputs, class_names, top_k=5, activation="linear"):
+    """Probabilities from a classifier's `outputs`, and the `top_k` classes of each row.
+
+    Args:
+        outputs: one row per image: logits (a linear head, kflowers's own), or
+            the probabilities of a head with a `"softmax"` or `"sigmoid"`
+            activation. One output per row is a binary classifier: how likely
+            the second class is (`class_names` then has two names).
+        class_names: the name of each class.
+        top_k: how many classes to keep per image.
+        activation: the head's activation (see `output_activation`).
 
     Returns:
         One list per image of `(class_name, probability)` pairs, most likely
@@ -84,11 +93,30 @@ def decode_predictions(logits, class_names, top_k=5):
     Example:
     >>> decode_predictions(np.array([[2.0, 0.0, 1.0]]), ["a", "b", "c"], top_k=2)
     [[('a', 0.665...), ('c', 0.244...)]]
+    >>> decode_predictions(np.array([[0.0]]), ["cat", "dog"])   # one logit: a binary classifier
+    [[('cat', 0.5), ('dog', 0.5)]]
     """
-    probabilities = softmax(logits)
+    probabilities = class_probabilities(outputs, activation)
     top_k = min(top_k, probabilities.shape[-1])
     order = np.argsort(-probabilities, axis=-1, kind="stable")[:, :top_k]
     return [[(class_names[i], float(row[i])) for i in picks] for row, picks in zip(probabilities, order)]
+
+
+def class_probabilities(outputs, activation="linear"):
+    """Each class's probability, in float64, from a classifier's `outputs` (see `decode_predictions`)."""
+    outputs = np.asarray(outputs, "float64")
+    if outputs.shape[-1] == 1:  # binary: the probability of the second class
+        second = outputs[:, 0] if activation == "sigmoid" else 1.0 / (1.0 + np.exp(-outputs[:, 0]))
+        return np.stack([1.0 - second, second], axis=-1)
+    if activation == "softmax":
+        return outputs
+    return softmax(outputs)
+
+
+def output_activation(model):
+    """The activation of the model's last layer: `"softmax"`, `"sigmoid"` or `"linear"` (logits)."""
+    name = getattr(getattr(model.layers[-1], "activation", None), "__name__", "linear")
+    return name if name in ("softmax", "sigmoid") else "linear"
 
 
 def log_softmax(logits):
@@ -111,7 +139,7 @@ def softmax(logits):
 def class_names_of(model):
     """The class names a kflowers model carries (`load_model` sets them), or `"0"`, `"1"`, ..."""
     names = getattr(model, "class_names", None)
-    return list(names) if names else [str(i) for i in range(model.output_shape[-1])]
+    return list(names) if names else [str(i) for i in range(max(2, model.output_shape[-1]))]
 
 
 def predict_images(model, images, top_k=5, class_names=None, batch_size=64):
@@ -140,4 +168,4 @@ def predict_images(model, images, top_k=5, class_names=None, batch_size=64):
     size = model.input_shape[1] or 224
     pixels = prepare_images(images, size)
     logits = model.predict(pixels, batch_size=batch_size, verbose=0)
-    return decode_predictions(logits, class_names or class_names_of(model), top_k)
+    return decode_predictions(logits, class_names or class_names_of(model), top_k, output_activation(model))
