@@ -2,16 +2,19 @@
 
     saved_model  a TensorFlow SavedModel (`serve` endpoint), via Keras's
                  `model.export` on the TensorFlow backend
-    onnx         an ONNX graph with a dynamic batch, via torch's exporter on
-                 the torch backend, checked with onnxruntime
+    onnx         an ONNX graph with a dynamic batch (input `images`), via
+                 Keras's `model.export` on the torch backend, checked with
+                 onnxruntime
     litert       a LiteRT (TensorFlow Lite) flatbuffer, via Keras's
                  `model.export` on the TensorFlow backend
 
 The `.keras` file is the same on every backend, so each format is made on the
 backend that makes it well: when the current process runs another backend,
 `export_model` runs the export in a child process with `KERAS_BACKEND` set
-(Keras's own `model.export` on the torch backend fails for these formats,
-an upstream mismatch of `dynamic_shapes`).
+(every format is Keras's own `model.export`: SavedModel and LiteRT on the
+tensorflow backend, where they are native, and ONNX on torch, which works in
+Keras 3.15 once the model has been called; its ONNX output is named by the
+tracer, not `logits`).
 
 The class names travel with each export: in the ONNX file's metadata
 (`class_names`), in a SavedModel's `assets/class_names.json`, and beside a
@@ -258,36 +261,21 @@ def _run_litert(path, pixels):
 def _export_onnx(model, path, size):
     import warnings
 
-    import torch
+    import numpy as np
 
-    class Logits(torch.nn.Module):
-        def __init__(self, model):
-            super().__init__()
-            self.model = model
-
-        def forward(self, images):
-            return self.model(images, training=False)
-
-    example = torch.zeros((2, size, size, 3), dtype=torch.float32)
+    # Keras's own exporter (torch.onnx underneath, a dynamic batch). A model loaded from a file must have
+    # been called once first: Keras 3.15 refuses one that never was ("The model provided has never called").
+    model.predict(np.zeros((1, size, size, 3), "float32"), verbose=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tracer's notes on Keras's shape bookkeeping
-        torch.onnx.export(
-            Logits(model).eval(),
-            (example,),
-            path,
-            dynamo=False,
-            input_names=["images"],
-            output_names=["logits"],
-            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
-            opset_version=17,
-        )
+        model.export(path, format="onnx", verbose=False)
 
 
 def _run_onnx(path, pixels):
     import onnxruntime
 
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-    return session.run(None, {"images": pixels.astype("float32")})[0]
+    return session.run(None, {session.get_inputs()[0].name: pixels.astype("float32")})[0]
 
 
 def _onnx_class_names(path, class_names):
