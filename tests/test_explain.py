@@ -1,5 +1,7 @@
 """Grad-CAM where the answer is known, checked against autodiff; the run's top-losses picture."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -85,3 +87,25 @@ def test_top_losses_orders_the_worst_first():
     logits = np.array([[5.0, 0.0], [0.0, 5.0], [1.0, 0.0], [0.0, 0.0]])
     order, losses = top_losses(logits, [0, 0, 0, 1], count=2)
     assert list(order) == [1, 3] and losses[0] > losses[1]
+
+
+@pytest.mark.parametrize("width, height, shown", [(150, 90, (90, 150)), (1200, 300, (256, 1024))])
+def test_grad_cam_picture_shows_the_photo_at_its_own_resolution(tmp_path, width, height, shown):
+    from PIL import Image
+
+    from kflowers.tools.explain import explain_images
+    from kflowers.tools.explain import gradcam_figure
+
+    (tmp_path / "rose").mkdir()
+    path = tmp_path / "rose" / "photo.png"
+    pixels = np.random.default_rng(0).integers(0, 256, (height, width, 3)).astype(np.uint8)
+    Image.fromarray(pixels).save(path)
+    names = ["daisy", "dandelion", "rose", "sunflower", "tulip"]
+    model = kflowers.build_model(num_classes=5, weights=None, image_size=32)
+    figure = gradcam_figure(model, path, names, label="rose")
+    photo_ax, overlay_ax, colour_bar = figure.axes
+    assert photo_ax.images[0].get_array().shape[:2] == overlay_ax.images[0].get_array().shape[:2] == shown
+    assert photo_ax.get_title() == "photo.png\ntrue class: rose"
+    assert colour_bar.get_ylabel().startswith("evidence for ")
+    written = explain_images(model, [path], str(tmp_path / "out"))  # the true class: the photo's folder
+    assert [os.path.basename(p) for p in written] == ["photo.gradcam.png"]

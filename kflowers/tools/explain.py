@@ -74,11 +74,13 @@ def overlay(pixels, heatmap, alpha=0.45):
     return np.clip((1 - alpha) * pixels + alpha * colours, 0, 255).astype(np.uint8)
 
 
-def explain_images(model, images, out_dir, top_k=3, class_names=None):
-    """Write a Grad-CAM overlay per photo into `out_dir`; return the written paths.
+def explain_images(model, images, out_dir, top_k=3, class_names=None, labels=None):
+    """Write a Grad-CAM picture per photo into `out_dir`; return the written paths.
 
-    Each PNG shows the photo with the heat map of its top class, and the
-    `top_k` classes with probabilities in the title.
+    Each PNG (`gradcam_figure`) shows the photo at its own resolution beside
+    the heat map of its top class laid over it, with a colour bar, the file
+    name, the true class when known, and the `top_k` classes with their
+    probabilities.
 
     Args:
         model: a kflowers classifier.
@@ -86,23 +88,53 @@ def explain_images(model, images, out_dir, top_k=3, class_names=None):
         out_dir: the folder to write `NAME.gradcam.png` files into.
         top_k: classes named in the title.
         class_names: default: the model's.
+        labels: the true class name of each image; default: the name of the
+            image's folder when it is one of the classes (as in a dataset).
     """
-    from kflowers.reports import new_figure
     from kflowers.reports import save_figure
 
     names = class_names or class_names_of(model)
-    size = model.input_shape[1] or 224
     written = []
-    for path in images:
-        pixels = prepare_images([path], size)
-        heatmaps, logits = grad_cam(model, pixels)
-        top = decode_predictions(logits, names, top_k)[0]
-        figure, ax = new_figure(figsize=(4.5, 4.8))
-        ax.imshow(overlay(pixels[0], heatmaps[0]))
-        ax.axis("off")
-        ax.set_title("\n".join(f"{name} {p:.2f}" for name, p in top), fontsize=10)
+    for index, path in enumerate(images):
+        label = labels[index] if labels is not None else _folder_class(path, names)
+        figure = gradcam_figure(model, path, names, top_k=top_k, label=label)
         written.append(save_figure(figure, _unused_name(out_dir, path, written)))
     return written
+
+
+MAX_SIDE = 1024  # photos larger than this are shown shrunk to it
+
+
+def gradcam_figure(model, path, class_names, top_k=3, label=None):
+    """The Grad-CAM picture of one photo, as a `matplotlib.figure.Figure` (see `explain_images`)."""
+    import albumentations as A
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    from kflowers.data.images import read_image
+    from kflowers.reports import new_figure
+
+    pixels = prepare_images([path], model.input_shape[1] or 224)
+    heatmaps, logits = grad_cam(model, pixels)
+    top = decode_predictions(logits, class_names, top_k)[0]
+    photo = read_image(path)
+    if max(photo.shape[:2]) > MAX_SIDE:
+        photo = A.LongestMaxSize(MAX_SIDE)(image=photo)["image"]
+    figure, (left, right) = new_figure(1, 2, figsize=(10, 5.2))
+    left.imshow(photo)
+    left.set_title(os.path.basename(os.fspath(path)) + (f"\ntrue class: {label}" if label else ""), fontsize=10)
+    right.imshow(overlay(photo, heatmaps[0]))
+    right.set_title("\n".join(f"{name} {p:.2f}" for name, p in top), fontsize=10)
+    for ax in (left, right):
+        ax.axis("off")
+    colours = ScalarMappable(norm=Normalize(0, 1), cmap="jet")
+    figure.colorbar(colours, ax=right, fraction=0.046, pad=0.04, label=f"evidence for {top[0][0]} (Grad-CAM)")
+    return figure
+
+
+def _folder_class(path, class_names):
+    folder = os.path.basename(os.path.dirname(os.fspath(path)))
+    return folder if folder in class_names else None
 
 
 def _unused_name(out_dir, path, written):
