@@ -14,7 +14,7 @@ pytestmark = pytest.mark.one_backend  # the package's import graph: the torch pa
 
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "kflowers")
 ORDER = ["data", "models", "training", "tools", "runs", "cli"]
-BESIDE_ALL = {"errors", "files", "options", "recipes", "reports", "native_logs"}
+BESIDE_ALL = {"errors", "files", "options", "recipes", "reports", "native_logs", "lazy"}
 
 
 def modules():

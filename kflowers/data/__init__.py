@@ -9,6 +9,9 @@ samples    the lesson's grid of sample photos
 demo       a drawn dataset, for the demo and the tests
 """
 
+from kflowers.lazy import lazy_exports
+
+
 _EXPORTS = {
     "FLOWERS_URL": "kflowers.data.download",
     "FLOWERS_ZIP_BYTES": "kflowers.data.download",
@@ -27,11 +30,4 @@ _EXPORTS = {
     "FlowerDataset": "kflowers.data.dataset",
 }
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name):  # the names load with their module, on first use (some import Keras)
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

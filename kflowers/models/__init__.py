@@ -8,6 +8,9 @@ losses         label smoothing for integer labels
 torch_kernels  the backbone on torch's channels-last kernels, as one torch function
 """
 
+from kflowers.lazy import lazy_exports
+
+
 _EXPORTS = {
     "IMAGENET_MEAN": "kflowers.models.resnet",
     "IMAGENET_STD": "kflowers.models.resnet",
@@ -27,11 +30,4 @@ _EXPORTS = {
     "load_model": "kflowers.models.saving",
 }
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name):  # the names load with their module, on first use (some import Keras)
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

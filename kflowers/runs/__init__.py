@@ -1,9 +1,12 @@
 """The runs layer: everything `kflowers train` writes to a run directory.
 
-    run        `train_run`: prepare, build, train, evaluate, write
-    directory  who owns a folder: the marker, the lock, temporaries
-    report     `report.html`: a run on one page
+run        `train_run`: prepare, build, train, evaluate, write
+directory  who owns a folder: the marker, the lock, temporaries
+report     `report.html`: a run on one page
 """
+
+from kflowers.lazy import lazy_exports
+
 
 _EXPORTS = {
     "RUN_FILES": "kflowers.runs.run",
@@ -21,11 +24,4 @@ _EXPORTS = {
     "read_history": "kflowers.runs.run",
 }
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name):  # the names load with their module, on first use (some import Keras)
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -9,6 +9,9 @@ lr_find        the learning-rate sweep
 distributed    torchrun and jax data parallelism
 """
 
+from kflowers.lazy import lazy_exports
+
+
 _EXPORTS = {
     "TrainingResult": "kflowers.training.loop",
     "train": "kflowers.training.loop",
@@ -18,11 +21,4 @@ _EXPORTS = {
     "RunLoop": "kflowers.training.loop",
 }
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name):  # the names load with their module, on first use (some import Keras)
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
