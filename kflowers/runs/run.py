@@ -600,6 +600,7 @@ def _for_test_size(model, size):
     resized = with_image_size(model, size)
     optimizer = keras.optimizers.deserialize(keras.optimizers.serialize(model.optimizer))
     resized.compile(optimizer=optimizer, loss=classification_loss(), metrics=["accuracy"])
+    optimizer.build(resized.trainable_variables)  # saved with its slots, so that loading it warns of nothing
     return resized
 
 
