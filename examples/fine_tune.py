@@ -101,7 +101,7 @@ if args.weights != "none":
     kflowers.load_weights(model, args.weights)
 kflowers.use_torch_kernels(model)  # on torch: the same layers on torch's channels-last kernels (faster)
 if args.weights == "none":
-    print("warning: --weights none: every weight starts random, so this is scratch.py with 5 epochs")
+    print("warning: --weights none: every weight starts random, so this is scratch.py with fine_tune.py's epochs")
 
 """
 ## Train everything
