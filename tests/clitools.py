@@ -22,19 +22,21 @@ def kflowers(*args, check=True, timeout=600):
     return result
 
 
-def kill_when(command, line_start):
-    """Run `python -m COMMAND...` and SIGKILL it once a line of its output starts with `line_start`
-    ("Epoch 2/N": epoch 1 is backed up once epoch 2 has begun)."""
+def kill_when(command, line_start, env=ENV):
+    """Run `python -m COMMAND...` and SIGKILL it, with every process it started (as a machine that loses
+    power), once a line of its output starts with `line_start` ("Epoch 2/N": epoch 1 is backed up once
+    epoch 2 has begun)."""
     process = subprocess.Popen(
         [sys.executable, "-m", *map(str, command)],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
-        env=ENV,
+        env=env,
+        start_new_session=True,  # its own process group: torchrun's workers die with it
     )
     for line in process.stdout:
         if line.startswith(line_start):
-            process.send_signal(signal.SIGKILL)
+            os.killpg(process.pid, signal.SIGKILL)
             break
     process.wait(timeout=60)
     assert process.returncode == -signal.SIGKILL

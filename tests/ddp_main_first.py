@@ -1,4 +1,5 @@
-"""Run by test_distributed.py under torchrun: rank 0 fills a cache first, the others find it full."""
+"""Run by test_distributed.py under torchrun: each machine's first process fills its cache, the others
+find it full."""
 
 import os
 import sys
@@ -7,7 +8,8 @@ os.environ["KERAS_BACKEND"] = "torch"
 
 from kflowers.training.distributed import main_process_first  # noqa: E402
 
-cache = sys.argv[1]
+cache = os.path.join(sys.argv[1], f"node{os.environ['GROUP_RANK']}")  # a machine's own disk
+os.makedirs(cache, exist_ok=True)
 rank = os.environ["RANK"]
 
 

@@ -3,7 +3,8 @@
     python -m torch.distributed.run --standalone --nproc-per-node 2 tests/ddp_worker.py OUT DATA STRATEGY BATCH
 
 Trains one epoch with `kflowers.training.train` on this process's shard and
-saves its variables (`rankN.npz`) and the samples it read (`rankN.json`).
+saves its variables (`rankN.npz`), the samples it read and the number of
+all-reduce operations torch's profiler saw during training (`rankN.json`).
 Without torchrun it is the single-process reference.
 """
 
@@ -12,6 +13,7 @@ import os
 import sys
 
 import numpy as np
+import torch
 
 import kflowers
 from kflowers.training import distributed
@@ -51,10 +53,12 @@ if size > 1:
     dataset = dataset.shard(rank, size)
     callbacks[0].dataset = dataset
     callbacks.append(distributed.SyncReplicas())
-train(model, strategy, dataset, epochs=1, verbose=0, callbacks=callbacks, feature_cache=False, learning_rate=1e-3)
+with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+    train(model, strategy, dataset, epochs=1, verbose=0, callbacks=callbacks, feature_cache=False, learning_rate=1e-3)
+all_reduces = sum(event.count for event in profile.key_averages() if event.key.startswith("gloo:all_reduce"))
 np.savez(
     os.path.join(out, f"rank{rank}.npz"),
     **{f"{i}:{v.path}": keras.ops.convert_to_numpy(v) for i, v in enumerate(model.variables)},
 )
 with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
-    json.dump({"seen": dataset.seen, "paths": folder.paths}, f)
+    json.dump({"seen": dataset.seen, "paths": folder.paths, "steps": len(dataset), "all_reduces": all_reduces}, f)

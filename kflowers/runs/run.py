@@ -37,6 +37,7 @@ import time
 import numpy as np
 
 from kflowers.training import backup
+from kflowers.training import distributed
 from kflowers.errors import BackupMismatch
 from kflowers.errors import KflowersError
 from kflowers.files import strict_json
@@ -45,6 +46,7 @@ from kflowers.files import write_text
 from kflowers.options import PRECISIONS
 from kflowers.options import RunOptions  # noqa: F401 - re-exported: kflowers.runs.RunOptions
 from kflowers.models.parts import model_parts
+from kflowers.models.saving import remember_class_names
 from kflowers.tools.predict import log_softmax
 from kflowers.tools.predict import softmax
 from kflowers.runs.directory import LOCK_FILE  # noqa: F401 - re-exported
@@ -96,9 +98,12 @@ def evaluate_model(model, dataset, class_names, features=None, tta=False):
     elif features is not None:
         import keras
 
-        head = model_parts(model).head
+        parts = model_parts(model)
         logits = np.concatenate(
-            [keras.ops.convert_to_numpy(head(features[i : i + 1024])) for i in range(0, len(features), 1024)]
+            [
+                keras.ops.convert_to_numpy(parts.apply_head(features[i : i + 1024], training=False))
+                for i in range(0, len(features), 1024)
+            ]
         )
     else:
         if hasattr(dataset, "in_order"):
@@ -351,8 +356,6 @@ def train_run(options, folder=None, split=None):
     """
     import keras
 
-    from kflowers.training import distributed
-
     started = time.perf_counter()
     out = options.out
     check_out(out, options.data, options.force)
@@ -407,12 +410,12 @@ def _train_locked(options, folder, split, started, rank, processes):
     run = _prepare(options, folder, split, rank, processes)
     model = _build(run)
     train_ds, test_ds = _datasets(run)
-    if not run.resuming:  # the run has everything it needs: it now owns the directory
+    # The run has everything it needs: it now owns the directory (a resumed run keeps its setup files).
+    if not run.resuming and run.main_process:
         backup.remove(run.backup_dir)
-        if run.main_process:  # a resumed run keeps the setup files it started with
-            write_marker(options.out, "run")
-            _replace_previous_run(options.out)
-            _write_setup(options.out, options, run.strategy, run.recipe, run.folder, *run.split, processes)
+        write_marker(options.out, "run")
+        _replace_previous_run(options.out)
+        _write_setup(options.out, options, run.strategy, run.recipe, run.folder, *run.split, processes)
     clock = time.perf_counter()
     result = _fit(run, model, train_ds, test_ds)
     if not run.main_process:
@@ -437,13 +440,15 @@ def _prepare(options, folder, split, rank, processes):
     if folder is None:
         folder = scan_folder(options.data)
     train_split, test_split = split or split_dataset(folder, test_size=options.test_size, seed=options.seed)
-    # Each process keeps its own backup (they are identical); rank 0 alone writes the run.
-    out = options.out
-    backup_dir = os.path.join(out, "backup") if processes == 1 else os.path.join(out, "backup", f"rank{rank}")
-    remove_temporaries(backup_dir)  # each process its own
+    # Under torchrun all processes hold the same weights: rank 0 alone writes the backup (and the run),
+    # and every process resumes from it.
+    backup_dir = os.path.join(options.out, "backup")
+    if rank == 0:
+        remove_temporaries(backup_dir)
     resuming = options.resume and os.path.exists(os.path.join(backup_dir, backup.FILE_NAME))
+    distributed.barrier()  # no process decides on resuming after rank 0 has started to write
     if resuming:
-        check_resumable(out, options, strategy, train_split, test_split)
+        check_resumable(options.out, options, strategy, train_split, test_split)
     if strategy.freeze and _weights(options, strategy) is None:
         log.warning(
             "%s starts with a frozen backbone, but --weights none leaves it random: only the "
@@ -474,6 +479,7 @@ def _build(run):
         )
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
+    remember_class_names(model, run.folder.class_names)  # any .keras file of it keeps them (ModelCheckpoint too)
     run.seconds["build_model"] = time.perf_counter() - clock
     return model
 
@@ -502,7 +508,6 @@ def _datasets(run):
 
 def _fit(run, model, train_ds, test_ds):
     """`training.train` with the run's options, stopped cleanly by Ctrl-C; returns its `TrainResult`."""
-    from kflowers.training import distributed
     from kflowers.training.loop import train
 
     options = run.options
