@@ -59,7 +59,14 @@ def build_parser():
     parser.add_argument("--verbose", action="store_true", help="show library log output")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     parser.commands = commands.choices
+    _add_data_commands(commands)
+    _add_training_commands(commands)
+    _add_model_commands(commands)
+    return parser
 
+
+def _add_data_commands(commands):
+    """`download` and `show`: the dataset before any model."""
     p = commands.add_parser("download", help="fetch and extract the flowers dataset")
     p.add_argument("--dir", help="cache folder (default: ~/.keras)")
 
@@ -68,11 +75,40 @@ def build_parser():
     p.add_argument("--out", default="grid.png", help="where to write the sample grid")
     p.add_argument("--seed", type=options.seed, default=0, help="which images the grid shows")
 
+
+def _add_training_commands(commands):
+    """`train`, `compare`, `lr-find` and `demo`: what trains a model."""
     p = commands.add_parser("train", help="train one strategy into a run directory")
     options.add_flags(
         p, ["strategy", *TRAINING_FLAGS, "out", "early_stopping", "resume"], image_size=None, precision=None
     )
+    p = commands.add_parser("compare", help="several strategies on the same split and seed")
+    options.add_flags(p, [*TRAINING_FLAGS, "out"], out="runs/compare", image_size=None, precision=None)
+    p.add_argument(
+        "--strategies",
+        nargs="+",
+        type=options.strategy,
+        default=list(options.STRATEGY_NAMES),
+        metavar="STRATEGY",
+        help="the strategies to train, in order",
+    )
 
+    p = commands.add_parser("lr-find", help="loss against learning rate, with a suggestion")
+    options.add_flags(p, ["data", "strategy", "weights", "batch_size", "image_size", "seed"], strategy="finetune")
+    p.add_argument("--steps", type=options.positive_int, default=100, help="training steps in the sweep")
+    p.add_argument("--min-lr", type=options.positive_float, default=1e-7, help="first learning rate of the sweep")
+    p.add_argument("--max-lr", type=options.positive_float, default=10.0, help="last learning rate of the sweep")
+    p.add_argument("--out", default="lr_find.png", help="where to write the plot")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = commands.add_parser("demo", help="the whole pipeline, offline, on a generated dataset")
+    p.add_argument("--out", default="runs/demo", help="run directory")
+    p.add_argument("--force", action="store_true", help=FORCE_HELP)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_model_commands(commands):
+    """`evaluate`, `predict`, `explain` and `export`: what uses a trained model."""
     p = commands.add_parser("evaluate", help="accuracy, per-class report and confusion matrix")
     p.add_argument("--model", required=True, help="a model.keras file")
     p.add_argument("--data", required=True, help="dataset folder, one subfolder per class")
@@ -110,28 +146,3 @@ def build_parser():
         help="images to compare the export and the model on, besides 4 random ones",
     )
     p.add_argument("--force", action="store_true", help="replace an existing --out (only the export's own files)")
-
-    p = commands.add_parser("compare", help="several strategies on the same split and seed")
-    options.add_flags(p, [*TRAINING_FLAGS, "out"], out="runs/compare", image_size=None, precision=None)
-    p.add_argument(
-        "--strategies",
-        nargs="+",
-        type=options.strategy,
-        default=list(options.STRATEGY_NAMES),
-        metavar="STRATEGY",
-        help="the strategies to train, in order",
-    )
-
-    p = commands.add_parser("lr-find", help="loss against learning rate, with a suggestion")
-    options.add_flags(p, ["data", "strategy", "weights", "batch_size", "image_size", "seed"], strategy="finetune")
-    p.add_argument("--steps", type=options.positive_int, default=100, help="training steps in the sweep")
-    p.add_argument("--min-lr", type=options.positive_float, default=1e-7, help="first learning rate of the sweep")
-    p.add_argument("--max-lr", type=options.positive_float, default=10.0, help="last learning rate of the sweep")
-    p.add_argument("--out", default="lr_find.png", help="where to write the plot")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-
-    p = commands.add_parser("demo", help="the whole pipeline, offline, on a generated dataset")
-    p.add_argument("--out", default="runs/demo", help="run directory")
-    p.add_argument("--force", action="store_true", help=FORCE_HELP)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    return parser

@@ -26,3 +26,35 @@ def trivial_augment():
         ],
         p=1,
     )
+
+
+def image_transform(image_size, augment=False, random_erasing=0.0, seed=0):
+    """The albumentations pipeline that makes a decoded photo a training or test image.
+
+    Args:
+        image_size: int. The side of the square image it returns.
+        augment: `False` (resize only), `"basic"` (random-resized crop of
+            0.25-1 of the area, horizontal flip) or `"trivial"` (basic, then
+            `trivial_augment()`). Defaults to `False`.
+        random_erasing: float. The probability of erasing a random
+            rectangle (2-25% of the image) with noise, after the other
+            steps; only with `augment`. Defaults to `0.0`.
+        seed: int. The pipeline's seed (each image then gets its own, see
+            `FlowerDataset.load`). Defaults to `0`.
+
+    Example:
+    ```python
+    transform = image_transform(64, augment="trivial", random_erasing=0.25)
+    image = transform(image=pixels)["image"]  # (64, 64, 3) uint8
+    ```
+    """
+    import albumentations as A
+
+    if not augment:
+        return A.Compose([A.Resize(image_size, image_size)], seed=seed)
+    steps = [A.RandomResizedCrop((image_size, image_size), scale=(0.25, 1.0)), A.HorizontalFlip()]
+    if augment == "trivial":
+        steps.append(trivial_augment())
+    if random_erasing:
+        steps.append(A.Erasing(p=random_erasing, scale=(0.02, 0.25), fill="random_uniform"))
+    return A.Compose(steps, seed=seed)

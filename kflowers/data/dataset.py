@@ -1,16 +1,19 @@
 """`FlowerDataset`: a split fed to `model.fit` as a `keras.utils.PyDataset`, read ahead by threads."""
 
+import copy
 import math
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
+
+from kflowers.data.augment import image_transform
 from kflowers.data.images import UnreadableImage
 from kflowers.data.images import read_image
+from kflowers.data.read_ahead import ReadAhead
 from kflowers.errors import DataError
 from kflowers.errors import display_name
 from kflowers.errors import first_line
-from kflowers.data.augment import trivial_augment
 
 
 def _pydataset_base():
@@ -30,6 +33,10 @@ def cuda_on_torch_backend():
     return torch.cuda.is_available()
 
 
+# One class, a little over 150 lines on purpose: Keras's PyDataset contract (`__len__`, `__getitem__`,
+# `on_epoch_end`) and the views of it that data-parallel training and test-time augmentation need
+# (`shard`, `in_order`, `mirrored`, `unsharded`) share one state; what stands alone lives beside it
+# (`image_transform`, `ReadAhead`, `epoch_order`, `global_batches`).
 class FlowerDataset(_pydataset_base()):
     """Batches of `(uint8 images, int labels)` for `model.fit`.
 
@@ -45,37 +52,47 @@ class FlowerDataset(_pydataset_base()):
     train` does this itself).
 
     Args:
-        paths: image files.
-        labels: one int per file.
-        batch_size: images per batch.
-        image_size: side of the square images fed to the model.
-        shuffle: reshuffle the samples every epoch (pass `shuffle=False` to
-            `fit`: the dataset shuffles itself, reproducibly). A shuffled
-            dataset's last batch never holds a single image (BatchNorm can't
-            normalise over one): such a remainder joins the batch before it.
-        augment: training-time augmentation: `False`; `True` or `"basic"`,
-            random resized crops and horizontal flips; `"trivial"`, basic plus
-            one TrivialAugment-style colour or geometry operation per image
-            at a random strength (`trivial_augment`).
-        random_erasing: probability of erasing one random rectangle of each
-            image (with `augment`). Defaults to `0.0`.
-        seed: seed of the shuffling and augmentation.
-        workers: threads that read and augment the next batches while the
-            model trains on this one (decoding and resizing release the
+        paths: list of str. The image files.
+        labels: list of int. One label per file.
+        batch_size: int. Images per batch. Defaults to `64`.
+        image_size: int. The side of the square images fed to the model.
+            Defaults to `224`.
+        shuffle: bool. Reshuffle the samples every epoch (pass
+            `shuffle=False` to `fit`: the dataset shuffles itself,
+            reproducibly). A shuffled dataset's last batch never holds a
+            single image (BatchNorm can't normalise over one): such a
+            remainder joins the batch before it. Defaults to `False`.
+        augment: bool or str. Training-time augmentation: `False`; `True`
+            or `"basic"`, random resized crops and horizontal flips;
+            `"trivial"`, basic plus one TrivialAugment-style colour or
+            geometry operation per image at a random strength
+            (`trivial_augment`). Defaults to `False`.
+        random_erasing: float. The probability of erasing one random
+            rectangle of each image (with `augment`). Defaults to `0.0`.
+        seed: int. The seed of the shuffling and augmentation. Defaults to
+            `0`.
+        workers: int. Threads that read and augment the next batches while
+            the model trains on this one (decoding and resizing release the
             GIL). They are the dataset's own: Keras's enqueuer keeps batches
             it read ahead for the next epoch (those of its look at the first
             batch before training included), which would mix epochs. The
             dataset's `threads` is this number; Keras's `workers` stays 1.
-        use_multiprocessing: must be `False` (see `workers`).
-        max_queue_size: how many batches to read ahead, at most.
-        pin_memory: hand out the images in page-locked memory, so that their
-            copy to a GPU is a direct transfer. `None` (default): when Keras
-            runs on torch and a CUDA device is visible.
+            Defaults to `1`.
+        use_multiprocessing: bool. Must be `False` (see `workers`).
+            Defaults to `False`.
+        max_queue_size: int. How many batches to read ahead, at most.
+            Defaults to `10`.
+        pin_memory: bool or `None`. Hand out the images in page-locked
+            memory, so that their copy to a GPU is a direct transfer.
+            Defaults to `None`: when Keras runs on torch and a CUDA device
+            is visible.
 
     Example:
-    >>> train, test = split_dataset(scan_folder("flowers"))
-    >>> train_ds = FlowerDataset.from_folder(train, batch_size=64, shuffle=True)
-    >>> model.fit(train_ds, epochs=5, shuffle=False)
+    ```python
+    train, test = split_dataset(scan_folder("flowers"))
+    train_ds = FlowerDataset.from_folder(train, batch_size=16, image_size=64, shuffle=True)
+    model.fit(train_ds, epochs=2, shuffle=False)
+    ```
     """
 
     def __init__(
@@ -125,9 +142,7 @@ class FlowerDataset(_pydataset_base()):
         # Per object, never shared by copies (`shard`, `in_order`): albumentations pipelines hold random
         # state (one per thread), and batches read ahead belong to this dataset's order.
         self._local = threading.local()
-        self._lock = threading.Lock()
-        self._pool = None
-        self._pending = {}
+        self._reader = ReadAhead(self.threads, self.max_queue_size or 1)
 
     @classmethod
     def from_folder(cls, folder, **kwargs):
@@ -144,10 +159,10 @@ class FlowerDataset(_pydataset_base()):
         batch too small to give each process a sample joins the one before.
 
         Example:
-        >>> rank_ds = train_ds.shard(rank, world_size)
+        ```python
+        rank_ds = train_ds.shard(rank, world_size)
+        ```
         """
-        import copy
-
         if not 0 <= index < count:
             raise ValueError(f"shard index {index} out of range for {count} shards")
         if len(self.paths) < count:
@@ -156,17 +171,8 @@ class FlowerDataset(_pydataset_base()):
         part.shard_index, part.num_shards = int(index), int(count)
         return part
 
-    def _global_batches(self):
-        size = self.batch_size * self.num_shards
-        count = math.ceil(len(self.paths) / size)
-        # A shuffled (training) batch needs 2 samples per process: BatchNorm can't normalise over one.
-        least = self.num_shards * (2 if self.shuffle and self.batch_size > 1 else 1)
-        if count > 1 and len(self.paths) - (count - 1) * size < least:
-            count -= 1  # the remainder joins the previous batch
-        return count, size
-
     def __len__(self):
-        return self._global_batches()[0]
+        return global_batches(len(self.paths), self.batch_size, self.num_shards, self.shuffle)[0]
 
     def set_epoch(self, epoch):
         """Use the shuffle order and augmentations of `epoch`."""
@@ -185,15 +191,12 @@ class FlowerDataset(_pydataset_base()):
         self._epoch_set_by_callback = True
 
     def on_epoch_end(self):
-        with self._lock:  # what was read ahead and not asked for (fit stopped early, or only looked)
-            self._drop_read_ahead(lambda key: True)
+        self._reader.clear()
         if not self._epoch_set_by_callback:
             self.epoch += 1
 
     def in_order(self):
         """This dataset without shuffling: batches follow `paths`."""
-        import copy
-
         plain = copy.copy(self)
         plain.shuffle = False
         return plain
@@ -207,22 +210,18 @@ class FlowerDataset(_pydataset_base()):
     def order(self, epoch=None):
         """The sample indices of `epoch`, in the order they are served."""
         epoch = self.epoch if epoch is None else epoch
-        if not self.shuffle:
-            return np.arange(len(self.paths))
-        return np.random.default_rng([self.seed, epoch]).permutation(len(self.paths))
+        return epoch_order(len(self.paths), self.seed, epoch, self.shuffle)
 
     def batch_indices(self, index, epoch=None):
         """The sample indices (into `paths`) of batch `index` of `epoch`, this shard's part."""
         if not 0 <= index < len(self):
             raise IndexError(f"batch {index} out of range (0..{len(self) - 1})")
-        count, size = self._global_batches()
+        count, size = global_batches(len(self.paths), self.batch_size, self.num_shards, self.shuffle)
         end = (index + 1) * size if index < count - 1 else len(self.paths)
         return self.order(epoch)[index * size : end][self.shard_index :: self.num_shards]
 
     def unsharded(self):
         """This dataset with every sample in every batch (undoes `shard`)."""
-        import copy
-
         whole = copy.copy(self)
         whole.shard_index, whole.num_shards = 0, 1
         return whole
@@ -230,22 +229,9 @@ class FlowerDataset(_pydataset_base()):
     def __getitem__(self, index):
         if self.threads == 1:
             return self.batch(index, self.epoch)
-        epoch, last = self.epoch, len(self)
-        if not 0 <= index < last:
-            raise IndexError(f"batch {index} out of range (0..{last - 1})")
-        with self._lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="kflowers-loader")
-            self._drop_read_ahead(lambda key: key[0] != epoch or key[1] < index)  # another epoch's, or passed over
-            for ahead in range(index, min(index + max(1, self.max_queue_size or 1), last)):
-                if (epoch, ahead) not in self._pending:
-                    self._pending[(epoch, ahead)] = self._pool.submit(self.batch, ahead, epoch)
-            future = self._pending.pop((epoch, index))
-        return future.result()
-
-    def _drop_read_ahead(self, which):
-        for key in [key for key in self._pending if which(key)]:
-            self._pending.pop(key).cancel()
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch {index} out of range (0..{len(self) - 1})")
+        return self._reader.get(self.batch, self.epoch, index, len(self))
 
     def batch(self, index, epoch=None):
         """Batch `index` of `epoch` (default: the current one), read now: `(images, labels)`."""
@@ -267,7 +253,10 @@ class FlowerDataset(_pydataset_base()):
                 f"{display_name(os.fspath(self.paths[i]))} can no longer be read ({first_line(error)}): it changed "
                 "after the dataset was scanned; restore it or scan the folder again"
             ) from error
-        transform = self._transform()
+        transform = getattr(self._local, "transform", None)  # albumentations pipelines hold random state
+        if transform is None:
+            transform = image_transform(self.image_size, self.augment, self.random_erasing, self.seed)
+            self._local.transform = transform
         if self.augment:
             sample_seed = np.random.SeedSequence([self.seed, epoch, i]).generate_state(1)[0]
             transform.set_random_seed(int(sample_seed))
@@ -278,25 +267,6 @@ class FlowerDataset(_pydataset_base()):
         # Random crops keep as little as half the side: decode with margin.
         return self.image_size * 2 if self.augment else self.image_size
 
-    def _transform(self):
-        # albumentations pipelines hold random state: one per thread.
-        transform = getattr(self._local, "transform", None)
-        if transform is None:
-            import albumentations as A
-
-            size = self.image_size
-            if self.augment:
-                steps = [A.RandomResizedCrop((size, size), scale=(0.25, 1.0)), A.HorizontalFlip()]
-                if self.augment == "trivial":
-                    steps.append(trivial_augment())
-                if self.random_erasing:
-                    steps.append(A.Erasing(p=self.random_erasing, scale=(0.02, 0.25), fill="random_uniform"))
-            else:
-                steps = [A.Resize(size, size)]
-            transform = A.Compose(steps, seed=self.seed)
-            self._local.transform = transform
-        return transform
-
     def __copy__(self):
         clone = type(self).__new__(type(self))
         clone.__dict__.update(self.__dict__)
@@ -305,10 +275,29 @@ class FlowerDataset(_pydataset_base()):
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        for name in ("_local", "_lock", "_pool", "_pending"):
+        for name in ("_local", "_reader"):
             state.pop(name)
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._fresh_state()
+
+
+def epoch_order(count, seed, epoch, shuffle):
+    """The order in which `count` samples are served in `epoch`: a permutation drawn from `(seed, epoch)`
+    alone, so any process, and any resumed run, serves the same one."""
+    if not shuffle:
+        return np.arange(count)
+    return np.random.default_rng([seed, epoch]).permutation(count)
+
+
+def global_batches(count, batch_size, shards, shuffle):
+    """`(number of batches, global batch size)` of `count` samples dealt to `shards` processes."""
+    size = batch_size * shards
+    batches = math.ceil(count / size)
+    # A shuffled (training) batch needs 2 samples per process: BatchNorm can't normalise over one.
+    least = shards * (2 if shuffle and batch_size > 1 else 1)
+    if batches > 1 and count - (batches - 1) * size < least:
+        batches -= 1  # the remainder joins the previous batch
+    return batches, size

@@ -117,6 +117,18 @@ def load(folder):
         ) from error
 
 
+def check_fingerprint(theirs, ours, folder):
+    """Raise `BackupMismatch` unless a backup's fingerprint (`theirs`) is this run's (`ours`)."""
+    theirs = dict(theirs)
+    theirs.setdefault("backend", ours["backend"])  # backups from before it was recorded
+    if theirs != ours:
+        different = [k for k in ours if theirs.get(k) != ours[k]]
+        raise BackupMismatch(
+            f"the backup in {folder} is of another run ({', '.join(different)} differ); "
+            "start afresh without --resume or use another --out"
+        )
+
+
 def remove(folder):
     """Remove what `save` wrote under `folder` (its `state.npz`, a rank's `rankN/state.npz`, their
     temporaries) and then the folders left empty; anything else there stays."""

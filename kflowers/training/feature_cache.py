@@ -3,8 +3,8 @@
 With the backbone frozen and no train-time augmentation, the backbone maps
 each image to the same 512-d vector in every epoch. `FeatureCache` computes
 those vectors once for the training and test images and serves them in the
-batches the images would have come in; the model's own `head` layer trains
-on them (`head_model`), so the full model ends with the trained head. No
+batches the images would have come in; the model's own head layers train on
+them (`head_model`), so the full model ends with the trained head. No
 backbone activations are kept for backpropagation, and the head sees
 exactly what it would see in the full model (BatchNorm in inference mode).
 """
@@ -38,7 +38,7 @@ class FeatureCache:
 
     Attributes:
         head_model: a `keras.Model` from features to logits made of the
-            model's own `head` layer (training it trains the model's head).
+            model's own head layers (training it trains the model's head).
         batches: a `keras.utils.PyDataset` of `(features, labels)` batches,
             the same samples in the same order as `train_data`'s batches in
             the epoch `fit` is in (`follow_epochs` keeps it there).
@@ -66,7 +66,7 @@ class FeatureCache:
             self.validation = (pooled_features(model, test_data, verbose=verbose), np.asarray(test_data.labels))
         self.seconds = time.perf_counter() - started  # the feature pass
         inputs = keras.Input(shape=features.shape[1:], name="features")
-        self.head_model = keras.Model(inputs, parts.head(inputs), name="head_on_features")
+        self.head_model = keras.Model(inputs, parts.apply_head(inputs), name="head_on_features")
         self.epoch = 0
         cache = self
 
@@ -84,6 +84,25 @@ class FeatureCache:
 
         self.batches = Batches()
         self.follow_epochs = FollowEpochs()
+
+    def fit(self, initial_epoch, epochs, callbacks=(), verbose=1):
+        """Train the head on the cached features (`head_model.fit`), epochs `initial_epoch..epochs`.
+
+        Callbacks that write model files (`BackupAndRestore`, `ModelCheckpoint`)
+        are left out: here they would save the head alone.
+        """
+        import keras
+
+        file_writers = (keras.callbacks.BackupAndRestore, keras.callbacks.ModelCheckpoint)
+        self.head_model.fit(
+            self.batches,
+            validation_data=self.validation,
+            initial_epoch=initial_epoch,
+            epochs=epochs,
+            shuffle=False,
+            verbose=verbose,
+            callbacks=[self.follow_epochs, *[c for c in callbacks if not isinstance(c, file_writers)]],
+        )
 
     @property
     def test_features(self):

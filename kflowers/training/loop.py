@@ -34,6 +34,7 @@ import keras
 import numpy as np
 
 from kflowers.training import backup
+from kflowers.training.distributed import is_main_process
 from kflowers.errors import TrainingDiverged
 from kflowers.models.parts import model_parts
 from kflowers.recipes import LESSON
@@ -106,34 +107,43 @@ def train(
     with the same weights and history as an uninterrupted run.
 
     Args:
-        model: a model from `build_model` (with the strategy's weights).
-        strategy: a `Strategy` or its name.
-        train_data: a `FlowerDataset` (or anything `fit` takes).
-        test_data: evaluated after every epoch (`validation_data`).
-        epochs: overrides the strategy's number of epochs.
-        learning_rate: overrides the strategy's learning rate.
-        callbacks: more Keras callbacks, passed to every stage's `fit`.
-        verbose: Keras's progress bar setting.
-        feature_cache: train the frozen epochs (all of `frozen`, the first
-            stage of `two-stage`) on backbone features computed once
-            (`kflowers.training.feature_cache`). Default: whenever the backbone starts
-            frozen and `train_data` is a `FlowerDataset` without augmentation.
-        backup_dir: keep the run's state here after every epoch, and resume
-            from it when it holds one.
-        early_stopping: stop once the test loss has not improved for
+        model: `keras.Model`. A model from `build_model` (with the
+            strategy's weights).
+        strategy: `Strategy` or str. The strategy or its name.
+        train_data: `FlowerDataset`, or anything `fit` takes.
+        test_data: `FlowerDataset` or `None`. Evaluated after every epoch
+            (`validation_data`). Defaults to `None`.
+        epochs: int or `None`. Overrides the strategy's number of epochs.
+            Defaults to `None`.
+        learning_rate: float or `None`. Overrides the strategy's learning
+            rate. Defaults to `None`.
+        callbacks: list of `keras.callbacks.Callback`. More callbacks,
+            passed to every stage's `fit`. Defaults to `()`.
+        verbose: int. Keras's progress bar setting. Defaults to `1`.
+        feature_cache: bool or `None`. Train the frozen epochs (all of
+            `frozen`, the first stage of `two-stage`) on backbone features
+            computed once (`kflowers.training.feature_cache`). Defaults to
+            `None`: whenever the backbone starts frozen and `train_data` is
+            a `FlowerDataset` without augmentation.
+        backup_dir: str or `None`. Keep the run's state here after every
+            epoch, and resume from it when it holds one. Defaults to `None`.
+        early_stopping: bool. Stop once the test loss has not improved for
             `patience` epochs, and end with the best epoch's weights.
-        patience: epochs without improvement before early stopping.
-        stop: a `threading.Event`; once set, training stops after the current
-            batch (the CLI sets it on Ctrl-C).
-        recipe: how each stage trains, a `kflowers.recipes.Recipe` (see
-            `get_recipe`). Defaults to the lesson's. The modern recipe's
-            augmentation and test-time flips belong to the datasets
-            (`FlowerDataset(augment=..., random_erasing=...)`, `evaluate_model(tta=...)`).
-        keep_backup: keep `backup_dir`'s backup once the run has finished
-            (`kflowers.runs` removes it itself, after writing the run's
-            files). By default a finished run removes it, and a finished
-            run's backup found at the start is refused, never silently
-            "resumed" with nothing left to train.
+            Defaults to `False`.
+        patience: int. Epochs without improvement before early stopping.
+            Defaults to `3`.
+        stop: `threading.Event` or `None`. Once set, training stops after
+            the current batch (the CLI sets it on Ctrl-C). Defaults to `None`.
+        recipe: `kflowers.recipes.Recipe` or `None`. How each stage trains
+            (see `get_recipe`). Defaults to `None`: the lesson's. The modern
+            recipe's augmentation and test-time flips belong to the datasets
+            (`FlowerDataset(augment=..., random_erasing=...)`,
+            `evaluate_model(tta=...)`).
+        keep_backup: bool. Keep `backup_dir`'s backup once the run has
+            finished (`kflowers.runs` removes it itself, after writing the
+            run's files). Defaults to `False`: a finished run removes it,
+            and a finished run's backup found at the start is refused, never
+            silently "resumed" with nothing left to train.
 
     Returns:
         A `TrainingResult`.
@@ -143,9 +153,11 @@ def train(
         BackupMismatch: `backup_dir` holds the backup of another run.
 
     Example:
-    >>> model = build_model(weights="imagenet")
-    >>> result = train(model, "two-stage", train_ds, test_ds)
-    >>> result.rows[-1]["test_accuracy"]
+    ```python
+    model = build_model(weights="imagenet", image_size=64)
+    result = train(model, "two-stage", train_ds, test_ds, epochs=4)
+    result.rows[-1]["test_accuracy"]
+    ```
     """
     strategy = get_strategy(strategy) if isinstance(strategy, str) else strategy
     strategy = strategy.with_epochs(epochs)
@@ -189,6 +201,47 @@ def plan_stages(strategy, cached):
     return stages
 
 
+def choose_stages(strategy, train_data, feature_cache):
+    """`plan_stages` for `train`'s arguments: the cache serves the frozen stage when it can and is not
+    refused (`feature_cache=None`), and must be able to when asked for (`True`)."""
+    from kflowers.data.dataset import FlowerDataset
+
+    cacheable = strategy.freeze and isinstance(train_data, FlowerDataset) and not train_data.augment
+    if feature_cache is None:
+        feature_cache = cacheable
+    elif feature_cache and not cacheable:
+        raise ValueError(
+            "the feature cache needs a strategy with a frozen backbone and a FlowerDataset without augmentation"
+        )
+    stages = plan_stages(strategy, feature_cache)
+    if strategy.unfreeze_epoch is not None and len(stages) == 1:
+        log.warning(
+            "%s over %d epoch(s) never unfreezes the backbone (it unfreezes after epoch %d): "
+            "this run trains as 'frozen'",
+            strategy.name,
+            strategy.epochs,
+            strategy.unfreeze_epoch,
+        )
+    return stages
+
+
+def run_fingerprint(strategy, recipe, stages, data, learning_rate, early_stopping):
+    """What a backup must agree with to be resumed by a run of these arguments (JSON values)."""
+    return {
+        "strategy": strategy.name,
+        "epochs": strategy.epochs,
+        "learning_rate": learning_rate,
+        **({"recipe": dataclasses.asdict(recipe)} if recipe.name != "lesson" else {}),
+        "stages": [[stage.name, stage.start, stage.end] for stage in stages],
+        "train_images": _digest(getattr(data, "paths", [])),
+        "batch_size": getattr(data, "batch_size", None),
+        "image_size": getattr(data, "image_size", None),
+        "seed": getattr(data, "seed", None),
+        "early_stopping": early_stopping is not None,
+        "backend": keras.backend.backend(),
+    }
+
+
 class EarlyStopping:
     """Stop once the monitored loss has not improved for `patience` epochs; keep the best weights."""
 
@@ -214,24 +267,31 @@ class EarlyStopping:
 
 
 class RunLoop:
-    """Runs one strategy's stages; see `train` for the arguments."""
+    """Runs one strategy's stages; see `train` for the arguments (and their defaults, kept there alone).
+
+    One class, a little over 150 lines on purpose: it is the one owner of a run's state (stage, optimizer,
+    history rows, early stopping, backup), which every part of it reads and writes; the pieces that
+    stand alone are functions beside it (`choose_stages`, `run_fingerprint`) or own classes
+    (`EarlyStopping`, `FeatureCache`, `backup`).
+    """
 
     def __init__(
         self,
         model,
         strategy,
         train_data,
-        test_data=None,
-        learning_rate=None,
-        callbacks=(),
-        verbose=1,
-        feature_cache=None,
-        backup_dir=None,
-        early_stopping=False,
-        patience=3,
-        stop=None,
-        recipe=None,
-        keep_backup=False,
+        test_data,
+        *,
+        learning_rate,
+        callbacks,
+        verbose,
+        feature_cache,
+        backup_dir,
+        early_stopping,
+        patience,
+        stop,
+        recipe,
+        keep_backup,
     ):
         from kflowers.data.dataset import FlowerDataset
 
@@ -247,22 +307,7 @@ class RunLoop:
         self.early = EarlyStopping(patience) if early_stopping else None
         self.stop = stop
         self.is_flower_data = isinstance(train_data, FlowerDataset)
-        cacheable = strategy.freeze and self.is_flower_data and not train_data.augment
-        if feature_cache is None:
-            feature_cache = cacheable
-        elif feature_cache and not cacheable:
-            raise ValueError(
-                "the feature cache needs a strategy with a frozen backbone and a FlowerDataset without augmentation"
-            )
-        self.stages = plan_stages(strategy, feature_cache)
-        if strategy.unfreeze_epoch is not None and len(self.stages) == 1:
-            log.warning(
-                "%s over %d epoch(s) never unfreezes the backbone (it unfreezes after epoch "
-                "%d): this run trains as 'frozen'",
-                strategy.name,
-                strategy.epochs,
-                strategy.unfreeze_epoch,
-            )
+        self.stages = choose_stages(strategy, train_data, feature_cache)
         self.cache = None
         self.rows = []
         self.optimizer = None  # the optimizer of the stage being trained
@@ -298,21 +343,7 @@ class RunLoop:
 
         recorder = _Recorder(self)
         if stage.name == "cached":
-            file_writers = (keras.callbacks.BackupAndRestore, keras.callbacks.ModelCheckpoint)
-            callbacks = [
-                self.cache.follow_epochs,
-                *[c for c in self.callbacks if not isinstance(c, file_writers)],
-                recorder,
-            ]
-            self.cache.head_model.fit(
-                self.cache.batches,
-                validation_data=self.cache.validation,
-                initial_epoch=first_epoch,
-                epochs=stage.end,
-                shuffle=False,
-                verbose=self.verbose,
-                callbacks=callbacks,
-            )
+            self.cache.fit(first_epoch, stage.end, callbacks=[*self.callbacks, recorder], verbose=self.verbose)
             return
         callbacks = [*self.callbacks, recorder]
         if self.is_flower_data:
@@ -331,23 +362,10 @@ class RunLoop:
 
     def fingerprint(self):
         """What a backup must agree with to be resumed by this run (JSON values)."""
-        data = self.train_data
-        return {
-            "strategy": self.strategy.name,
-            "epochs": self.strategy.epochs,
-            "learning_rate": self.learning_rate,
-            **({"recipe": dataclasses.asdict(self.recipe)} if self.recipe.name != "lesson" else {}),
-            "stages": [[stage.name, stage.start, stage.end] for stage in self.stages],
-            "train_images": _digest(getattr(data, "paths", [])),
-            "batch_size": getattr(data, "batch_size", None),
-            "image_size": getattr(data, "image_size", None),
-            "seed": getattr(data, "seed", None),
-            "early_stopping": self.early is not None,
-            "backend": keras.backend.backend(),
-        }
+        return run_fingerprint(self.strategy, self.recipe, self.stages, self.train_data, self.learning_rate, self.early)
 
     def _save(self, epoch, stage):
-        if not self.backup_dir:
+        if not self.backup_dir or not is_main_process():  # under torchrun all processes hold the same state
             return
         backup.save(
             self.backup_dir,
@@ -364,14 +382,7 @@ class RunLoop:
         )
 
     def _restore(self, state):
-        theirs, ours = dict(state.fingerprint), self.fingerprint()
-        theirs.setdefault("backend", ours["backend"])  # backups from before it was recorded
-        if theirs != ours:
-            different = [k for k in ours if theirs.get(k) != ours[k]]
-            raise backup.BackupMismatch(
-                f"the backup in {self.backup_dir} is of another run ({', '.join(different)} differ); "
-                "start afresh without --resume or use another --out"
-            )
+        backup.check_fingerprint(state.fingerprint, self.fingerprint(), self.backup_dir)
         stage = next(s for s in self.stages if s.name == state.stage)
         self._enter(stage)
         backup.assign(self.model.weights, state.weights, "weights")
@@ -418,7 +429,7 @@ class RunLoop:
         interrupted = self._stop_requested()
         if self.early is not None and self.early.best_weights is not None and not interrupted:
             self.model.set_weights(self.early.best_weights)
-        if not interrupted and self.backup_dir and not self.keep_backup:
+        if not interrupted and self.backup_dir and not self.keep_backup and is_main_process():
             backup.remove(self.backup_dir)  # only an interrupted run needs it
         test_features = None
         if self.cache is not None and all(s.name == "cached" for s in self.stages):
@@ -439,7 +450,7 @@ class RunLoop:
         """Called by `_Recorder` after a whole epoch; returns whether to stop."""
         row = {"epoch": epoch + 1}
         for key, value in (logs or {}).items():
-            row["test_" + key[4:] if key.startswith("val_") else key] = float(value)
+            row[key] = float(value)
         self.rows = [r for r in self.rows if r["epoch"] <= epoch] + [row]
         stop = False
         if self.early is not None:
@@ -481,6 +492,10 @@ class _Recorder(keras.callbacks.Callback):
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
+        # The test split is called so in the progress bar too, as in the run's files: Keras's bar and
+        # History come after every other callback, which have seen Keras's own `val_*` names.
+        for key in [k for k in (logs or {}) if k.startswith("val_")]:
+            logs["test_" + key[4:]] = logs.pop(key)
         if self.loop._stop_requested() or self.loop.diverged:
             return  # cut short: not a finished epoch
         logs = dict(logs or {}, seconds=time.perf_counter() - self._start)
