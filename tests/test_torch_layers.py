@@ -2,6 +2,10 @@
 computes (outputs, gradients, BatchNorm statistics), and falls back to it
 where its fast path does not apply."""
 
+import collections
+import contextlib
+from unittest import mock
+
 import keras
 import numpy as np
 import pytest
@@ -36,9 +40,37 @@ def _run(layer, x, upstream, **kwargs):
     return _np(y.detach()), _np(x.grad), [np.array(w) for w in layer.get_weights()]
 
 
-def _assert_same(stock, fast, x, rtol=1e-5, **kwargs):
+@contextlib.contextmanager
+def stock_calls():
+    """Count the calls of Keras's own Conv2D, BatchNormalization and MaxPooling2D code: where a switched
+    layer steps aside, it calls them; where its fast path runs, it doesn't."""
+    counts = collections.Counter()
+    with contextlib.ExitStack() as stack:
+        for cls, name in FAST_METHODS:
+
+            def counted(self, *args, _original=getattr(cls, name), _name=cls.__name__, **kwargs):
+                counts[_name] += 1
+                return _original(self, *args, **kwargs)
+
+            stack.enter_context(mock.patch.object(cls, name, counted))
+        yield counts
+
+
+FAST_METHODS = (
+    (keras.layers.Conv2D, "convolution_op"),
+    (keras.layers.BatchNormalization, "call"),
+    (keras.layers.MaxPooling2D, "call"),
+)
+
+
+def _assert_same(stock, fast, x, rtol=1e-5, stock_path=False, **kwargs):
+    """`fast` computes what `stock` computes, on its fast path (or, with `stock_path`, on Keras's code)."""
     upstream = np.random.default_rng(1).standard_normal(stock.compute_output_shape(x.shape)).astype("float32")
-    for want, got in zip(_run(stock, x, upstream, **kwargs), _run(fast, x, upstream, **kwargs)):
+    expected = _run(stock, x, upstream, **kwargs)
+    with stock_calls() as counts:
+        actual = _run(fast, x, upstream, **kwargs)
+    assert bool(counts) == stock_path, f"stock code calls: {dict(counts)}"
+    for want, got in zip(expected, actual):
         for w, g in zip(want if isinstance(want, list) else [want], got if isinstance(got, list) else [got]):
             np.testing.assert_allclose(g, w, rtol=rtol, atol=rtol * np.abs(w).max())
 
@@ -61,7 +93,7 @@ def _images(shape=(4, 9, 10, 6)):
 def test_conv2d_matches_keras(config):
     config.setdefault("use_bias", False)
     stock, fast = _pair(keras.layers.Conv2D, config, (4, 9, 10, 6))
-    _assert_same(stock, fast, _images())
+    _assert_same(stock, fast, _images(), stock_path=config.get("strides") == 2 and config["padding"] == "same")
 
 
 @torch_only
@@ -86,7 +118,7 @@ def test_frozen_batch_normalization_uses_and_keeps_its_moving_statistics():
 @pytest.mark.parametrize("config", [dict(pool_size=3, strides=2), dict(pool_size=2, padding="same")])
 def test_max_pooling_matches_keras(config):
     stock, fast = _pair(keras.layers.MaxPooling2D, config, (4, 9, 10, 6))
-    _assert_same(stock, fast, _images())
+    _assert_same(stock, fast, _images(), stock_path=config.get("padding") == "same")
 
 
 @torch_only
@@ -95,9 +127,9 @@ def test_channels_first_and_float16_take_the_stock_path():
     stock, fast = _pair(
         keras.layers.Conv2D, dict(filters=4, kernel_size=3, data_format="channels_first"), (2, 6, 9, 10)
     )
-    _assert_same(stock, fast, x)
+    _assert_same(stock, fast, x, stock_path=True)
     stock, fast = _pair(keras.layers.BatchNormalization, dict(axis=1), (2, 6, 9, 10))
-    _assert_same(stock, fast, x, training=True)
+    _assert_same(stock, fast, x, training=True, stock_path=True)
     half = keras.layers.BatchNormalization(dtype="float16")
     torch_layers.switch(half)
     assert keras.backend.standardize_dtype(half(x.astype("float16"), training=True).dtype) == "float16"
@@ -201,3 +233,40 @@ def test_jit_compile_trains_the_default_model(caplog):
     assert np.all(np.isfinite(losses))
     assert all(not np.array_equal(a, _np(v)) for a, v in zip(before, model.trainable_variables))
     assert any("torch.compile" in r.getMessage() for r in caplog.records)
+
+
+# The fast path leans on two things torch and Keras do not offer publicly; these fail loudly when they move.
+
+
+@torch_only
+def test_torch_still_counts_in_place_writes_in_version():
+    import torch
+
+    tensor = torch.zeros(3)
+    before = tensor._version
+    tensor.add_(1)
+    tensor[0] = 5
+    assert tensor._version == before + 2
+
+
+@torch_only
+def test_a_kernel_cache_key_tells_a_new_tensor_from_the_old_one_at_the_same_address():
+    import torch
+
+    kernel = torch.zeros(3, 3)
+    key = torch_layers.versions(kernel)
+    assert torch_layers.versions(kernel) == key
+    alias = kernel.detach()  # same address, same write count, another tensor
+    assert (alias.data_ptr(), alias._version) == (kernel.data_ptr(), kernel._version)
+    assert torch_layers.versions(alias) != key
+    kernel.mul_(2)
+    assert torch_layers.versions(kernel) != key
+
+
+def test_keras_autocast_scope_is_where_the_fast_path_reads_it():
+    from keras.src.backend.common.variables import AutocastScope  # kflowers's one private Keras import
+
+    variable = keras.Variable(np.ones(2, "float32"))
+    with AutocastScope("bfloat16"):
+        assert "bfloat16" in str(variable.value.dtype)  # what a layer's call sees under mixed precision
+        assert "float32" in str(torch_layers.stored(variable).dtype)  # what the fast path reads

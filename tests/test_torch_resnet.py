@@ -6,6 +6,9 @@ tested against the stock Keras layer in test_torch_layers.py, so both sides
 use the same torch kernels and differ only in how the backbone is put
 together; test_model.py checks the whole model against plain torch too.)"""
 
+import contextlib
+from unittest import mock
+
 import keras
 import numpy as np
 import pytest
@@ -68,6 +71,17 @@ def _assert_close(stock_values, fast_values, rtol=5e-4):
         np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * max(np.abs(want).max(), 1e-6))
 
 
+@contextlib.contextmanager
+def one_torch_function(model):
+    """Fail if `model`'s backbone runs its layers one by one (the fast path stepped aside)."""
+
+    def layer_by_layer(*args, **kwargs):
+        raise AssertionError("the backbone ran layer by layer, not as one torch function")
+
+    with mock.patch.object(type(model.get_layer("backbone")), "call", layer_by_layer):
+        yield
+
+
 def _freeze(model, frozen):
     backbone = model.get_layer("backbone")
     if frozen == "backbone":
@@ -91,13 +105,17 @@ def test_matches_the_stock_layers(twins, training, frozen):
     stock, fast = twins
     for model in twins:
         _freeze(model, frozen)
-    _assert_close(_step(stock, _images(), training), _step(fast, _images(), training))
+    expected = _step(stock, _images(), training)
+    with one_torch_function(fast):
+        _assert_close(expected, _step(fast, _images(), training))
 
 
 def test_predict_folds_batch_norm_and_follows_every_weight_change(twins):
     stock, fast = twins
     images = _images()
-    _assert_close([stock.predict(images, verbose=0)], [fast.predict(images, verbose=0)], rtol=1e-5)
+    expected = stock.predict(images, verbose=0)
+    with one_torch_function(fast):
+        _assert_close([expected], [fast.predict(images, verbose=0)], rtol=1e-5)
     # Folded kernels are cached: each kind of change must reach them.
     stock_bn, fast_bn = (m.get_layer("backbone").get_layer("stack2_block1_2_bn") for m in twins)
     for name in ("moving_variance", "moving_mean", "gamma", "beta"):

@@ -40,8 +40,9 @@ def is_image_file(path):
     """Whether `path` has an image extension (case-insensitive).
 
     Example:
-    >>> is_image_file("Rose_01.JPG")
-    True
+    ```python
+    is_image_file("Rose_01.JPG")  # True
+    ```
     """
     name = os.path.basename(path)
     return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
@@ -51,22 +52,24 @@ def read_image(path, min_size=None):
     """Decode `path` into an `(H, W, 3)` `uint8` RGB array.
 
     Args:
-        path: the image file.
-        min_size: optional int. When set, a JPEG may be decoded at a reduced
-            scale (1/2, 1/4 or 1/8) as long as both sides stay at least
-            `min_size` pixels: a 1000 px photo resized to 64 px then costs a
-            fraction of a full decode. An image above `LARGE_PIXELS` of any
-            format is shrunk by a whole factor right after decoding, keeping
-            at least twice `min_size` on its short side, before any copy.
+        path: str or path. The image file.
+        min_size: int or `None`. When set, a JPEG may be decoded at a
+            reduced scale (1/2, 1/4 or 1/8) as long as both sides stay at
+            least `min_size` pixels: a 1000 px photo resized to 64 px then
+            costs a fraction of a full decode. An image above
+            `LARGE_PIXELS` of any format is shrunk by a whole factor right
+            after decoding, keeping at least twice `min_size` on its short
+            side, before any copy. Defaults to `None`.
 
     Raises:
         UnreadableImage: the file is empty, truncated, not an image, or too
             large; the message names the reason.
 
     Example:
-    >>> pixels = read_image("flowers/rose/1.jpg", min_size=224)
-    >>> pixels.shape[-1], pixels.dtype
-    (3, dtype('uint8'))
+    ```python
+    pixels = read_image("rose.jpg", min_size=224)
+    pixels.shape[-1], pixels.dtype  # (3, dtype('uint8'))
+    ```
     """
     try:
         if os.path.getsize(path) == 0:  # FileNotFoundError for a dangling link
@@ -91,7 +94,7 @@ def read_image(path, min_size=None):
     except UnreadableImage:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise UnreadableImage(_reason(error)) from None
+        raise UnreadableImage(_reason(error)) from error
 
 
 def _to_rgb_uint8(image):
@@ -122,8 +125,9 @@ def to_uint8(pixels):
     most that pixel.
 
     Example:
-    >>> to_uint8(np.array([0, 256, 32768, 65535], np.uint16))
-    array([  0,   1, 128, 255], dtype=uint8)
+    ```python
+    to_uint8(np.array([0, 256, 32768, 65535], np.uint16))  # array([  0,   1, 128, 255], dtype=uint8)
+    ```
     """
     if pixels.dtype == np.uint8:
         return pixels

@@ -2,14 +2,19 @@
 `.weights.h5` files and keras-hub presets.
 
 torchvision's and timm's checkpoints use the same key names for ResNet18;
-keras-hub's timm converter maps them onto `ResNetBackbone`, and kflowers feeds
-it through a small state-dict loader.
+kflowers checks a state dict against that layout and hands it to keras-hub's
+timm loader (`ResNetBackbone.from_preset` on a preset folder it writes), which
+maps the keys onto `ResNetBackbone`.
 """
 
+import json
 import logging
 import os
 import re
+import tempfile
+
 import numpy as np
+
 from kflowers.errors import WeightsError
 from kflowers.errors import first_line
 from kflowers.models.parts import model_parts
@@ -84,46 +89,58 @@ def read_torch_state_dict(path):
     return {k.removeprefix("module."): v.detach().cpu().numpy() for k, v in state.items() if hasattr(v, "detach")}
 
 
+def resnet18_state_shapes():
+    """`{key: shape}` of a torchvision/timm ResNet18 state dict's backbone (its `fc` head aside)."""
+    shapes = {"conv1.weight": (64, 3, 7, 7)}
+
+    def batch_norm(prefix, channels):
+        shapes.update({f"{prefix}.{name}": (channels,) for name in ("weight", "bias", "running_mean", "running_var")})
+
+    batch_norm("bn1", 64)
+    inputs = 64
+    for stage, channels in enumerate((64, 128, 256, 512), start=1):
+        for block in (0, 1):
+            prefix = f"layer{stage}.{block}"
+            shapes[f"{prefix}.conv1.weight"] = (channels, inputs if block == 0 else channels, 3, 3)
+            batch_norm(f"{prefix}.bn1", channels)
+            shapes[f"{prefix}.conv2.weight"] = (channels, channels, 3, 3)
+            batch_norm(f"{prefix}.bn2", channels)
+            if block == 0 and stage > 1:  # the shortcut that halves the side and widens the channels
+                shapes[f"{prefix}.downsample.0.weight"] = (channels, inputs, 1, 1)
+                batch_norm(f"{prefix}.downsample.1", channels)
+        inputs = channels
+    return shapes
+
+
 def load_state_dict(backbone, state):
     """Copy a torchvision/timm-layout ResNet18 state dict into `backbone`.
 
-    The key mapping is keras-hub's timm converter; this checks the whole
-    file first, so a checkpoint of another architecture fails with every
-    problem named instead of a half-loaded backbone.
+    The whole dict is checked first against ResNet18's layout
+    (`resnet18_state_shapes`), so a checkpoint of another architecture fails
+    with every problem named instead of a half-loaded backbone. The copy is
+    keras-hub's own, through its public API: the backbone's entries are
+    written as a timm preset folder (`config.json`, `model.safetensors`) and
+    read by `ResNetBackbone.from_preset`.
     """
-    from keras_hub.src.utils.timm import convert_resnet
+    from safetensors.numpy import save_file
 
-    recorder = _StateDictLoader(state, dry_run=True)
-    convert_resnet.convert_weights(backbone, recorder, {"architecture": "resnet18"})
-    unexpected = sorted(k for k in state if k not in recorder.used and not _IGNORED_KEYS.search(k))
-    if recorder.missing or recorder.mismatched or unexpected:
-        raise WeightsError(_describe_mismatch(recorder.missing, recorder.mismatched, unexpected))
-    convert_resnet.convert_weights(backbone, _StateDictLoader(state), {"architecture": "resnet18"})
-
-
-class _StateDictLoader:
-    """The `port_weight` interface of keras-hub's converters, over a dict."""
-
-    def __init__(self, state, dry_run=False):
-        self.state = state
-        self.dry_run = dry_run
-        self.used = set()
-        self.missing = []
-        self.mismatched = []
-
-    def port_weight(self, keras_variable, hf_weight_key, hook_fn=None):
-        self.used.add(hf_weight_key)
-        if hf_weight_key not in self.state:
-            self.missing.append(hf_weight_key)
-            return
-        value = np.asarray(self.state[hf_weight_key])
-        if hook_fn:
-            value = hook_fn(value, list(keras_variable.shape))
-        if tuple(value.shape) != tuple(keras_variable.shape):
-            self.mismatched.append((hf_weight_key, tuple(self.state[hf_weight_key].shape), tuple(keras_variable.shape)))
-            return
-        if not self.dry_run:
-            keras_variable.assign(value.astype(keras_variable.dtype))
+    expected = resnet18_state_shapes()
+    missing = [key for key in expected if key not in state]
+    mismatched = [
+        (key, tuple(np.shape(state[key])), shape)
+        for key, shape in expected.items()
+        if key in state and tuple(np.shape(state[key])) != shape
+    ]
+    unexpected = sorted(key for key in state if key not in expected and not _IGNORED_KEYS.search(key))
+    if missing or mismatched or unexpected:
+        raise WeightsError(_describe_mismatch(missing, mismatched, unexpected))
+    with tempfile.TemporaryDirectory(prefix="kflowers-preset-") as preset:
+        with open(os.path.join(preset, "config.json"), "w") as f:
+            json.dump({"architecture": "resnet18", "num_classes": 1000}, f)
+        weights = {key: np.ascontiguousarray(state[key], dtype="float32") for key in expected}
+        save_file(weights, os.path.join(preset, "model.safetensors"))
+        loaded = _backbone_from_preset(preset, backbone.image_shape)
+    backbone.set_weights(loaded.get_weights())
 
 
 def _describe_mismatch(missing, mismatched, unexpected, limit=6):
@@ -137,18 +154,11 @@ def _describe_mismatch(missing, mismatched, unexpected, limit=6):
     if mismatched:
         parts.append(
             f"{len(mismatched)} shape mismatch(es): "
-            + listing([f"{k} {tuple(a)} (ResNet18 needs {_torch_shape(b)})" for k, a, b in mismatched])
+            + listing([f"{k} {tuple(a)} (ResNet18 needs {tuple(b)})" for k, a, b in mismatched])
         )
     if unexpected:
         parts.append(f"{len(unexpected)} unexpected key(s): {listing(unexpected)}")
     return "the checkpoint is not a torchvision/timm ResNet18: " + "; ".join(parts)
-
-
-def _torch_shape(keras_shape):
-    if len(keras_shape) == 4:  # HWIO -> OIHW
-        h, w, i, o = keras_shape
-        return (o, i, h, w)
-    return tuple(keras_shape)
 
 
 def _load_keras_weights(model, backbone, path):

@@ -23,9 +23,10 @@ than the layer's own settings stops it, it says so once in the log.
 (`kflowers.models.torch_kernels`).
 
 Example:
->>> conv = keras.layers.Conv2D(64, 3, padding="same")
->>> kflowers.models.torch_kernels.layers.switch(conv)
-True
+```python
+conv = keras.layers.Conv2D(64, 3, padding="same")
+kflowers.models.torch_kernels.layers.switch(conv)  # True
+```
 """
 
 import logging
@@ -102,13 +103,32 @@ def torch_kernel(kernel):
     return kernel.reshape(h * w * i, o).t().contiguous().view(o, h, w, i).permute(0, 3, 1, 2)
 
 
-def versions(*tensors):
-    """A key that changes when any of `tensors` is written to or replaced.
+class TensorVersions:
+    """A cache key that changes when any of its tensors is written to or replaced.
 
-    torch counts in-place writes in `_version`; Keras's `assign` and its
-    optimizers' updates are in place.
+    torch counts in-place writes in each tensor's `_version` (Keras's `assign`
+    and its optimizers' updates are in place). torch has no public counter for
+    this (an upstream gap): `tests/test_torch_layers.py` fails loudly if
+    `_version` stops counting. The key holds the tensors themselves and
+    compares them by identity, so a new tensor that happens to reuse an old
+    one's address and count is never taken for it.
     """
-    return tuple((t.data_ptr(), t._version, t.device) for t in tensors)
+
+    def __init__(self, tensors):
+        self.tensors = tuple(tensors)
+        self.state = tuple((t.data_ptr(), t._version, t.device) for t in self.tensors)
+
+    def __eq__(self, other):
+        if not isinstance(other, TensorVersions) or len(other.tensors) != len(self.tensors):
+            return False
+        return all(a is b for a, b in zip(self.tensors, other.tensors)) and self.state == other.state
+
+    __hash__ = None
+
+
+def versions(*tensors):
+    """`TensorVersions(tensors)`: a key that changes when any of `tensors` is written to or replaced."""
+    return TensorVersions(tensors)
 
 
 def stored(variable):
@@ -123,10 +143,20 @@ def stored(variable):
         return variable
     try:
         from keras.src.backend.common.variables import AutocastScope
-    except ImportError:  # Keras moved it: read the (possibly cast) value
+    except ImportError:  # Keras moved it (tests/test_torch_layers.py fails then): read the value as it comes
+        _warn_once("keras.src.backend.common.variables.AutocastScope is gone: the fast path reads cast copies")
         return variable.value
     with AutocastScope(None):
         return variable.value
+
+
+_WARNED = set()
+
+
+def _warn_once(message):
+    if message not in _WARNED:
+        _WARNED.add(message)
+        log.warning(message)
 
 
 def reordered_kernel(layer, kernel, dtype=None):
