@@ -46,6 +46,7 @@ _EXPORTS = {
     "load_weights": "kflowers.models.weights",
     "save_model": "kflowers.models.saving",
     "load_model": "kflowers.models.saving",
+    "remember_class_names": "kflowers.models.saving",
     "use_torch_kernels": "kflowers.models.torch_kernels",
     "WeightsError": "kflowers.errors",
     "download_flowers": "kflowers.data.download",

@@ -2,7 +2,7 @@
 
 resnet         `build_model`, `with_image_size`
 weights        ImageNet checkpoint, `.pth`, `.safetensors`, `.weights.h5`, keras-hub presets
-saving         `save_model`, `load_model`: one `.keras` file that keeps its class names
+saving         `save_model`, `load_model`, `remember_class_names`: `.keras` files that keep class names
 parts          `model_parts`: where the backbone, pooling and head are
 losses         label smoothing for integer labels
 torch_kernels  the backbone on torch's channels-last kernels, as one torch function
@@ -28,6 +28,8 @@ _EXPORTS = {
     "save_model": "kflowers.models.saving",
     "read_class_names": "kflowers.models.saving",
     "load_model": "kflowers.models.saving",
+    "remember_class_names": "kflowers.models.saving",
+    "resnet18_state_shapes": "kflowers.models.weights",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_exports(__name__, _EXPORTS)

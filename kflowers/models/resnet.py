@@ -38,54 +38,44 @@ def build_model(num_classes=5, weights="imagenet", image_size=224, name="kflower
     """The ResNet18 flower classifier, as a functional `keras.Model`.
 
     Args:
-        num_classes: number of classes (outputs of the `head`).
-        weights: where the backbone's weights come from:
-            `None` or `"none"`: random initialisation;
-            `"imagenet"`: torchvision's ImageNet ResNet18 checkpoint
-            (`resnet18-f37072fd.pth`), downloaded once and hash-checked;
-            a keras-hub preset (`"resnet_18_imagenet"`,
-            `"hf://timm/resnet18.a1_in1k"`, or a local preset folder);
-            a file: a torchvision-layout `.pth`/`.pt` state dict, a
-            timm-layout `.safetensors`, or a Keras `.weights.h5` saved from a
-            backbone or from a whole kflowers model.
-        image_size: side of the square input images; `None` accepts any size.
-        name: the model's name.
-        torch_kernels: on the torch backend, run the backbone on torch's
-            channels-last kernels (`kflowers.torch_layers`) as one torch
-            function (`kflowers.torch_resnet`); same weights, config and
-            results, faster (see docs/performance.md). `False`
-            keeps Keras's stock layers. Other backends ignore it.
+        num_classes: int. The number of classes (outputs of the `head`).
+            Defaults to `5`.
+        weights: str, path or `None`. Where the backbone's weights come
+            from: `None` or `"none"`: random initialisation; `"imagenet"`:
+            torchvision's ImageNet ResNet18 checkpoint
+            (`resnet18-f37072fd.pth`), downloaded once and hash-checked; a
+            keras-hub preset (`"resnet_18_imagenet"`,
+            `"hf://timm/resnet18.a1_in1k"`, or a local preset folder); a
+            file: a torchvision-layout `.pth`/`.pt` state dict, a
+            timm-layout `.safetensors`, or a Keras `.weights.h5` saved from
+            a backbone or from a whole kflowers model. Defaults to
+            `"imagenet"`.
+        image_size: int or `None`. The side of the square input images;
+            `None` accepts any size. Defaults to `224`.
+        name: str. The model's name. Defaults to `"kflowers_resnet18"`.
+        torch_kernels: bool. On the torch backend, run the backbone on
+            torch's channels-last kernels as one torch function
+            (`kflowers.models.torch_kernels`); same weights, config and
+            results, faster (see docs/performance.md). `False` keeps
+            Keras's stock layers. Other backends ignore it. Defaults to
+            `True`.
 
     Returns:
         A `keras.Model` from `(batch, S, S, 3)` pixels in 0-255 (uint8 or
         float) to `(batch, num_classes)` logits.
 
     Example:
-    >>> model = build_model(num_classes=5, weights="imagenet")
-    >>> kflowers.model_parts(model).backbone.trainable = False   # freeze
-    >>> model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    ```python
+    model = build_model(num_classes=5, weights="imagenet")
+    kflowers.model_parts(model).backbone.trainable = False   # freeze
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    ```
     """
     import keras
-    import keras_hub
 
     weights = weights_value(weights)
-    shape = (image_size, image_size, 3)
-    inputs = keras.Input(shape=shape, name="images")
-    preprocess = keras.layers.Normalization(
-        mean=[255.0 * m for m in IMAGENET_MEAN],
-        variance=[(255.0 * s) ** 2 for s in IMAGENET_STD],
-        name="preprocess",
-    )
-    x = preprocess(inputs)
     is_preset = isinstance(weights, str) and _is_preset(weights)
-    if is_preset:
-        backbone = _backbone_from_preset(weights, shape)
-    else:
-        backbone = keras_hub.models.ResNetBackbone(
-            **RESNET18_CONFIG, image_shape=shape, data_format="channels_last", name="backbone"
-        )
-    features = backbone(x)
-    pooled = keras.layers.GlobalAveragePooling2D(name="pool")(features)
+    inputs, pooled = _pooled_resnet18(image_size, weights if is_preset else None)
     # float32 logits whatever the dtype policy, as keras.io recommends for mixed precision.
     logits = keras.layers.Dense(num_classes, dtype="float32", name="head")(pooled)
     model = keras.Model(inputs, logits, name=name)
@@ -98,6 +88,28 @@ def build_model(num_classes=5, weights="imagenet", image_size=224, name="kflower
     return model
 
 
+def _pooled_resnet18(image_size, preset=None):
+    """`(inputs, pooled features)`: images -> ImageNet normalisation -> ResNet18 backbone -> global pooling."""
+    import keras
+    import keras_hub
+
+    shape = (image_size, image_size, 3)
+    inputs = keras.Input(shape=shape, name="images")
+    preprocess = keras.layers.Normalization(
+        mean=[255.0 * m for m in IMAGENET_MEAN],
+        variance=[(255.0 * s) ** 2 for s in IMAGENET_STD],
+        name="preprocess",
+    )
+    if preset is not None:
+        backbone = _backbone_from_preset(preset, shape)
+    else:
+        backbone = keras_hub.models.ResNetBackbone(
+            **RESNET18_CONFIG, image_shape=shape, data_format="channels_last", name="backbone"
+        )
+    pooled = keras.layers.GlobalAveragePooling2D(name="pool")(backbone(preprocess(inputs)))
+    return inputs, pooled
+
+
 def with_image_size(model, image_size):
     """The same classifier, weights and dtype policy, for `image_size` inputs.
 
@@ -108,16 +120,19 @@ def with_image_size(model, image_size):
     to match ("FixRes", Touvron et al. 2019).
 
     Args:
-        model: a model from `build_model` (or `load_model`).
-        image_size: int, the side of the new model's square inputs.
+        model: `keras.Model`. A model from `build_model` (or `load_model`),
+            whose head may be its own (`model_parts`).
+        image_size: int. The side of the new model's square inputs.
 
     Returns:
-        A new `keras.Model` from `build_model` with `model`'s weights.
+        A new `keras.Model` with `model`'s layers (its head's too) and
+        weights, on torch's kernels where `build_model` would put it.
 
     Example:
-    >>> model = build_model(weights=None, image_size=96)
-    >>> with_image_size(model, 128).input_shape
-    (None, 128, 128, 3)
+    ```python
+    model = build_model(weights=None, image_size=96)
+    with_image_size(model, 128).input_shape  # (None, 128, 128, 3)
+    ```
     """
     import keras
 
@@ -125,15 +140,18 @@ def with_image_size(model, image_size):
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(parts.backbone.dtype_policy.name)  # the layers keep it
     try:
-        resized = build_model(
-            num_classes=parts.head.units,
-            weights=None,
-            image_size=image_size,
-            name=model.name,
-        )
+        inputs, x = _pooled_resnet18(image_size)
+        for layer in parts.head_layers:  # the model's own head, rebuilt from its layers' configs
+            x = type(layer).from_config(layer.get_config())(x)
+        resized = keras.Model(inputs, x, name=model.name)
     finally:
         keras.mixed_precision.set_global_policy(previous)
     resized.set_weights(model.get_weights())
+    from kflowers.models.torch_kernels import use_torch_kernels
+
+    use_torch_kernels(resized)
+    from kflowers.models.saving import remember_class_names
+
     if hasattr(model, "class_names"):
-        resized.class_names = model.class_names
+        remember_class_names(resized, model.class_names)
     return resized

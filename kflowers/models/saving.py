@@ -5,9 +5,13 @@ import os
 import zipfile
 from kflowers.errors import WeightsError
 from kflowers.errors import first_line
-from kflowers.models.parts import HEAD
 
 
+# Where Keras's own `model.save` (and so `ModelCheckpoint`) puts them: the model's assets (`remember_class_names`).
+_CLASSES_ASSET = "kflowers_class_names.json"
+
+
+# Where files saved by earlier kflowers versions keep them: an extra entry of the archive (still read).
 _CLASSES_ENTRY = "kflowers.json"
 
 
@@ -23,21 +27,53 @@ def save_model(model, path, class_names):
     """Save `model` to a `.keras` file that also records its class names.
 
     The write is atomic: the file is written beside `path` and renamed, so
-    a crash leaves the previous file (if any) intact. The class names go in
-    an extra `kflowers.json` entry of the archive, which Keras ignores: the
-    file still loads with plain `keras.models.load_model`: keras-hub saves
-    the backbone as its config, so the file holds stock Keras layers whether
-    or not the model ran on kflowers's torch path (`torch_kernels`).
+    a crash leaves the previous file (if any) intact. The class names go
+    where Keras's own `model.save` puts them once the model remembers them
+    (`remember_class_names`, which this calls): the file still loads with
+    plain `keras.models.load_model`: keras-hub saves the backbone as its
+    config, so the file holds stock Keras layers whether or not the model
+    ran on kflowers's torch path (`torch_kernels`).
     """
     from kflowers.files import atomic_path
 
     path = os.fspath(path)
     if not path.endswith(".keras"):
         raise ValueError(f"model files end in .keras: {path}")
+    remember_class_names(model, class_names)
     with atomic_path(path, suffix=".keras") as tmp:
         model.save(tmp)
-        with zipfile.ZipFile(tmp, "a") as archive:
-            archive.writestr(_CLASSES_ENTRY, json.dumps({"class_names": list(class_names)}))
+
+
+def remember_class_names(model, class_names):
+    """Give `model` its class names, kept by every `.keras` file Keras writes of it.
+
+    Sets `model.class_names`, and lets Keras's own saving (`model.save`,
+    `keras.callbacks.ModelCheckpoint`) write them into the file's assets,
+    where `kflowers.load_model` reads them. This is the `save_assets` hook
+    Keras calls on every object it saves, set on this model alone; a file
+    written this way still loads with plain `keras.models.load_model`.
+
+    Args:
+        model: `keras.Model`. Any Keras model.
+        class_names: list of str. One name per class, in label order.
+
+    Example:
+    ```python
+    remember_class_names(model, ["daisy", "dandelion", "rose", "sunflower", "tulip"])
+    model.save("best.keras")  # or keras.callbacks.ModelCheckpoint("best.keras") in fit
+    kflowers.load_model("best.keras").class_names  # ['daisy', 'dandelion', ...]
+    ```
+    """
+    import types
+
+    model.class_names = [str(name) for name in class_names]
+
+    def save_assets(self, directory):
+        with open(os.path.join(directory, _CLASSES_ASSET), "w") as f:
+            json.dump({"class_names": self.class_names}, f)
+
+    model.save_assets = types.MethodType(save_assets, model)
+    return model
 
 
 def read_class_names(path):
@@ -49,15 +85,19 @@ def read_class_names(path):
     """
     try:
         with zipfile.ZipFile(path) as archive:
-            if _CLASSES_ENTRY not in archive.namelist():
+            entries = archive.namelist()
+            entry = next((e for e in entries if e == _CLASSES_ENTRY), None) or next(
+                (e for e in entries if e.startswith("assets/") and e.endswith("/" + _CLASSES_ASSET)), None
+            )
+            if entry is None:
                 return None
-            if archive.getinfo(_CLASSES_ENTRY).file_size > MAX_CLASSES_ENTRY_BYTES:  # checked before reading
+            if archive.getinfo(entry).file_size > MAX_CLASSES_ENTRY_BYTES:  # checked before reading
                 raise WeightsError(
-                    f"{path}: its {_CLASSES_ENTRY} declares {archive.getinfo(_CLASSES_ENTRY).file_size:,} bytes "
+                    f"{path}: its {os.path.basename(entry)} declares {archive.getinfo(entry).file_size:,} bytes "
                     f"(class names take at most {MAX_CLASSES_ENTRY_BYTES:,}): the file was edited or damaged"
                 )
-            with archive.open(_CLASSES_ENTRY) as entry:
-                names = json.loads(entry.read(MAX_CLASSES_ENTRY_BYTES + 1))["class_names"]
+            with archive.open(entry) as opened:
+                names = json.loads(opened.read(MAX_CLASSES_ENTRY_BYTES + 1))["class_names"]
     except WeightsError:
         raise
     except (zipfile.BadZipFile, OSError):
@@ -65,9 +105,7 @@ def read_class_names(path):
     except (KeyError, ValueError, TypeError, RecursionError):
         names = None
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
-        raise WeightsError(
-            f"{path}: its class names ({_CLASSES_ENTRY}) are damaged: expected a list of distinct strings"
-        )
+        raise WeightsError(f"{path}: its class names are damaged: expected a list of distinct strings")
     return names
 
 
@@ -75,15 +113,15 @@ def load_model(path, torch_kernels=True):
     """Load a kflowers `.keras` model; `model.class_names` holds its class names.
 
     The file is checked: it must be a Keras archive (else "corrupt"), hold a
-    kflowers classifier (an image model ending in the `head` layer), and its
+    classifier (an image model whose output is a `Dense` layer), and its
     class names, when saved, must match the head's outputs. Keras loads it in
     safe mode: a file with Lambda layers (arbitrary code) is refused.
 
     Args:
-        path: a `.keras` file.
-        torch_kernels: as for `build_model`: on the torch backend, run the
-            convolutions, batch norms and max pooling on torch's
-            channels-last kernels.
+        path: str or path. A `.keras` file.
+        torch_kernels: bool. As for `build_model`: on the torch backend,
+            run the convolutions, batch norms and max pooling on torch's
+            channels-last kernels. Defaults to `True`.
 
     Raises:
         WeightsError: the file is missing, corrupt, not a kflowers classifier,
@@ -106,7 +144,7 @@ def load_model(path, torch_kernels=True):
     if not _is_classifier(model):
         raise WeightsError(
             f"{path} is a Keras model but not a kflowers classifier (an image input of "
-            "shape (size, size, 3) and a final Dense layer named 'head')"
+            "shape (size, size, 3) and a Dense output layer)"
         )
     side = max(d for d in model.input_shape[1:3] if d is not None) if any(model.input_shape[1:3]) else None
     if side is not None and side > MAX_INPUT_SIZE:
@@ -125,16 +163,23 @@ def load_model(path, torch_kernels=True):
         from kflowers.models.torch_kernels import use_torch_kernels
 
         use_torch_kernels(model)
-    model.class_names = names
-    return model
+    return remember_class_names(model, names)
 
 
 def _is_classifier(model):
+    """An image input and one Dense output (its name and the layers before it are the model's own)."""
     import keras
 
     try:
-        head = model.get_layer(HEAD)
         shape = model.input_shape
+        outputs = model.outputs
     except (ValueError, AttributeError):
         return False
-    return isinstance(head, keras.layers.Dense) and len(shape) == 4 and shape[-1] == 3 and model.layers[-1] is head
+    last = model.layers[-1] if model.layers else None
+    return (
+        isinstance(last, keras.layers.Dense)
+        and len(outputs) == 1
+        and isinstance(shape, tuple)
+        and len(shape) == 4
+        and shape[-1] == 3
+    )

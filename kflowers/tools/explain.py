@@ -8,7 +8,9 @@ class, divided by the number of positions. Grad-CAM's channel weights are
 therefore exactly the head's weights, and the map is
 `relu(features @ head_kernel[:, class])` (the class activation map of Zhou et
 al., which Grad-CAM reduces to here). No gradient tape is needed, so it runs
-the same on every backend.
+the same on every backend. A head of its own that is not linear at inference
+(a hidden layer) gets Grad-CAM's channel weights from the backend's autodiff:
+the gradient of the class's logit with respect to the pooled features.
 
 `plot_top_losses` draws the test photos with the highest loss (fastai's
 `plot_top_losses`); `explain_images` writes one Grad-CAM overlay per photo
@@ -41,26 +43,63 @@ def grad_cam(model, pixels, class_index=None, normalize=True):
         map's size, `S / 32`) and the `(N, classes)` logits.
 
     Example:
-    >>> heatmaps, logits = grad_cam(model, prepare_images(["rose.jpg"], 224))
+    ```python
+    heatmaps, logits = grad_cam(model, prepare_images(["rose.jpg"], model.input_shape[1]))
+    ```
     """
     import keras
 
     parts = model_parts(model)
-    features = parts.backbone(parts.preprocess(keras.ops.convert_to_tensor(pixels)), training=False)
+    images = keras.ops.convert_to_tensor(pixels)
+    features = parts.backbone(parts.preprocess(images) if parts.preprocess else images, training=False)
     features = keras.ops.convert_to_numpy(keras.ops.cast(features, "float32"))
-    kernel = keras.ops.convert_to_numpy(parts.head.kernel).astype("float32")
-    bias = keras.ops.convert_to_numpy(parts.head.bias).astype("float32")
-    logits = features.mean(axis=(1, 2)) @ kernel + bias
+    pooled = features.mean(axis=(1, 2))
+    logits = keras.ops.convert_to_numpy(parts.apply_head(pooled, training=False)).astype("float32")
     if class_index is None:
         classes = logits.argmax(axis=-1)
     else:
         classes = np.broadcast_to(np.asarray(class_index), (len(features),))
-    maps = np.maximum(np.einsum("nhwc,cn->nhw", features, kernel[:, classes]), 0)
+    if parts.linear_head:
+        weights = keras.ops.convert_to_numpy(parts.head.kernel).astype("float32")[:, classes].T
+    else:
+        weights = _logit_gradients(parts, pooled, classes, logits.shape[-1])
+    maps = np.maximum(np.einsum("nhwc,nc->nhw", features, weights), 0)
     if not normalize:
         return maps, logits
     peak = maps.reshape(len(maps), -1).max(axis=1)
     maps = maps / np.where(peak > 0, peak, 1)[:, None, None]
     return maps, logits
+
+
+def _logit_gradients(parts, pooled, classes, num_classes):
+    """`(N, C)`: the gradient of each image's class logit with respect to its pooled features, through
+    the head's layers (in inference mode), by the backend's autodiff."""
+    import keras
+
+    chosen = keras.ops.convert_to_tensor(np.eye(num_classes, dtype="float32")[classes])
+
+    def chosen_logits(x):  # images are independent: the sum's gradient is each image's own
+        return keras.ops.sum(keras.ops.cast(parts.apply_head(x, training=False), "float32") * chosen)
+
+    backend = keras.backend.backend()
+    if backend == "torch":
+        import torch
+
+        x = keras.ops.convert_to_tensor(pooled).requires_grad_()
+        (gradient,) = torch.autograd.grad(chosen_logits(x), [x])
+    elif backend == "jax":
+        import jax
+
+        gradient = jax.grad(chosen_logits)(keras.ops.convert_to_tensor(pooled))
+    else:
+        import tensorflow as tf
+
+        x = tf.constant(pooled)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = chosen_logits(x)
+        gradient = tape.gradient(y, x)
+    return keras.ops.convert_to_numpy(gradient).astype("float32")
 
 
 def overlay(pixels, heatmap, alpha=0.45):
