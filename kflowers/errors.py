@@ -65,8 +65,10 @@ def user_message(error):
     """The one line a user sees for `error`, or `None` for a programming error.
 
     Example:
-    >>> user_message(OSError(28, "No space left on device", "run/model.keras"))
-    'No space left on device: run/model.keras (free some space and run again ...)'
+    ```python
+    user_message(OSError(28, "No space left on device", "run/model.keras"))
+    # 'No space left on device: run/model.keras (free some space and run again ...)'
+    ```
     """
     if isinstance(error, KflowersError):
         return first_line(error)

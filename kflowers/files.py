@@ -21,8 +21,10 @@ def atomic_path(path, suffix=""):
     previous contents.
 
     Example:
-    >>> with atomic_path("run/model.keras", suffix=".keras") as tmp:
-    ...     model.save(tmp)
+    ```python
+    with atomic_path("model.keras", suffix=".keras") as tmp:
+        model.save(tmp)
+    ```
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))

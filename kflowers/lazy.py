@@ -1,8 +1,10 @@
 """Names a package exports from its modules, imported on first use (some modules import Keras or torch).
 
 Example (a package's `__init__.py`):
->>> _EXPORTS = {"FlowerDataset": "kflowers.data.dataset"}
->>> __getattr__ = lazy_exports(__name__, _EXPORTS)
+```python
+_EXPORTS = {"FlowerDataset": "kflowers.data.dataset"}
+__getattr__ = lazy_exports(__name__, _EXPORTS)
+```
 """
 
 import importlib

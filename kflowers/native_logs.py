@@ -16,8 +16,10 @@ file descriptor 2 on `/dev/null`, and `TF_CPP_MIN_LOG_LEVEL` defaults to 2
 what is written to the stderr file descriptor during those imports is lost.
 
 Example:
->>> import kflowers, keras_hub          # quiet
->>> # KFLOWERS_VERBOSE=1 python -c "import kflowers, keras_hub"   # TensorFlow's lines shown
+```python
+import kflowers, keras_hub          # quiet
+# KFLOWERS_VERBOSE=1 python -c "import kflowers, keras_hub"   # TensorFlow's lines shown
+```
 """
 
 import contextlib

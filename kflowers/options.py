@@ -5,8 +5,10 @@ holds its command-line help, so `kflowers train --help` and this class can't
 disagree. Imports nothing heavy: the command line reads it before Keras loads.
 
 Example:
->>> RunOptions(data="flowers", strategy="fine-tune", weights="none")
-RunOptions(data='flowers', strategy='finetune', ..., weights=None, ...)
+```python
+RunOptions(data="flowers", strategy="fine-tune", weights="none")
+# RunOptions(data='flowers', strategy='finetune', ..., weights=None, ...)
+```
 """
 
 import argparse

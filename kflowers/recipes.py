@@ -38,9 +38,10 @@ Every ingredient can be turned off by name (`--without ema tta`), for an
 ablation or because a setting needs it.
 
 Example:
->>> recipe = get_recipe("modern", "scratch", without=["ema"])
->>> recipe.label_smoothing, recipe.ema_momentum
-(0.1, None)
+```python
+recipe = get_recipe("modern", "scratch", without=["ema"])
+recipe.label_smoothing, recipe.ema_momentum  # (0.1, None)
+```
 """
 
 import dataclasses
@@ -193,8 +194,9 @@ def test_image_size(recipe, image_size):
     """The side at which `recipe` scores test images when training on `image_size`.
 
     Example:
-    >>> test_image_size(get_recipe("modern", "scratch"), 96)
-    128
+    ```python
+    test_image_size(get_recipe("modern", "scratch"), 96)  # 128
+    ```
     """
     if not recipe.test_scale:
         return image_size
@@ -207,9 +209,10 @@ def learning_rate_schedule(peak, epochs, steps_per_epoch, warmup_epochs, cosine)
     Without `cosine` and warmup, the rate is the float `peak`.
 
     Example:
-    >>> schedule = learning_rate_schedule(0.1, epochs=40, steps_per_epoch=41, warmup_epochs=3, cosine=True)
-    >>> float(schedule(0)), float(schedule(3 * 41))
-    (0.0, 0.1)
+    ```python
+    schedule = learning_rate_schedule(0.1, epochs=40, steps_per_epoch=41, warmup_epochs=3, cosine=True)
+    float(schedule(0)), float(schedule(3 * 41))  # (0.0, 0.1)
+    ```
     """
     import keras
 

@@ -12,8 +12,10 @@ def new_figure(rows=1, cols=1, figsize=(6.4, 4.8), squeeze=True):
     backend and open figures are left alone.
 
     Example:
-    >>> figure, ax = new_figure(figsize=(4, 3))
-    >>> save_figure(figure, "plot.png")
+    ```python
+    figure, ax = new_figure(figsize=(4, 3))
+    save_figure(figure, "plot.png")
+    ```
     """
     from matplotlib.figure import Figure
 
@@ -132,9 +134,11 @@ def history_table(*histories):
             the order they trained.
 
     Example:
-    >>> first = model.fit(train_ds, validation_data=test_ds, epochs=5)
-    >>> second = model.fit(train_ds, validation_data=test_ds, epochs=10, initial_epoch=5)
-    >>> print(history_table(first, second))
+    ```python
+    first = model.fit(train_ds, validation_data=test_ds, epochs=2)
+    second = model.fit(train_ds, validation_data=test_ds, epochs=4, initial_epoch=2)
+    print(history_table(first, second))
+    ```
     """
     rows = []
     for history in histories:

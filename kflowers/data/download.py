@@ -28,14 +28,18 @@ def download_flowers(cache_dir=None, url=FLOWERS_URL, expected_bytes=FLOWERS_ZIP
     raises `DataError`.
 
     Args:
-        cache_dir: where to keep the archive and the extracted folder.
-        url: where to fetch the archive from (any URL `urllib` can open,
-            `file://` included).
-        expected_bytes: the archive's size; `None` skips the size check.
+        cache_dir: str or `None`. Where to keep the archive and the
+            extracted folder. Defaults to `None`: `~/.keras/datasets`.
+        url: str. Where to fetch the archive from (any URL `urllib` can
+            open, `file://` included). Defaults to the lesson's archive.
+        expected_bytes: int or `None`. The archive's size; `None` skips the
+            size check. Defaults to the lesson's archive's size.
 
     Example:
-    >>> root = download_flowers()   # ~236 MB the first time
-    >>> folder = scan_folder(root)
+    ```python
+    root = download_flowers()   # ~236 MB the first time
+    folder = scan_folder(root)
+    ```
     """
     import keras
 

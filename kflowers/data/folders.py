@@ -78,12 +78,13 @@ def scan_folder(root, classes=None, check_images=True, threads=4):
     their bad bytes (the paths keep the bytes).
 
     Args:
-        root: the dataset folder.
-        classes: optional list of class names to use, in label order. Default:
-            every subfolder, sorted by name.
-        check_images: decode every image (at a reduced scale) to catch broken
-            files. `False` only checks extensions.
-        threads: decoding threads for the check.
+        root: str or path. The dataset folder, one subfolder per class.
+        classes: list of str or `None`. The class names to use, in label
+            order. Defaults to `None`: every subfolder, sorted by name.
+        check_images: bool. Decode every image (at a reduced scale) to
+            catch broken files; `False` only checks extensions. Defaults to
+            `True`.
+        threads: int. Decoding threads for the check. Defaults to `4`.
 
     Returns:
         An `ImageFolder`.
@@ -93,9 +94,10 @@ def scan_folder(root, classes=None, check_images=True, threads=4):
             image belongs to two classes.
 
     Example:
-    >>> folder = scan_folder("flowers")
-    >>> folder.class_names
-    ['daisy', 'dandelion', 'rose', 'sunflower', 'tulip']
+    ```python
+    folder = scan_folder("flowers")
+    folder.class_names  # ['daisy', 'dandelion', 'rose', 'sunflower', 'tulip']
+    ```
     """
     started = time.perf_counter()
     root = os.fspath(root)
@@ -247,16 +249,20 @@ def split_dataset(folder, test_size=0.2, seed=0):
     """The lesson's stratified split: `(train, test)` `ImageFolder`s.
 
     Args:
-        folder: an `ImageFolder` from `scan_folder`.
-        test_size: fraction of each class that goes to the test split.
-        seed: the split's random seed; the same seed gives the same split.
+        folder: `ImageFolder`. A folder from `scan_folder`.
+        test_size: float. The fraction of each class that goes to the test
+            split. Defaults to `0.2`.
+        seed: int. The split's random seed; the same seed gives the same
+            split. Defaults to `0`.
 
     Raises:
         DataError: fewer than two classes, or too few images to give both
             sides one image of each class.
 
     Example:
-    >>> train, test = split_dataset(scan_folder("flowers"), seed=0)
+    ```python
+    train, test = split_dataset(scan_folder("flowers"), seed=0)
+    ```
     """
     from sklearn.model_selection import train_test_split
 

@@ -16,7 +16,9 @@ class SparseCrossentropyWithSmoothing(keras.losses.Loss):
             distribution over all classes. Defaults to `0.1`.
 
     Example:
-    >>> model.compile(optimizer, SparseCrossentropyWithSmoothing(0.1), metrics=["accuracy"])
+    ```python
+    model.compile(optimizer, SparseCrossentropyWithSmoothing(0.1), metrics=["accuracy"])
+    ```
     """
 
     def __init__(self, label_smoothing=0.1, name="sparse_crossentropy_with_smoothing", **kwargs):

@@ -12,9 +12,11 @@ The lock (`.kflowers.lock`) is opened without following links, so a link
 planted in its place is an error, never a file overwritten elsewhere.
 
 Example:
->>> claim("runs/latest", kind="run", force=False)   # raises RunDirectoryNotOurs for a user's folder
->>> with RunLock("runs/latest"):
-...     ...
+```python
+claim("runs/latest", kind="run", force=False)   # raises RunDirectoryNotOurs for a user's folder
+with RunLock("runs/latest"):
+    ...
+```
 """
 
 import contextlib

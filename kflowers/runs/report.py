@@ -9,8 +9,9 @@ own files (`metrics.json`, `config.json`, `history.csv` and the plots), so
 it says nothing they don't.
 
 Example:
->>> write_run_report("runs/latest")      # kflowers train does this itself
-'runs/latest/report.html'
+```python
+write_run_report("runs/latest")  # 'runs/latest/report.html' (kflowers train does this itself)
+```
 """
 
 import base64

@@ -71,8 +71,10 @@ def export_model(model_path, format, out, images=(), atol=1e-4, force=False):
         ExportMismatch: the export disagrees with the `.keras` model.
 
     Example:
-    >>> export_model("runs/latest/model.keras", "onnx", "flowers.onnx")
-    {'format': 'onnx', 'path': 'flowers.onnx', ..., 'max_probability_difference': 3.1e-08}
+    ```python
+    report = export_model("runs/latest/model.keras", "onnx", "flowers.onnx")
+    report["max_probability_difference"]  # 3.1e-08 (the export against the .keras model, on check images)
+    ```
     """
     import keras
 

@@ -78,23 +78,25 @@ def decode_predictions(outputs, class_names, top_k=5, activation="linear"):
     """Probabilities from a classifier's `outputs`, and the `top_k` classes of each row.
 
     Args:
-        outputs: one row per image: logits (a linear head, kflowers's own), or
-            the probabilities of a head with a `"softmax"` or `"sigmoid"`
-            activation. One output per row is a binary classifier: how likely
-            the second class is (`class_names` then has two names).
-        class_names: the name of each class.
-        top_k: how many classes to keep per image.
-        activation: the head's activation (see `output_activation`).
+        outputs: array of shape `(N, C)`. One row per image: logits (a
+            linear head, kflowers's own), or the probabilities of a head
+            with a `"softmax"` or `"sigmoid"` activation. One output per row
+            is a binary classifier: how likely the second class is
+            (`class_names` then has two names).
+        class_names: list of str. The name of each class.
+        top_k: int. How many classes to keep per image. Defaults to `5`.
+        activation: str. The head's activation (see `output_activation`).
+            Defaults to `"linear"`.
 
     Returns:
         One list per image of `(class_name, probability)` pairs, most likely
         first.
 
     Example:
-    >>> decode_predictions(np.array([[2.0, 0.0, 1.0]]), ["a", "b", "c"], top_k=2)
-    [[('a', 0.665...), ('c', 0.244...)]]
-    >>> decode_predictions(np.array([[0.0]]), ["cat", "dog"])   # one logit: a binary classifier
-    [[('cat', 0.5), ('dog', 0.5)]]
+    ```python
+    decode_predictions(np.array([[2.0, 0.0, 1.0]]), ["a", "b", "c"], top_k=2)  # [[('a', 0.665...), ('c', 0.244...)]]
+    decode_predictions(np.array([[0.0]]), ["cat", "dog"])  # [[('cat', 0.5), ('dog', 0.5)]]: one logit, binary
+    ```
     """
     probabilities = class_probabilities(outputs, activation)
     top_k = min(top_k, probabilities.shape[-1])
@@ -123,8 +125,9 @@ def log_softmax(logits):
     """Log-probabilities from `logits` (one row per image), in float64: the one place kflowers computes them.
 
     Example:
-    >>> np.exp(log_softmax(np.array([[0.0, np.log(3.0)]])))
-    array([[0.25, 0.75]])
+    ```python
+    np.exp(log_softmax(np.array([[0.0, np.log(3.0)]])))  # array([[0.25, 0.75]])
+    ```
     """
     logits = np.asarray(logits, "float64")
     shifted = logits - logits.max(axis=-1, keepdims=True)
@@ -146,24 +149,26 @@ def predict_images(model, images, top_k=5, class_names=None, batch_size=64):
     """The `top_k` classes of each image, with probabilities.
 
     Args:
-        model: a kflowers classifier (`load_model`, `build_model` or a run's
-            `model.keras`).
-        images: one image or a list: file paths, PIL images or `(H, W, 3)`
-            arrays of 0-255 pixels, any size (resized as in training). Pixels
-            that look like 0-1 values get a warning, once.
-        top_k: how many classes to keep per image.
-        class_names: the names of the model's outputs; default: the model's
-            own (`model.class_names`).
-        batch_size: images per forward pass.
+        model: `keras.Model`. A classifier (`load_model`, `build_model` or
+            a run's `model.keras`).
+        images: str, path, PIL image or array, or a list of them. File
+            paths, PIL images or `(H, W, 3)` arrays of 0-255 pixels, any
+            size (resized as in training). Pixels that look like 0-1 values
+            get a warning, once.
+        top_k: int. How many classes to keep per image. Defaults to `5`.
+        class_names: list of str or `None`. The names of the model's
+            outputs. Defaults to `None`: the model's own (`model.class_names`).
+        batch_size: int. Images per forward pass. Defaults to `64`.
 
     Returns:
         One list per image of `(class_name, probability)` pairs, most likely
         first.
 
     Example:
-    >>> model = kflowers.load_model("runs/latest/model.keras")
-    >>> kflowers.predict_images(model, "rose.jpg", top_k=2)
-    [[('rose', 0.93), ('tulip', 0.04)]]
+    ```python
+    model = kflowers.load_model("runs/latest/model.keras")
+    kflowers.predict_images(model, "rose.jpg", top_k=2)  # [[('rose', 0.93), ('tulip', 0.04)]]
+    ```
     """
     size = model.input_shape[1] or 224
     pixels = prepare_images(images, size)

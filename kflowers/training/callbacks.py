@@ -36,10 +36,11 @@ class UnfreezeBackbone(keras.callbacks.Callback):
         verbose: print a line at the switch.
 
     Example:
-    >>> kflowers.model_parts(model).backbone.trainable = False
-    >>> model.compile(keras.optimizers.SGD(1e-2), loss, metrics=["accuracy"])
-    >>> model.fit(train_ds, epochs=10,
-    ...           callbacks=[UnfreezeBackbone(epoch=5, learning_rate=1e-4)])
+    ```python
+    kflowers.model_parts(model).backbone.trainable = False
+    model.compile(keras.optimizers.SGD(1e-2), loss, metrics=["accuracy"])
+    model.fit(train_ds, epochs=4, callbacks=[UnfreezeBackbone(epoch=2, learning_rate=1e-4)])
+    ```
     """
 
     def __init__(self, epoch, learning_rate=None, layer="backbone", verbose=1):
@@ -81,7 +82,9 @@ def fresh_optimizer(optimizer, variables, learning_rate=None):
         ValueError: `learning_rate` for an optimizer without a single one.
 
     Example:
-    >>> model.optimizer = fresh_optimizer(model.optimizer, model.trainable_variables, 1e-4)
+    ```python
+    model.optimizer = fresh_optimizer(model.optimizer, model.trainable_variables, 1e-4)
+    ```
     """
     config = optimizer.get_config()
     scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)

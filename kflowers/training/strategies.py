@@ -97,8 +97,21 @@ def discriminative_optimizer(
     backbone to an optimizer at `backbone_learning_rate` and everything else
     (the head, and any layer you add) to one at `head_learning_rate`.
 
+    Args:
+        model: `keras.Model`. A model from `build_model`.
+        backbone_learning_rate: float. The backbone's rate. Defaults to
+            `1e-4`.
+        head_learning_rate: float. The rate of everything else. Defaults to
+            `1e-3`.
+        optimizer: str. A Keras optimizer name, for both parts. Defaults to
+            `"adam"`.
+        layer: str. The name of the layer that trains slowly. Defaults to
+            `"backbone"`: the keras-hub backbone.
+
     Example:
-    >>> model.compile(discriminative_optimizer(model, 1e-4, 1e-3), loss, ["accuracy"])
+    ```python
+    model.compile(discriminative_optimizer(model, 1e-4, 1e-3), loss, ["accuracy"])
+    ```
     """
     head = make_optimizer(optimizer, head_learning_rate)  # made first, as it always was (its name: "adam")
     return per_part_optimizer(model, make_optimizer(optimizer, backbone_learning_rate), head, layer=layer)
@@ -155,7 +168,9 @@ def compile_stage(model, strategy, recipe, stage, epochs, steps_per_epoch, learn
         learning_rate: overrides the recipe's (or the strategy's) head rate.
 
     Example:
-    >>> compile_stage(model, get_strategy("scratch"), get_recipe("modern", "scratch"), "trainable", 40, 41)
+    ```python
+    compile_stage(model, get_strategy("scratch"), kflowers.recipes.get_recipe("modern", "scratch"), "trainable", 40, 41)
+    ```
     """
     from kflowers.models.parts import model_parts
 
@@ -221,10 +236,10 @@ def compile_for(model, strategy, learning_rate=None):
     """Freeze (or not) and compile `model` for `strategy`; return the callbacks it needs.
 
     Args:
-        model: a model from `build_model`.
-        strategy: a `Strategy` or its name.
-        learning_rate: overrides the strategy's (the head's, for
-            discriminative).
+        model: `keras.Model`. A model from `build_model`.
+        strategy: `Strategy` or str. The strategy or its name.
+        learning_rate: float or `None`. Overrides the strategy's (the
+            head's, for discriminative). Defaults to `None`.
     """
     from kflowers.training.callbacks import UnfreezeBackbone
 

@@ -9,9 +9,10 @@ Keras's. `keras.models.clone_model` builds new layers from their configs, so
 a clone runs the stock layers until it is switched too.
 
 Example:
->>> model = kflowers.build_model(weights=None, torch_kernels=False)
->>> kflowers.use_torch_kernels(model)   # what build_model does by default
-41
+```python
+model = kflowers.build_model(weights=None, torch_kernels=False)
+kflowers.use_torch_kernels(model)  # 41 (what build_model does by default)
+```
 """
 
 import keras

@@ -33,9 +33,11 @@ Tested against the stock layers (outputs, gradients, moving statistics)
 and, for a whole training step, against plain torch.
 
 Example:
->>> backbone = kflowers.model_parts(model).backbone
->>> kflowers.models.torch_kernels.resnet.install(backbone)   # done by kflowers.use_torch_kernels
-True
+```python
+model = kflowers.build_model(weights=None, torch_kernels=False)
+backbone = kflowers.model_parts(model).backbone
+kflowers.models.torch_kernels.resnet.install(backbone)  # True (kflowers.use_torch_kernels does this)
+```
 """
 
 import types
