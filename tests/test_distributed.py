@@ -4,6 +4,7 @@ CPU), and jax's DataParallel over 2 host devices."""
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from clitools import metrics_without_time
 from kflowers.data.dataset import FlowerDataset
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+_np = keras.ops.convert_to_numpy
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
 TORCH_ENV = {**ENV, "KERAS_BACKEND": "torch"}  # torch.distributed runs need the torch backend
 
@@ -157,11 +159,13 @@ def test_two_machines_train_as_one_with_the_same_global_batch(flowers_dir, tmp_p
 @pytest.mark.slow
 def test_under_torchrun_a_killed_run_resumes_to_the_straight_runs_result(flowers_dir, tmp_path):
     """The CLI under torchrun with the modern recipe (both stages: the unfreeze rebuilds DDP's engine, EMA,
-    schedule). SIGKILL of torchrun and all its workers after epoch 1, then `--resume` under torchrun: rank 0
-    wrote the backup, every rank restores from it, and the run ends as the uninterrupted one."""
+    schedule). SIGKILL, or SIGINT, of torchrun and all its workers after epoch 1, then `--resume` under
+    torchrun: rank 0 wrote the backup, every rank restores from it, and the run ends as the uninterrupted
+    one. (SIGINT: the workers agree on the batch they stop after, so none waits forever for the others.)"""
     pytest.importorskip("torch")
     launch = ["torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "kflowers"]
-    flags = ["train", "--data", flowers_dir, "--strategy", "two-stage", "--recipe", "modern", "--epochs", "3"]
+    # 8 short epochs: torchrun passes the workers' lines on late, and the signal must land before the end.
+    flags = ["train", "--data", flowers_dir, "--strategy", "two-stage", "--recipe", "modern", "--epochs", "8"]
     flags += ["--weights", "none", "--image-size", "32", "--batch-size", "8", "--precision", "float32"]
 
     def torchrun_cli(*extra):
@@ -174,18 +178,23 @@ def test_under_torchrun_a_killed_run_resumes_to_the_straight_runs_result(flowers
     assert output.count("two-stage: test accuracy") == 1  # rank 0 alone reports and writes
     assert json.load(open(tmp_path / "straight" / "config.json"))["processes"] == 2
     assert not (tmp_path / "straight" / "backup").exists()  # a finished run keeps no backup
-    interrupted = tmp_path / "interrupted"
-    kill_when([*launch, *flags, "--out", interrupted], "Epoch 2/3", env=TORCH_ENV)
-    assert (interrupted / "backup" / "state.npz").exists() and not (interrupted / "metrics.json").exists()
-    assert not list((interrupted / "backup").glob("rank*"))  # rank 0 alone writes it
-    output = torchrun_cli("--out", interrupted, "--resume")
-    # torchrun hands the workers' lines on a little late: the kill lands in epoch 2 or 3.
-    assert re.search(r"Resuming after epoch [12] of 3", output), output
-    assert metrics_without_time(interrupted) == metrics_without_time(tmp_path / "straight")
-    resumed, straight = (kflowers.load_model(run / "model.keras") for run in (interrupted, tmp_path / "straight"))
-    assert kflowers.model_parts(straight).backbone.trainable  # both stages ran
-    for a, b in zip(resumed.weights, straight.weights):
-        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b), err_msg=a.path)
+    for sig in (signal.SIGKILL, signal.SIGINT):  # a lost machine; Ctrl-C (every process stops at one batch)
+        interrupted = tmp_path / f"interrupted-{sig.name}"
+        kill_when([*launch, *flags, "--out", interrupted], "Epoch 2/", env=TORCH_ENV, sig=sig)
+        assert (interrupted / "backup" / "state.npz").exists()
+        assert not list((interrupted / "backup").glob("rank*"))  # rank 0 alone writes it
+        if sig == signal.SIGKILL:
+            assert not (interrupted / "metrics.json").exists()
+        # (Ctrl-C: the workers stop at one batch and rank 0 may save the interrupted run, or torchrun,
+        # which passes the signal on once more, ends them first; either way --resume continues it.)
+        output = torchrun_cli("--out", interrupted, "--resume")
+        assert re.search(r"Resuming after epoch [1-7] of 8", output), output
+        assert metrics_without_time(interrupted) == metrics_without_time(tmp_path / "straight")
+        resumed = kflowers.load_model(interrupted / "model.keras")
+        straight = kflowers.load_model(tmp_path / "straight" / "model.keras")
+        assert kflowers.model_parts(straight).backbone.trainable  # both stages ran
+        for a, b in zip(resumed.weights, straight.weights):
+            np.testing.assert_array_equal(_np(a), _np(b), err_msg=f"{sig.name}: {a.path}")
 
 
 @pytest.mark.slow

@@ -66,6 +66,26 @@ def barrier():
         dist.barrier()
 
 
+def agree(*flags):
+    """`flags`, each made true on every process when it is true on any (one small all-reduce under
+    torchrun; the flags as given in a single process).
+
+    For decisions every process must take at the same batch (stop on Ctrl-C,
+    stop on a diverged loss): a process that stopped alone would leave the
+    others waiting in their next gradient all-reduce.
+    """
+    if world()[1] == 1 or keras.backend.backend() != "torch":
+        return flags
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return flags
+    values = torch.tensor([float(bool(flag)) for flag in flags])
+    dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return tuple(bool(value) for value in values)
+
+
 def main_process_first(function):
     """`function()` on each machine's first process first; the others call it once those are done.
 
@@ -193,7 +213,7 @@ def _gradient_engine(parameters):
         def forward(self):
             return None
 
-    return torch.nn.parallel.DistributedDataParallel(TrainableParameters(), broadcast_buffers=False)
+    return torch.nn.parallel.DistributedDataParallel(TrainableParameters())  # it has no buffers to sync
 
 
 def _coalesced(tensors, collective):

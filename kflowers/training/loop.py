@@ -34,6 +34,7 @@ import keras
 import numpy as np
 
 from kflowers.training import backup
+from kflowers.training.distributed import agree
 from kflowers.training.distributed import is_main_process
 from kflowers.errors import TrainingDiverged
 from kflowers.models.parts import model_parts
@@ -312,6 +313,7 @@ class RunLoop:
         self.rows = []
         self.optimizer = None  # the optimizer of the stage being trained
         self.stopped_early = False
+        self.stop_all = False  # a stop request seen by any process (under torchrun: by all of them)
         self.diverged = None  # (epoch, batch, loss) once the loss is not finite
 
     # ------------------------------------------------------------ stages
@@ -444,7 +446,7 @@ class RunLoop:
         )
 
     def _stop_requested(self):
-        return self.stop is not None and self.stop.is_set()
+        return self.stop_all or (self.stop is not None and self.stop.is_set())
 
     def on_epoch_end(self, epoch, logs):
         """Called by `_Recorder` after a whole epoch; returns whether to stop."""
@@ -485,10 +487,14 @@ class _Recorder(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
-        if loss is not None and not np.isfinite(float(loss)):
-            self.loop.diverged = (self._epoch + 1, batch + 1, float(loss))
+        diverged = loss is not None and not np.isfinite(float(loss))
+        # Under torchrun every process stops at the same batch, or the others would wait for it forever.
+        diverged, stop = agree(diverged, self.loop._stop_requested())
+        if diverged:
+            self.loop.diverged = (self._epoch + 1, batch + 1, float(loss) if loss is not None else float("nan"))
             self.model.stop_training = True
-        if self.loop._stop_requested():
+        if stop:
+            self.loop.stop_all = True
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
