@@ -12,8 +12,8 @@ with plain `keras.models.load_model`.
 
 from kflowers.options import weights_value
 from kflowers.models.parts import model_parts
-from kflowers.models.weights import _backbone_from_preset
-from kflowers.models.weights import _is_preset
+from kflowers.models.weights import backbone_from_preset
+from kflowers.models.weights import is_preset
 from kflowers.models.weights import load_weights
 
 
@@ -74,12 +74,12 @@ def build_model(num_classes=5, weights="imagenet", image_size=224, name="kflower
     import keras
 
     weights = weights_value(weights)
-    is_preset = isinstance(weights, str) and _is_preset(weights)
-    inputs, pooled = _pooled_resnet18(image_size, weights if is_preset else None)
+    from_preset = isinstance(weights, str) and is_preset(weights)
+    inputs, pooled = _pooled_resnet18(image_size, weights if from_preset else None)
     # float32 logits whatever the dtype policy, as keras.io recommends for mixed precision.
     logits = keras.layers.Dense(num_classes, dtype="float32", name="head")(pooled)
     model = keras.Model(inputs, logits, name=name)
-    if weights is not None and not is_preset:
+    if weights is not None and not from_preset:
         load_weights(model, weights)
     if torch_kernels:
         from kflowers.models.torch_kernels import use_torch_kernels
@@ -101,7 +101,7 @@ def _pooled_resnet18(image_size, preset=None):
         name="preprocess",
     )
     if preset is not None:
-        backbone = _backbone_from_preset(preset, shape)
+        backbone = backbone_from_preset(preset, shape)
     else:
         backbone = keras_hub.models.ResNetBackbone(
             **RESNET18_CONFIG, image_shape=shape, data_format="channels_last", name="backbone"

@@ -139,7 +139,7 @@ def load_state_dict(backbone, state):
             json.dump({"architecture": "resnet18", "num_classes": 1000}, f)
         weights = {key: np.ascontiguousarray(state[key], dtype="float32") for key in expected}
         save_file(weights, os.path.join(preset, "model.safetensors"))
-        loaded = _backbone_from_preset(preset, backbone.image_shape)
+        loaded = backbone_from_preset(preset, backbone.image_shape)
     backbone.set_weights(loaded.get_weights())
 
 
@@ -177,7 +177,8 @@ def _load_keras_weights(model, backbone, path):
     raise WeightsError(f"{path} fits neither a ResNet18 backbone nor this model: {errors[-1]}")
 
 
-def _is_preset(weights):
+def is_preset(weights):
+    """Whether `weights` (a string) names a keras-hub preset: a preset name, a `hf://`-style URI or a folder."""
     return (
         weights.startswith(("hf://", "kaggle://", "gs://", "modelscope://"))
         or re.fullmatch(r"[a-z0-9_]+", weights) is not None
@@ -186,7 +187,8 @@ def _is_preset(weights):
     )
 
 
-def _backbone_from_preset(preset, shape):
+def backbone_from_preset(preset, shape):
+    """A ResNet18 `ResNetBackbone` for `shape` inputs from a keras-hub preset; `WeightsError` otherwise."""
     import keras_hub
 
     try:
