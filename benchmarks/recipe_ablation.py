@@ -13,10 +13,13 @@ the headline run's saved model without them, which is exactly what a run with `-
 report (its training is the same), in seconds instead of a run.
 
 Writes `--out/ablation.md` (accuracy and minutes per row: mean and spread over the seeds) and
-`--out/curves.png` (test accuracy per epoch of the first seed's runs), and prints the table.
+`--out/curves.png` (test accuracy per epoch of the first seed's runs), and prints the table. Minutes
+are given twice: the run's wall clock, and its median epoch times its epochs (which a run that shared
+the CPU for a while, or was paused, does not inflate).
 """
 
 import argparse
+import csv
 import json
 import os
 import platform
@@ -26,11 +29,18 @@ import sys
 import numpy as np
 
 
+def with_epoch_minutes(metrics, out):
+    """`metrics` with `median_epoch_minutes`: the run's median epoch (history.csv) times its epochs."""
+    with open(os.path.join(out, "history.csv")) as f:
+        seconds = [float(row["seconds"]) for row in csv.DictReader(f)]
+    return {**metrics, "median_epoch_minutes": float(np.median(seconds)) * len(seconds) / 60}
+
+
 def run(data, out, seed, extra, common):
     metrics_path = os.path.join(out, "metrics.json")
     if os.path.exists(metrics_path) and not os.path.exists(os.path.join(out, "backup")):
         with open(metrics_path) as f:
-            return json.load(f)
+            return with_epoch_minutes(json.load(f), out)
     command = [sys.executable, "-m", "kflowers", "train", "--data", data, "--out", out, "--strategy", "scratch"]
     command += ["--weights", "none", "--seed", str(seed), "--quiet", *common, *extra]
     if os.path.exists(os.path.join(out, "backup")):
@@ -38,7 +48,7 @@ def run(data, out, seed, extra, common):
     print(" ".join(command), flush=True)
     subprocess.run(command, check=True)
     with open(metrics_path) as f:
-        return json.load(f)
+        return with_epoch_minutes(json.load(f), out)
 
 
 # Ingredients of evaluation only: the weights a run trains are the same with or without them.
@@ -67,7 +77,7 @@ def rescore(run_dir, data, without):
     _, test = split_dataset(folder, test_size=config["test_size"], seed=config["seed"])
     dataset = FlowerDataset.from_folder(test, batch_size=128, image_size=size)
     result = evaluate_model(model, dataset, model.class_names, tta=without != "tta")
-    return {"test_accuracy": result["accuracy"], "wall_seconds": metrics["wall_seconds"]}
+    return with_epoch_minutes({"test_accuracy": result["accuracy"], "wall_seconds": metrics["wall_seconds"]}, run_dir)
 
 
 def cpu():
@@ -132,6 +142,7 @@ def main():
                 histories[name] = read_history(out)
         accuracy = np.array([r["test_accuracy"] for r in results])
         minutes = np.array([r["wall_seconds"] / 60 for r in results])
+        epoch_minutes = np.array([r["median_epoch_minutes"] for r in results])
         rows.append(
             {
                 "run": name + (" (the headline's weights, rescored)" if rescored else ""),
@@ -139,6 +150,7 @@ def main():
                 "test_accuracy": f"{accuracy.mean():.4f} ± {accuracy.std():.4f}",
                 "min_max": f"{accuracy.min():.4f}–{accuracy.max():.4f}",
                 "minutes": f"{minutes.mean():.1f}",
+                "median_epoch_x_epochs_minutes": f"{epoch_minutes.mean():.1f}",
             }
         )
     from kflowers.files import write_text
