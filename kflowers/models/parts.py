@@ -95,13 +95,13 @@ def model_parts(model):
         )
     pool, head_layers = after[0], tuple(after[1:])
     chain = (pool, *head_layers)
-    linked = all(_single_input(b) is _single_output(a) for a, b in zip(chain, chain[1:]))
+    linked = all(_tensor(b, "input") is _tensor(a, "output") for a, b in zip(chain, chain[1:]))
     if not head_layers or not linked or not isinstance(head_layers[-1], keras.layers.Dense):
         raise NotAClassifier(
             f"{model.name} is not a kflowers classifier: after its pooling it needs a chain of layers "
             "ending in a Dense layer (the logits)"
         )
-    if _single_output(head_layers[-1]) is not model.outputs[0] or len(model.outputs) != 1:
+    if _tensor(head_layers[-1], "output") is not model.outputs[0] or len(model.outputs) != 1:
         raise NotAClassifier(f"{model.name} is not a kflowers classifier: its head's Dense is not its one output")
     preprocess = (
         layers[position - 1] if position > 0 and not isinstance(layers[position - 1], keras.layers.InputLayer) else None
@@ -117,16 +117,10 @@ def _is_backbone(layer):
     return isinstance(layer, keras_hub.models.ResNetBackbone)
 
 
-def _single_input(layer):
+def _tensor(layer, which):
+    """`layer.input` or `layer.output` (`which`), or `None` where the layer was called more than once, or never."""
     try:
-        return layer.input
-    except (AttributeError, ValueError):  # called more than once, or never
-        return None
-
-
-def _single_output(layer):
-    try:
-        return layer.output
+        return getattr(layer, which)
     except (AttributeError, ValueError):
         return None
 
