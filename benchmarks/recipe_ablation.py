@@ -2,24 +2,30 @@
 the lesson's recipe for the same epochs, image size and precision, on a real dataset.
 
 Every run is the README's command (`kflowers train --strategy scratch --recipe modern --weights none`,
-plus `--without INGREDIENT` or `--recipe lesson`), so each row is reproducible by hand. Runs already
-finished in `--out` are read back, not repeated (a long ablation can be stopped and continued).
+plus `--without INGREDIENT` or `--recipe lesson`), so each row is reproducible by hand.
 
     python benchmarks/recipe_ablation.py --data ../shared/data/flowers --out runs/ablation \\
-        [--seeds 0 1 2] [--without ema tta ...] [--lesson] [--epochs N --image-size S]
+        [--seeds 0 1 2] [--without ema tta ...] [--lesson] [--epochs N --image-size S] [--ledger-only]
+
+Every finished run is added to a ledger kept in git, `benchmarks/results/recipe_ablation.json` (its
+accuracy, minutes, per-epoch history, CPU and commit), and a run found there is not run again: an ablation
+of many hours can be stopped and continued in another session, on another machine, and its table is
+rebuilt from the ledger alone. A run stopped part-way in `--out` is resumed (`--resume`); one finished
+there is read back.
 
 Two ingredients only change how the test images are scored (`tta`, `test-resolution`): their rows rescore
 the headline run's saved model without them, which is exactly what a run with `--without` them would
 report (its training is the same), in seconds instead of a run.
 
 Writes `--out/ablation.md` (accuracy and minutes per row: mean and spread over the seeds) and
-`--out/curves.png` (test accuracy per epoch of the first seed's runs), and prints the table. Minutes
-are given twice: the run's wall clock, and its median epoch times its epochs (which a run that shared
-the CPU for a while, or was paused, does not inflate).
+`--out/curves.png` (test accuracy per epoch of the first seed's runs, where the ledger has them), and
+prints the table. Minutes are given twice: the run's wall clock, and its median epoch times its epochs
+(which a run that shared the CPU for a while, or was paused, does not inflate).
 """
 
 import argparse
 import csv
+import datetime
 import json
 import os
 import platform
@@ -28,31 +34,74 @@ import sys
 
 import numpy as np
 
-
-def with_epoch_minutes(metrics, out):
-    """`metrics` with `median_epoch_minutes`: the run's median epoch (history.csv) times its epochs."""
-    with open(os.path.join(out, "history.csv")) as f:
-        seconds = [float(row["seconds"]) for row in csv.DictReader(f)]
-    return {**metrics, "median_epoch_minutes": float(np.median(seconds)) * len(seconds) / 60}
-
-
-def run(data, out, seed, extra, common):
-    metrics_path = os.path.join(out, "metrics.json")
-    if os.path.exists(metrics_path) and not os.path.exists(os.path.join(out, "backup")):
-        with open(metrics_path) as f:
-            return with_epoch_minutes(json.load(f), out)
-    command = [sys.executable, "-m", "kflowers", "train", "--data", data, "--out", out, "--strategy", "scratch"]
-    command += ["--weights", "none", "--seed", str(seed), "--quiet", *common, *extra]
-    if os.path.exists(os.path.join(out, "backup")):
-        command.append("--resume")
-    print(" ".join(command), flush=True)
-    subprocess.run(command, check=True)
-    with open(metrics_path) as f:
-        return with_epoch_minutes(json.load(f), out)
-
+LEDGER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "recipe_ablation.json")
+HISTORY_COLUMNS = ("loss", "accuracy", "test_loss", "test_accuracy", "seconds")
 
 # Ingredients of evaluation only: the weights a run trains are the same with or without them.
 EVALUATION_ONLY = ("tta", "test-resolution")
+
+
+def read_ledger(path):
+    """The ledger's records (a JSON list), or none where there is no ledger yet."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_ledger(path, records):
+    from kflowers.files import write_text
+
+    records = sorted(records, key=lambda r: (r["run"], r["seed"], json.dumps(r["overrides"])))
+    write_text(path, json.dumps(records, indent=1) + "\n")
+
+
+def find(records, name, seed, overrides):
+    return next((r for r in records if (r["run"], r["seed"], r["overrides"]) == (name, seed, overrides)), None)
+
+
+def commit():
+    here = os.path.dirname(os.path.abspath(__file__))
+    result = subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return result.stdout.strip() or None
+
+
+def new_record(name, seed, overrides, metrics, history):
+    """One ledger row: what a finished (or rescored) run measured, and where and when."""
+    seconds = history["seconds"]
+    return {
+        "run": name,
+        "seed": seed,
+        "overrides": overrides,
+        "test_accuracy": round(float(metrics["test_accuracy"]), 4),
+        "wall_seconds": round(float(metrics["wall_seconds"]), 1),
+        "median_epoch_minutes": round(float(np.median(seconds)) * len(seconds) / 60, 2),
+        "history": {key: [round(float(v), 4) for v in history[key]] for key in HISTORY_COLUMNS},
+        "cpu": cpu(),
+        "commit": commit(),
+        "date": datetime.date.today().isoformat(),
+    }
+
+
+def history_of(out):
+    with open(os.path.join(out, "history.csv")) as f:
+        rows = list(csv.DictReader(f))
+    return {key: [float(row[key]) for row in rows] for key in HISTORY_COLUMNS}
+
+
+def run(data, out, seed, extra, common):
+    """Train (or resume, or read back) one run in `out`; its metrics and history."""
+    metrics_path = os.path.join(out, "metrics.json")
+    finished = os.path.exists(metrics_path) and not os.path.exists(os.path.join(out, "backup"))
+    if not finished:
+        command = [sys.executable, "-m", "kflowers", "train", "--data", data, "--out", out, "--strategy", "scratch"]
+        command += ["--weights", "none", "--seed", str(seed), "--quiet", *common, *extra]
+        if os.path.exists(os.path.join(out, "backup")):
+            command.append("--resume")
+        print(" ".join(command), flush=True)
+        subprocess.run(command, check=True)
+    with open(metrics_path) as f:
+        return json.load(f), history_of(out)
 
 
 def rescore(run_dir, data, without):
@@ -60,10 +109,12 @@ def rescore(run_dir, data, without):
     from kflowers.data.dataset import FlowerDataset
     from kflowers.data.folders import scan_folder
     from kflowers.data.folders import split_dataset
-    from kflowers.models.saving import load_model
     from kflowers.models.resnet import with_image_size
+    from kflowers.models.saving import load_model
     from kflowers.runs.run import evaluate_model
 
+    if not os.path.exists(os.path.join(run_dir, "model.keras")):
+        sys.exit(f"recipe_ablation: the `{without}` row rescores {run_dir}, which is not there: run the headline first")
     with open(os.path.join(run_dir, "config.json")) as f:
         config = json.load(f)
     with open(os.path.join(run_dir, "metrics.json")) as f:
@@ -77,7 +128,7 @@ def rescore(run_dir, data, without):
     _, test = split_dataset(folder, test_size=config["test_size"], seed=config["seed"])
     dataset = FlowerDataset.from_folder(test, batch_size=128, image_size=size)
     result = evaluate_model(model, dataset, model.class_names, tta=without != "tta")
-    return with_epoch_minutes({"test_accuracy": result["accuracy"], "wall_seconds": metrics["wall_seconds"]}, run_dir)
+    return {"test_accuracy": result["accuracy"], "wall_seconds": metrics["wall_seconds"]}, history_of(run_dir)
 
 
 def cpu():
@@ -91,76 +142,95 @@ def cpu():
     return f"{model}, {os.cpu_count()} cores, native bf16: {', '.join(flags) or 'no'}"
 
 
-def main():
-    from kflowers.recipes import INGREDIENTS
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True)
-    parser.add_argument("--out", default="runs/ablation")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--without", nargs="*", default=list(INGREDIENTS), choices=INGREDIENTS)
-    parser.add_argument("--lesson", action="store_true", help="add the lesson's recipe for the same epochs")
-    parser.add_argument("--epochs", type=int, help="override the recipe's epochs (a shorter ablation)")
-    parser.add_argument("--image-size", type=int, help="override the recipe's image size")
-    args = parser.parse_args()
-    common = []
-    if args.epochs:
-        common += ["--epochs", str(args.epochs)]
-    if args.image_size:
-        common += ["--image-size", str(args.image_size)]
+def variants_for(args):
+    """`{row name: the flags it adds to the README's command}`, the headline first."""
     variants = {"modern": ["--recipe", "modern"]}
     variants.update({f"modern without {w}": ["--recipe", "modern", "--without", w] for w in args.without})
     if args.lesson:
         from kflowers.options import RunOptions
 
         modern = RunOptions(data=args.data, strategy="scratch", recipe="modern")
-        size = args.image_size or modern.image_size
-        variants["lesson (same epochs, size, precision)"] = [
-            "--recipe",
-            "lesson",
-            "--epochs",
-            str(args.epochs or modern.epochs),
-            "--image-size",
-            str(size),
-            "--precision",
-            modern.precision,
-        ]
-    rows, histories = [], {}
-    for name, extra in variants.items():
-        results = []
-        rescored = extra[-1] if "--without" in extra and extra[-1] in EVALUATION_ONLY else None
-        for seed in args.seeds:
-            if rescored:
-                headline = os.path.join(args.out, "modern", f"seed{seed}")
-                results.append(rescore(headline, args.data, rescored))
-                continue
-            out = os.path.join(args.out, name.replace(" ", "-").replace(",", ""), f"seed{seed}")
-            results.append(run(args.data, out, seed, extra, common))
-            if seed == args.seeds[0]:
-                from kflowers.runs.run import read_history
+        variants["lesson (same epochs, size, precision)"] = ["--recipe", "lesson"]
+        variants["lesson (same epochs, size, precision)"] += ["--epochs", str(args.epochs or modern.epochs)]
+        variants["lesson (same epochs, size, precision)"] += ["--image-size", str(args.image_size or modern.image_size)]
+        variants["lesson (same epochs, size, precision)"] += ["--precision", modern.precision]
+    return variants
 
-                histories[name] = read_history(out)
-        accuracy = np.array([r["test_accuracy"] for r in results])
-        minutes = np.array([r["wall_seconds"] / 60 for r in results])
-        epoch_minutes = np.array([r["median_epoch_minutes"] for r in results])
-        rows.append(
-            {
-                "run": name + (" (the headline's weights, rescored)" if rescored else ""),
-                "seeds": len(results),
-                "test_accuracy": f"{accuracy.mean():.4f} ± {accuracy.std():.4f}",
-                "min_max": f"{accuracy.min():.4f}–{accuracy.max():.4f}",
-                "minutes": f"{minutes.mean():.1f}",
-                "median_epoch_x_epochs_minutes": f"{epoch_minutes.mean():.1f}",
-            }
-        )
+
+def summary_row(name, records, rescored):
+    """A table row: accuracy's mean and spread over the seeds, and the minutes of the seeds that timed them."""
+    accuracy = np.array([r["test_accuracy"] for r in records])
+
+    def mean_of(key, scale=1):
+        timed = [r for r in records if r[key] is not None]
+        if not timed:
+            return ""
+        seeds = "" if len(timed) == len(records) else f" (seed {', '.join(str(r['seed']) for r in timed)})"
+        return f"{np.mean([r[key] / scale for r in timed]):.1f}{seeds}"
+
+    return {
+        "run": name + (" (the headline's weights, rescored)" if rescored else ""),
+        "seeds": ", ".join(str(r["seed"]) for r in records),
+        "test_accuracy": f"{accuracy.mean():.4f}" + (f" ± {accuracy.std():.4f}" if len(records) > 1 else ""),
+        "min_max": f"{accuracy.min():.4f}–{accuracy.max():.4f}" if len(records) > 1 else "",
+        "minutes": mean_of("wall_seconds", 60),
+        "median_epoch_x_epochs_minutes": mean_of("median_epoch_minutes"),
+    }
+
+
+def main():
+    from kflowers.recipes import INGREDIENTS
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--out", default="runs/ablation")
+    parser.add_argument("--ledger", default=LEDGER, help="the finished runs, kept in git")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--without", nargs="*", default=list(INGREDIENTS), choices=INGREDIENTS)
+    parser.add_argument("--lesson", action="store_true", help="add the lesson's recipe for the same epochs")
+    parser.add_argument("--epochs", type=int, help="override the recipe's epochs (a shorter ablation)")
+    parser.add_argument("--image-size", type=int, help="override the recipe's image size")
+    parser.add_argument("--ledger-only", action="store_true", help="run nothing: the table of what the ledger has")
+    args = parser.parse_args()
+    overrides = {"epochs": args.epochs, "image_size": args.image_size}
+    common = [flag for key, value in overrides.items() if value for flag in (f"--{key.replace('_', '-')}", str(value))]
+    ledger = read_ledger(args.ledger)
+    rows, histories, used = [], {}, []
+    for name, extra in variants_for(args).items():
+        rescored = extra[-1] if "--without" in extra and extra[-1] in EVALUATION_ONLY else None
+        records = []
+        for seed in args.seeds:
+            record = find(ledger, name, seed, overrides)
+            if record is None and args.ledger_only:
+                continue
+            if record is None:
+                if rescored:
+                    headline = os.path.join(args.out, "modern", f"seed{seed}")
+                    metrics, history = rescore(headline, args.data, rescored)
+                else:
+                    out = os.path.join(args.out, name.replace(" ", "-").replace(",", ""), f"seed{seed}")
+                    metrics, history = run(args.data, out, seed, extra, common)
+                record = new_record(name, seed, overrides, metrics, history)
+                ledger.append(record)
+                write_ledger(args.ledger, ledger)
+            records.append(record)
+        used += records
+        if not records:
+            rows.append({"run": name, "seeds": "", "test_accuracy": "not yet measured"})
+            continue
+        if records[0]["history"] and not rescored:
+            histories[name] = records[0]["history"]
+        rows.append(summary_row(name, records, rescored))
     from kflowers.files import write_text
     from kflowers.reports import markdown_table
     from kflowers.reports import plot_comparison
 
     table = markdown_table(rows)
-    note = f"\n\nCPU: {cpu()}; seeds {', '.join(map(str, args.seeds))}; data {args.data}\n"
+    machines = "; ".join(sorted({r["cpu"] for r in used}))
+    note = f"\n\nCPU: {machines}; data {args.data}; the ledger: {os.path.relpath(args.ledger)}\n"
     write_text(os.path.join(args.out, "ablation.md"), table + note)
-    plot_comparison(histories, os.path.join(args.out, "curves.png"))
+    if histories:
+        plot_comparison(histories, os.path.join(args.out, "curves.png"))
     print(table + note)
 
 
