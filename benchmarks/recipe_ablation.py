@@ -61,9 +61,10 @@ def find(records, name, seed, overrides):
 
 
 def commit():
-    here = os.path.dirname(os.path.abspath(__file__))
-    result = subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    return result.stdout.strip() or None
+    """The last commit that changed the package: the code a run in this checkout ran."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    command = ["git", "-C", root, "log", "-1", "--format=%h", "--", "kflowers"]
+    return subprocess.run(command, capture_output=True, text=True).stdout.strip() or None
 
 
 def new_record(name, seed, overrides, metrics, history):
@@ -157,9 +158,13 @@ def variants_for(args):
     return variants
 
 
-def summary_row(name, records, rescored):
-    """A table row: accuracy's mean and spread over the seeds, and the minutes of the seeds that timed them."""
+def summary_row(name, records, rescored, headline):
+    """A table row: accuracy's mean and spread over the seeds, its change from the headline run of the same
+    seeds (`headline`: `{seed: record}`), in points, and the minutes of the seeds that timed them."""
     accuracy = np.array([r["test_accuracy"] for r in records])
+    paired = [
+        100 * (r["test_accuracy"] - headline[r["seed"]]["test_accuracy"]) for r in records if r["seed"] in headline
+    ]
 
     def mean_of(key, scale=1):
         timed = [r for r in records if r[key] is not None]
@@ -173,6 +178,7 @@ def summary_row(name, records, rescored):
         "seeds": ", ".join(str(r["seed"]) for r in records),
         "test_accuracy": f"{accuracy.mean():.4f}" + (f" ± {accuracy.std():.4f}" if len(records) > 1 else ""),
         "min_max": f"{accuracy.min():.4f}–{accuracy.max():.4f}" if len(records) > 1 else "",
+        "points_vs_headline": f"{np.mean(paired):+.1f}" if paired and name != "modern" else "",
         "minutes": mean_of("wall_seconds", 60),
         "median_epoch_x_epochs_minutes": mean_of("median_epoch_minutes"),
     }
@@ -195,7 +201,7 @@ def main():
     overrides = {"epochs": args.epochs, "image_size": args.image_size}
     common = [flag for key, value in overrides.items() if value for flag in (f"--{key.replace('_', '-')}", str(value))]
     ledger = read_ledger(args.ledger)
-    rows, histories, used = [], {}, []
+    rows, histories, used, headline = [], {}, [], {}
     for name, extra in variants_for(args).items():
         rescored = extra[-1] if "--without" in extra and extra[-1] in EVALUATION_ONLY else None
         records = []
@@ -220,7 +226,9 @@ def main():
             continue
         if records[0]["history"] and not rescored:
             histories[name] = records[0]["history"]
-        rows.append(summary_row(name, records, rescored))
+        if name == "modern":
+            headline = {r["seed"]: r for r in records}
+        rows.append(summary_row(name, records, rescored, headline))
     from kflowers.files import write_text
     from kflowers.reports import markdown_table
     from kflowers.reports import plot_comparison
