@@ -84,3 +84,14 @@ def test_a_row_in_the_ledger_is_not_run_again_and_a_finished_run_joins_it(tmp_pa
     table = (tmp_path / "out" / "ablation.md").read_text()
     assert "| modern without ema | 0 | 0.5000 |" in table
     assert (tmp_path / "out" / "curves.png").exists()
+
+
+def test_the_readme_s_ablation_rows_are_in_the_ledger():
+    with open(LEDGER) as f:
+        measured = {(r["run"], r["seed"]): r["test_accuracy"] for r in json.load(f) if not any(r["overrides"].values())}
+    with open(os.path.join(ROOT, "README.md")) as f:
+        rows = re.findall(r"^\| `--without ([a-z-]+)` \| ([0-9.]+) \| ([+-][0-9.]+) \|", f.read(), re.MULTILINE)
+    assert len(rows) >= 2, "the README has no table of what each ingredient buys"
+    for ingredient, accuracy, points in rows:
+        assert measured[(f"modern without {ingredient}", 0)] == float(accuracy), ingredient
+        assert f"{100 * (float(accuracy) - measured[('modern', 0)]):+.1f}" == points, ingredient
