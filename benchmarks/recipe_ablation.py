@@ -24,7 +24,6 @@ prints the table. Minutes are given twice: the run's wall clock, and its median 
 """
 
 import argparse
-import csv
 import datetime
 import json
 import os
@@ -85,9 +84,10 @@ def new_record(name, seed, overrides, metrics, history):
 
 
 def history_of(out):
-    with open(os.path.join(out, "history.csv")) as f:
-        rows = list(csv.DictReader(f))
-    return {key: [float(row[key]) for row in rows] for key in HISTORY_COLUMNS}
+    from kflowers.runs.run import read_history
+
+    history = read_history(out)
+    return {key: history[key] for key in HISTORY_COLUMNS}
 
 
 def run(data, out, seed, extra, common):
@@ -151,10 +151,11 @@ def variants_for(args):
         from kflowers.options import RunOptions
 
         modern = RunOptions(data=args.data, strategy="scratch", recipe="modern")
-        variants["lesson (same epochs, size, precision)"] = ["--recipe", "lesson"]
-        variants["lesson (same epochs, size, precision)"] += ["--epochs", str(args.epochs or modern.epochs)]
-        variants["lesson (same epochs, size, precision)"] += ["--image-size", str(args.image_size or modern.image_size)]
-        variants["lesson (same epochs, size, precision)"] += ["--precision", modern.precision]
+        epochs, size = args.epochs or modern.epochs, args.image_size or modern.image_size
+        variants["lesson (same epochs, size, precision)"] = [
+            *("--recipe", "lesson", "--epochs", str(epochs), "--image-size", str(size)),
+            *("--precision", modern.precision),
+        ]
     return variants
 
 
