@@ -4,13 +4,121 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
+import stat
 import tempfile
+
+from kflowers.errors import KflowersError
 
 # Every temporary file kflowers writes starts with this: only such names are ever cleaned up.
 TEMPORARY_PREFIX = ".kflowers-tmp-"
+# What `atomic_path` names its temporaries: the prefix, the file's name, tempfile's 8 random characters,
+# ".tmp" and the writer's suffix (an export's folder: a pid instead of the random part). Only names of this
+# exact form are ever cleaned up (`is_temporary`): a user's `.kflowers-tmp-notes` is not one.
+_TEMPORARY_NAME = re.compile(re.escape(TEMPORARY_PREFIX) + r".+\.[A-Za-z0-9_]+\.tmp(\.[A-Za-z0-9_]+)*")
+# The most a JSON or CSV file kflowers reads may hold (config, split, metrics, history, markers).
+MAX_RECORD_BYTES = 64 << 20
 # The file that marks a folder as one kflowers made (a run directory); see `kflowers.runs.directory`.
 RUN_MARKER = ".kflowers-run"
+
+
+class NotARegularFile(KflowersError, OSError):
+    """A file kflowers reads is a FIFO, a device, a folder, or larger than it may be (an `OSError`, so that
+    readers that pass over unreadable files pass over these too)."""
+
+
+def is_temporary(name):
+    """Whether the file name `name` is one `atomic_path` makes (`.kflowers-tmp-NAME.XXXXXXXX.tmp...`).
+
+    Example:
+    ```python
+    is_temporary(".kflowers-tmp-model.keras.k2j4_9xq.tmp.keras")  # True
+    is_temporary(".kflowers-tmp-notes")  # False: a user's name that only starts like one
+    ```
+    """
+    return _TEMPORARY_NAME.fullmatch(name) is not None
+
+
+@contextlib.contextmanager
+def open_regular(path, limit=MAX_RECORD_BYTES, follow_links=True):
+    """Open `path` for reading in binary, only if it is a regular file of at most `limit` bytes.
+
+    The one way kflowers opens a file it reads: a FIFO (which would block
+    forever), a device (`/dev/zero` never ends), a folder or an oversized
+    file is refused before a byte is read. The file is opened without
+    blocking and checked on the open descriptor, so nothing can be swapped
+    in between the check and the read.
+
+    Args:
+        path: str or path. The file.
+        limit: int or `None`. The most bytes it may hold; `None` for no
+            bound. Defaults to `MAX_RECORD_BYTES` (64 MiB).
+        follow_links: bool. `False` refuses a symbolic link (`ELOOP`).
+            Defaults to `True`.
+
+    Raises:
+        NotARegularFile: not a regular file, or larger than `limit`.
+        OSError: it can't be opened (missing, permissions).
+
+    Example:
+    ```python
+    with open_regular("runs/latest/config.json") as f:
+        config = json.load(f)
+    ```
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | (0 if follow_links else getattr(os, "O_NOFOLLOW", 0))
+    fd = os.open(path, flags)
+    try:
+        check_regular(path, os.fstat(fd), limit)
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        f = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with f:
+        yield f
+
+
+def check_regular(path, status=None, limit=None):
+    """Raise `NotARegularFile` unless `path` (links followed; or its `os.stat` result `status`) is a regular
+    file of at most `limit` bytes. For readers that take a path (Keras, torch, zipfile): call it first."""
+    status = status or os.stat(path)
+    if not stat.S_ISREG(status.st_mode):
+        kind = (
+            "a FIFO"
+            if stat.S_ISFIFO(status.st_mode)
+            else "a device"
+            if stat.S_ISCHR(status.st_mode) or stat.S_ISBLK(status.st_mode)
+            else "a folder"
+            if stat.S_ISDIR(status.st_mode)
+            else "a socket"
+            if stat.S_ISSOCK(status.st_mode)
+            else "not a regular file"
+        )
+        raise NotARegularFile(f"{os.fspath(path)} is {kind}, not a regular file: kflowers reads only plain files")
+    if limit is not None and status.st_size > limit:
+        raise NotARegularFile(
+            f"{os.fspath(path)} holds {status.st_size:,} bytes, more than the {limit:,} kflowers reads: "
+            "it is not the file kflowers wrote"
+        )
+
+
+def read_json(path, limit=MAX_RECORD_BYTES, follow_links=True):
+    """The JSON in `path`, read through `open_regular` (a FIFO or a device is refused, the size bounded).
+
+    Raises:
+        NotARegularFile, OSError, ValueError: as `open_regular`, or not JSON.
+    """
+    with open_regular(path, limit, follow_links) as f:
+        return json.loads(f.read().decode("utf-8"))
+
+
+def read_text(path, limit=MAX_RECORD_BYTES):
+    """The UTF-8 text in `path`, read through `open_regular`."""
+    with open_regular(path, limit) as f:
+        return f.read().decode("utf-8")
 
 
 @contextlib.contextmanager

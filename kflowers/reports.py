@@ -1,10 +1,14 @@
 """Pictures and tables: the sample grid, learning curves, confusion matrices,
 and markdown tables you can paste."""
 
+import os
+
 import numpy as np
 
+from kflowers.errors import KflowersError
 from kflowers.errors import display_name
 from kflowers.files import atomic_path
+from kflowers.files import check_regular
 
 
 def new_figure(rows=1, cols=1, figsize=(6.4, 4.8), squeeze=True):
@@ -33,11 +37,41 @@ def _tidy(ax, values=None):
         ax.set_yscale("log")
 
 
+# The PNG text field that says kflowers drew a picture (`drawn_by_kflowers`).
+PICTURE_SOFTWARE = "kflowers"
+
+
 def save_figure(figure, path):
-    """Write `figure` to the PNG `path` atomically; return `path`."""
+    """Write `figure` to the PNG `path` atomically, marked as kflowers's (`drawn_by_kflowers`); return `path`."""
     with atomic_path(path, suffix=".png") as tmp:
-        figure.savefig(tmp, dpi=100, bbox_inches="tight", format="png")
+        figure.savefig(tmp, dpi=100, bbox_inches="tight", format="png", metadata={"Software": PICTURE_SOFTWARE})
     return str(path)
+
+
+def drawn_by_kflowers(path):
+    """Whether `path` is a PNG that kflowers drew (its `Software` text field says so)."""
+    from PIL import Image
+
+    try:
+        check_regular(path, limit=64 << 20)
+        with Image.open(path) as image:
+            return image.format == "PNG" and image.info.get("Software") == PICTURE_SOFTWARE
+    except (OSError, ValueError, SyntaxError):
+        return False
+
+
+def check_picture_replaceable(path):
+    """Refuse to write a picture over a file that is not a picture kflowers drew (outside run directories,
+    where `--out` may be any folder: `evaluate`, `explain`).
+
+    Raises:
+        KflowersError: `path` exists and kflowers did not draw it.
+    """
+    if os.path.lexists(path) and not drawn_by_kflowers(path):
+        raise KflowersError(
+            f"{path} exists and is not a picture kflowers drew: move it or choose another --out (kflowers "
+            "replaces only its own pictures)"
+        )
 
 
 def plot_history(history, path, title=None):

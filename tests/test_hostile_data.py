@@ -440,3 +440,133 @@ def test_explain_keeps_both_pictures_of_two_images_with_one_name(tmp_path, small
     model = kflowers.load_model(small_model_file)
     written = explain_images(model, [tmp_path / "a" / "x.png", tmp_path / "b" / "x.png"], str(tmp_path / "out"))
     assert [os.path.basename(p) for p in written] == ["x.gradcam.png", "x.2.gradcam.png"]
+
+
+# ------------------------------------------- files kflowers reads: never a FIFO or a device (issue 31, row 6)
+
+
+def _within(seconds, function):
+    """`function()`'s result, or a failure if it has not returned after `seconds` (a blocked read). The
+    thread is a daemon: a test that fails here leaves it blocked, never the test run."""
+    import threading
+
+    box = {}
+    thread = threading.Thread(target=lambda: box.update(result=function()), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still blocked after {seconds} s"
+    return box["result"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, flowers_dir):
+    from kflowers.cli.main import main
+
+    out = tmp_path_factory.mktemp("reads") / "run"
+    flags = ["--image-size", "32", "--batch-size", "16", "--seed", "3", "--quiet"]
+    assert (
+        main(["train", "--data", flowers_dir, "--out", str(out), "--strategy", "scratch", "--epochs", "1", *flags]) == 0
+    )
+    return out
+
+
+def _copy_run(finished_run, tmp_path):
+    import shutil
+
+    shutil.copytree(finished_run, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def _fifo_marker(run, tmp_path, data):
+    out = tmp_path / "out"
+    out.mkdir()
+    os.mkfifo(out / ".kflowers-run")
+    return ["train", "--data", data, "--out", out, "--epochs", "1"], ".kflowers-run"
+
+
+def _fifo_config(run, tmp_path, data):
+    out = tmp_path / "out"
+    out.mkdir()
+    os.mkfifo(out / "config.json")
+    return ["train", "--data", data, "--out", out, "--epochs", "1"], "config.json"
+
+
+def _fifo_split(run, tmp_path, data):
+    (run / "split.json").unlink()
+    os.mkfifo(run / "split.json")
+    return ["evaluate", "--model", run / "model.keras", "--data", data], "split.json is a FIFO"
+
+
+def _split_is_dev_zero(run, tmp_path, data):
+    (run / "split.json").unlink()
+    os.symlink("/dev/zero", run / "split.json")
+    return ["evaluate", "--model", run / "model.keras", "--data", data], "split.json is a device"
+
+
+def _fifo_metrics(run, tmp_path, data):
+    (run / "metrics.json").unlink()
+    os.mkfifo(run / "metrics.json")
+    flags = ["--strategy", "scratch", "--epochs", "1", "--image-size", "32", "--batch-size", "16", "--seed", "3"]
+    return ["train", "--data", data, "--out", run, "--resume", *flags], "metrics.json is a FIFO"
+
+
+def _fifo_weights(run, tmp_path, data):
+    os.mkfifo(tmp_path / "x.pth")
+    return ["train", "--data", data, "--out", tmp_path / "out", "--weights", tmp_path / "x.pth"], "x.pth is a FIFO"
+
+
+HANG_ROWS = {
+    "FIFO as OUT/.kflowers-run": _fifo_marker,
+    "FIFO as OUT/config.json": _fifo_config,
+    "FIFO as RUN/split.json": _fifo_split,
+    "RUN/split.json linked to /dev/zero": _split_is_dev_zero,
+    "FIFO as a finished run's metrics.json": _fifo_metrics,
+    "FIFO as --weights": _fifo_weights,
+}
+
+
+@pytest.mark.parametrize("row", list(HANG_ROWS))
+def test_a_fifo_or_device_is_one_line_never_a_hang(row, finished_run, flowers_dir, tmp_path, capsys):
+    from kflowers.cli.main import main
+
+    run = _copy_run(finished_run, tmp_path)
+    args, says = HANG_ROWS[row](run, tmp_path, flowers_dir)
+    capsys.readouterr()
+    code = _within(60, lambda: main([str(a) for a in args] + quiet(args)))
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, lines
+    assert says in lines[0]
+
+
+def quiet(args):
+    return ["--quiet"] if args[0] == "train" else []
+
+
+def test_fifos_and_devices_named_in_split_json_are_passed_over(finished_run, flowers_dir, tmp_path, capsys):
+    """The training images `evaluate` hashes (to count test images the model trained on) are read only when
+    they are regular files: a FIFO would block, a thousand links to /dev/zero would each be read for 64 MB."""
+    import json
+    import shutil
+
+    from kflowers.cli.main import main
+
+    run = _copy_run(finished_run, tmp_path)
+    data = tmp_path / "data"
+    shutil.copytree(flowers_dir, data)
+    split = json.loads((run / "split.json").read_text())
+    config = json.loads((run / "config.json").read_text())
+    first = split["train"][0]
+    os.remove(data / os.path.relpath(first, config["data"]))
+    os.mkfifo(data / os.path.relpath(first, config["data"]))
+    for i in range(1000):
+        os.symlink("/dev/zero", data / f"zero{i}.jpg")
+        split["train"].append(str(data / f"zero{i}.jpg"))
+    split["train"] = [str(data / os.path.relpath(p, config["data"])) for p in split["train"]]
+    split["test"] = [str(data / os.path.relpath(p, config["data"])) for p in split["test"]]
+    config["data"] = str(data)
+    (run / "split.json").write_text(json.dumps(split))
+    (run / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()
+    code = _within(60, lambda: main(["evaluate", "--model", str(run / "model.keras"), "--data", flowers_dir, "--json"]))
+    assert code == 0, capsys.readouterr().err
+    assert json.loads(capsys.readouterr().out)["images"] > 0

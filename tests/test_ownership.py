@@ -69,14 +69,14 @@ def test_a_folder_with_user_files_is_refused_and_untouched(command, flowers_dir,
 @pytest.mark.slow
 def test_force_replaces_only_kflowers_file_names(flowers_dir, tmp_path, capsys):
     out = make_user_folder(tmp_path / "project")
-    (out / (TEMPORARY_PREFIX + "x.tmp")).write_text("left by a killed kflowers")
+    (out / (TEMPORARY_PREFIX + "x.k1ll3d00.tmp")).write_text("left by a killed kflowers")
     code, lines = run(["train", "--data", flowers_dir, "--out", out, *FAST, "--force"], capsys)
     assert code == 0, lines
     left = user_files_left(out)
     assert '"strategy": "scratch"' in left.pop("config.json")  # config.json is a kflowers file name: replaced
     assert left == {name: text for name, text in USER_FILES.items() if name != "config.json"}
     assert os.path.exists(out / MARKER) and os.path.exists(out / "model.keras")
-    assert not os.path.exists(out / (TEMPORARY_PREFIX + "x.tmp"))
+    assert not os.path.exists(out / (TEMPORARY_PREFIX + "x.k1ll3d00.tmp"))
     # Now the folder is a run directory: a second run needs no --force.
     code, lines = run(["train", "--data", flowers_dir, "--out", out, *FAST], capsys)
     assert code == 0, lines
@@ -263,7 +263,163 @@ def test_a_temporary_named_link_to_a_folder_is_unlinked_never_followed(tmp_path)
     kept = tmp_path / "sub"
     kept.mkdir()
     (kept / "model.keras").write_text("mine")
-    os.symlink(kept, tmp_path / (TEMPORARY_PREFIX + "x.tmp"))
+    os.symlink(kept, tmp_path / (TEMPORARY_PREFIX + "x.k1ll3d00.tmp"))
     remove_temporaries(str(tmp_path))
-    assert not os.path.lexists(tmp_path / (TEMPORARY_PREFIX + "x.tmp"))
+    assert not os.path.lexists(tmp_path / (TEMPORARY_PREFIX + "x.k1ll3d00.tmp"))
     assert (kept / "model.keras").read_text() == "mine"
+
+
+# ---------------------------------------------------------------- what each command may replace: one row an attack
+
+
+def _plant_user_demo_data(out):
+    (out / "demo-data" / "daisy").mkdir(parents=True)
+    (out / "demo-data" / "daisy" / "daisy_000.JPG").write_text("my photo")
+    (out / "demo-data" / "notes.txt").write_text("mine")
+    return {"demo-data/daisy/daisy_000.JPG": "my photo", "demo-data/notes.txt": "mine"}
+
+
+def _plant_demo_data_link(out):
+    target = out.parent / "elsewhere"
+    (target / "daisy").mkdir(parents=True)
+    (target / "daisy" / "daisy_000.JPG").write_text("my photo")
+    os.symlink(target, out / "demo-data")
+    return {"../elsewhere/daisy/daisy_000.JPG": "my photo"}
+
+
+def _plant_marker_and_demo_data(out):
+    (out / MARKER).write_text('{"kind": "run", "run_id": "planted"}')
+    return _plant_user_demo_data(out)
+
+
+def _plant_explain_inputs(out):
+    import shutil
+
+    from PIL import Image
+
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(out / "b.jpg")
+    shutil.copy(out / "b.jpg", out / "b.gradcam.png")  # the user's second photo, named like an output
+    return {"b.jpg": (out / "b.jpg").read_bytes(), "b.gradcam.png": (out / "b.gradcam.png").read_bytes()}
+
+
+def _plant_confusion(out):
+    (out / "confusion.png").write_bytes(b"my own confusion matrix")
+    return {"confusion.png": b"my own confusion matrix"}
+
+
+def _plant_litert_sidecar(out):
+    (out / "F.class_names.json").write_text('["mine"]')
+    return {"F.class_names.json": '["mine"]'}
+
+
+def _plant_compare_subfolder(out):
+    (out / "scratch").mkdir()
+    (out / "scratch" / "config.json").write_text('{"mine": true}')
+    (out / "notes.txt").write_text("mine")
+    return {"scratch/config.json": '{"mine": true}', "notes.txt": "mine"}
+
+
+def _plant_temporary_looking_folder(out):
+    (out / ".kflowers-tmp-notes").mkdir()
+    (out / ".kflowers-tmp-notes" / "todo.txt").write_text("mine")
+    return {".kflowers-tmp-notes/todo.txt": "mine"}
+
+
+DATA_LOSS_ROWS = {
+    # issue 31, row 1: --force never reaches into the demo's data folder when the demo did not draw it
+    "demo --force into a user's demo-data": (_plant_user_demo_data, ["demo", "--out", "{out}", "--force"], "demo"),
+    # row 2: a link named demo-data is refused, not written through
+    "demo with demo-data a link": (_plant_demo_data_link, ["demo", "--out", "{out}", "--force"], "is a link"),
+    # row 1, without --force: a planted run marker grants nothing over demo-data
+    "demo into a marked folder": (_plant_marker_and_demo_data, ["demo", "--out", "{out}"], "did not draw"),
+    # row 3: an output that is also an input
+    "explain onto its own input": (
+        _plant_explain_inputs,
+        ["explain", "--model", "{model}", "{out}/b.jpg", "{out}/b.gradcam.png", "--out", "{out}"],
+        "one of the photos",
+    ),
+    # row 4
+    "evaluate --out over a user's confusion.png": (
+        _plant_confusion,
+        ["evaluate", "--model", "{model}", "--data", "{data}", "--out", "{out}"],
+        "not a picture kflowers drew",
+    ),
+    "export litert beside a user's class_names.json": (
+        _plant_litert_sidecar,
+        ["export", "--model", "{model}", "--format", "litert", "--out", "{out}/F.tflite"],
+        "F.class_names.json already exists",
+    ),
+    "compare --force into a user's strategy folder": (
+        _plant_compare_subfolder,
+        ["compare", "--data", "{data}", "--out", "{out}", "--strategies", "scratch", "--epochs", "1", "--force"],
+        "scratch holds files kflowers did not write",
+    ),
+    # row 5: a name that only starts like a temporary is the user's
+    "train into a folder with .kflowers-tmp-notes": (
+        _plant_temporary_looking_folder,
+        ["train", "--data", "{data}", "--out", "{out}", "--epochs", "1"],
+        ".kflowers-tmp-notes",
+    ),
+}
+
+
+def _tree(folder):
+    found = {}
+    for path in folder.parent.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            found[os.path.relpath(path, folder)] = path.read_bytes()
+    return found
+
+
+@pytest.mark.parametrize("row", list(DATA_LOSS_ROWS))
+def test_a_users_bytes_survive(row, flowers_dir, small_model_file, tmp_path, capsys):
+    plant, args, says = DATA_LOSS_ROWS[row]
+    out = tmp_path / "user"
+    out.mkdir()
+    planted = plant(out)
+    before = _tree(out)
+    values = {"out": out, "model": small_model_file, "data": flowers_dir}
+    code, lines = run([a.format(**values) for a in args], capsys)
+    assert code == 2 and len(lines) == 1, lines
+    assert says in lines[0]
+    for name, content in planted.items():
+        data = (out / name).read_bytes()
+        assert data == (content.encode() if isinstance(content, str) else content), name
+    assert _tree(out) == before  # nothing written, nothing removed
+
+
+@pytest.mark.slow
+def test_force_keeps_a_folder_that_only_looks_like_a_temporary(flowers_dir, tmp_path, capsys):
+    out = tmp_path / "user"
+    out.mkdir()
+    _plant_temporary_looking_folder(out)
+    code, lines = run(["train", "--data", flowers_dir, "--out", out, *FAST, "--force"], capsys)
+    assert code == 0, lines
+    assert (out / ".kflowers-tmp-notes" / "todo.txt").read_text() == "mine"
+    assert (out / "model.keras").exists()
+
+
+def test_a_picture_kflowers_drew_is_replaced_and_a_users_is_not(tmp_path):
+    from kflowers.reports import check_picture_replaceable
+    from kflowers.reports import drawn_by_kflowers
+    from kflowers.reports import new_figure
+    from kflowers.reports import save_figure
+
+    figure, _ = new_figure(1, 1)
+    ours = save_figure(figure, tmp_path / "ours.png")
+    assert drawn_by_kflowers(ours)
+    check_picture_replaceable(ours)  # no error
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "theirs.png")
+    with pytest.raises(KflowersError, match="not a picture kflowers drew"):
+        check_picture_replaceable(tmp_path / "theirs.png")
+
+
+@pytest.mark.slow
+def test_demo_redraws_its_own_data_folder(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert run(["demo", "--out", out, "--quiet"], capsys)[0] == 0
+    (out / "demo-data" / "mine.txt").write_text("kept")
+    assert run(["demo", "--out", out, "--quiet"], capsys)[0] == 0
+    assert (out / "demo-data" / "mine.txt").read_text() == "kept"

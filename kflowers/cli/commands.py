@@ -1,6 +1,7 @@
 """What each `kflowers` command does. Keras, torch and keras-hub are imported inside the commands that
 need them, so that `kflowers --help` and argument errors come at once."""
 
+import dataclasses
 import json
 import logging
 import os
@@ -124,10 +125,13 @@ def cmd_evaluate(args):
     from kflowers.data.dataset import FlowerDataset
     from kflowers.data.folders import scan_folder
     from kflowers.reports import markdown_table
+    from kflowers.reports import check_picture_replaceable
     from kflowers.reports import plot_confusion
     from kflowers.runs.run import evaluate_model
     from kflowers.runs.run import run_split
 
+    if args.out:  # never over a user's file (checked before the work)
+        check_picture_replaceable(os.path.join(args.out, "confusion.png"))
     model = _load(args.model)
     folder = scan_folder(args.data)
     unknown = [name for name in folder.class_names if name not in model.class_names]
@@ -259,6 +263,8 @@ def cmd_compare(args):
     from kflowers.runs.run import train_run
 
     check_out(args.out, args.data, args.force)
+    for strategy in args.strategies:  # each strategy's folder must be new or kflowers's, --force or not
+        check_out(os.path.join(args.out, strategy), args.data, force=False)
     args.data = _data_root(args)
     claim(args.out, kind="compare", force=args.force)
     folder = scan_folder(args.data)
@@ -269,7 +275,9 @@ def cmd_compare(args):
         for strategy in args.strategies:
             print(f"\n=== {strategy} ({args.recipe} recipe) ===")
             out = os.path.join(args.out, strategy)
-            metrics = train_run(_run_options(args, strategy, out), folder=folder, split=split)
+            # --force is for the top folder: a strategy's subfolder must be new or kflowers's own.
+            options = dataclasses.replace(_run_options(args, strategy, out), force=False)
+            metrics = train_run(options, folder=folder, split=split)
             if metrics["epochs"]:
                 histories[strategy] = read_history(out)
             rows.append(_compare_row(strategy, args.recipe, metrics))
@@ -358,22 +366,22 @@ def cmd_lr_find(args):
 
 
 def cmd_demo(args):
-    import shutil
-
     from kflowers.data.download import CLASS_NAMES
-    from kflowers.data.demo import draw_dataset
+    from kflowers.data.demo import check_demo_folder
+    from kflowers.data.demo import draw_demo_dataset
     from kflowers.options import RunOptions
     from kflowers.runs.directory import claim
     from kflowers.runs.run import check_out
     from kflowers.runs.run import train_run
 
     check_out(args.out, force=args.force)
-    claim(args.out, kind="demo", force=args.force)
     # The drawn images stay in the run directory, so that its config.json and split.json point to data that
-    # exists (`kflowers evaluate --data RUN/demo-data` works). The folder is the demo's own: redrawn each time.
+    # exists (`kflowers evaluate --data RUN/demo-data` works). `draw_demo_dataset` refuses a folder of that name
+    # that it did not draw itself (whatever --force says), and writes only its own file names there.
     data = os.path.join(args.out, DEMO_DATA)
-    shutil.rmtree(data, ignore_errors=True)
-    draw_dataset(data, CLASS_NAMES, per_class=40, size=48, seed=0)
+    check_demo_folder(data, CLASS_NAMES)
+    claim(args.out, kind="demo", force=args.force)
+    draw_demo_dataset(data, CLASS_NAMES, per_class=40, size=48, seed=0)
     print(f"drew a dataset of 5 x 40 images in {data}")
     options = RunOptions(
         data=data,

@@ -121,10 +121,11 @@ def _archive_stamp(path):
 
 
 def _read_text(path):
+    from kflowers.files import read_text
+
     try:
-        with open(path) as f:
-            return f.read()
-    except OSError:
+        return read_text(path, limit=4096)
+    except (OSError, ValueError):
         return None
 
 

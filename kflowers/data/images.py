@@ -12,6 +12,7 @@ transparent pixels are composited onto white in integer arithmetic.
 
 import contextlib
 import os
+import stat
 import threading
 import warnings
 
@@ -72,7 +73,10 @@ def read_image(path, min_size=None):
     ```
     """
     try:
-        if os.path.getsize(path) == 0:  # FileNotFoundError for a dangling link
+        status = os.stat(path)  # FileNotFoundError for a dangling link
+        if not stat.S_ISREG(status.st_mode):  # a FIFO would block the decoder, a device never end
+            raise UnreadableImage("not a regular file (a FIFO, a device or a folder)")
+        if status.st_size == 0:
             raise UnreadableImage("empty file (0 bytes)")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # Pillow's notes on palettes, EXIF: not the user's concern

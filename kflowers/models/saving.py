@@ -4,6 +4,7 @@ import json
 import os
 import zipfile
 from kflowers.errors import WeightsError
+from kflowers.files import check_regular
 from kflowers.errors import first_line
 
 
@@ -130,8 +131,9 @@ def load_model(path, torch_kernels=True):
     import keras
 
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise WeightsError(f"model file not found: {path}")
+    check_regular(path)  # a FIFO would block the zip reader forever
     if not zipfile.is_zipfile(path):
         raise WeightsError(f"{path} is corrupt or not a .keras model file (not a zip archive)")
     import kflowers.models.losses  # noqa: F401 - registers SparseCrossentropyWithSmoothing, a compiled model's loss

@@ -16,6 +16,7 @@ import tempfile
 import numpy as np
 
 from kflowers.errors import WeightsError
+from kflowers.files import check_regular
 from kflowers.errors import first_line
 from kflowers.models.parts import model_parts
 
@@ -53,6 +54,7 @@ def load_weights(model, source):
             f"unknown weights {source!r}: expected 'imagenet', a keras-hub preset, or an "
             "existing .pth, .safetensors or .weights.h5 file"
         )
+    check_regular(path)  # a FIFO would block torch.load forever, a device never end
     lower = path.lower()
     if lower.endswith((".pth", ".pt", ".bin")):
         load_state_dict(backbone, read_torch_state_dict(path))

@@ -21,7 +21,6 @@ with RunLock("runs/latest"):
 
 import contextlib
 import errno
-import json
 import logging
 import os
 import platform
@@ -30,7 +29,8 @@ import uuid
 from kflowers.errors import KflowersError
 from kflowers.errors import RunDirectoryBusy
 from kflowers.files import RUN_MARKER as MARKER
-from kflowers.files import TEMPORARY_PREFIX
+from kflowers.files import is_temporary
+from kflowers.files import read_json
 from kflowers.files import write_json
 
 log = logging.getLogger("kflowers")
@@ -44,16 +44,9 @@ class RunDirectoryNotOurs(KflowersError):
 
 def read_marker(folder):
     """The marker's contents (`{"kind", "run_id", ...}`) of a folder kflowers made, or `None`."""
-    path = os.path.join(folder, MARKER)
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    except OSError:
-        return None
-    with os.fdopen(fd, "rb") as f:
-        text = f.read(4096)
-    try:
-        marker = json.loads(text)
-    except ValueError:
+    try:  # not through a link, and never a FIFO or a device (`open_regular`)
+        marker = read_json(os.path.join(folder, MARKER), limit=4096, follow_links=False)
+    except (OSError, ValueError):
         return None
     return marker if isinstance(marker, dict) and isinstance(marker.get("run_id"), str) else None
 
@@ -65,13 +58,9 @@ def is_ours(folder):
 
 
 def _run_before_markers(folder):
-    path = os.path.join(folder, "config.json")
     try:
-        if os.path.islink(path) or os.path.getsize(path) > 1 << 20:
-            return False
-        with open(path, encoding="utf-8") as f:
-            config = json.load(f)
-    except (OSError, ValueError):
+        config = read_json(os.path.join(folder, "config.json"), limit=1 << 20, follow_links=False)
+    except (OSError, ValueError, RecursionError):
         return False
     return isinstance(config, dict) and isinstance(config.get("versions"), dict) and "kflowers" in config["versions"]
 
@@ -80,7 +69,7 @@ def foreign_entries(folder):
     """The entries of `folder` that do not show it is kflowers's (sorted); `[]` for a new or empty folder."""
     if not os.path.isdir(folder) or is_ours(folder):
         return []
-    return sorted(name for name in os.listdir(folder) if name != LOCK_FILE and not name.startswith(TEMPORARY_PREFIX))
+    return sorted(name for name in os.listdir(folder) if name != LOCK_FILE and not is_temporary(name))
 
 
 def claim(folder, kind="run", force=False, mark=True):
@@ -139,7 +128,7 @@ def remove_temporaries(folder):
     """Remove the temporaries (kflowers's prefix) that a killed process left at the top of `folder`.
 
     Only `folder` itself is looked at, never its subfolders, and only names
-    with kflowers's prefix (`files.TEMPORARY_PREFIX`). Call it only while no
+    of the form kflowers's temporaries have (`files.is_temporary`). Call it only while no
     other process writes there (a run holds its lock).
     """
     import shutil
@@ -147,7 +136,7 @@ def remove_temporaries(folder):
     if not os.path.isdir(folder):
         return
     for name in os.listdir(folder):
-        if not name.startswith(TEMPORARY_PREFIX):
+        if not is_temporary(name):
             continue
         path = os.path.join(folder, name)
         if os.path.isdir(path) and not os.path.islink(path):

@@ -18,8 +18,12 @@ import base64
 import csv
 import html
 import json
+import io
 import os
 
+from kflowers.files import open_regular
+from kflowers.files import read_json
+from kflowers.files import read_text
 from kflowers.files import write_text
 
 FILE_NAME = "report.html"
@@ -62,8 +66,7 @@ def write_run_report(out):
 
 
 def _read_json(path):
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    return read_json(path)
 
 
 def _text(value):
@@ -96,7 +99,7 @@ def _pictures(out, names):
         path = os.path.join(out, name)
         if not os.path.isfile(path):
             continue
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             data = base64.b64encode(f.read()).decode("ascii")
         figures.append(
             f'<figure><img src="data:image/png;base64,{data}" alt="{_text(caption)}">'
@@ -114,8 +117,7 @@ def _history(out):
     path = os.path.join(out, "history.csv")
     if not os.path.isfile(path):
         return "<p>(no finished epoch)</p>"
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
+    rows = list(csv.DictReader(io.StringIO(read_text(path))))
     return _table(rows, number=True)
 
 

@@ -40,6 +40,10 @@ from kflowers.training import backup
 from kflowers.training import distributed
 from kflowers.errors import BackupMismatch
 from kflowers.errors import KflowersError
+from kflowers.files import NotARegularFile
+from kflowers.files import open_regular
+from kflowers.files import read_json
+from kflowers.files import read_text
 from kflowers.files import strict_json
 from kflowers.files import write_json
 from kflowers.files import write_text
@@ -278,9 +282,10 @@ class RunSplit:
 
 
 def _sha256(path):
+    """The SHA-256 of a regular file's first 64 MiB (a FIFO or a device is refused: `open_regular`)."""
     import hashlib
 
-    with open(path, "rb") as f:
+    with open_regular(path, limit=None) as f:
         return hashlib.sha256(f.read(64 << 20)).hexdigest()
 
 
@@ -315,14 +320,13 @@ def run_split(run_dir, data, paths, side=None):
     return RunSplit(side, data, chosen, train, run_data)
 
 
-def _read_small_json(path, limit=64 << 20):
-    import json
-
+def _read_small_json(path):
+    """The JSON in a run file, or `None` when it is missing or not JSON; a FIFO, a device or an oversized
+    file raises `NotARegularFile` (one line), since reading it would block or never end."""
     try:
-        if os.path.getsize(path) > limit:
-            return None
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        return read_json(path)
+    except NotARegularFile:
+        raise
     except (OSError, ValueError, RecursionError):
         return None
 
@@ -687,8 +691,8 @@ def history_columns(rows):
 
 def read_history(out):
     """The `history.csv` of the run in `out`, as columns of floats."""
-    with open(os.path.join(out, "history.csv"), newline="") as f:
-        rows = [{key: float(value) for key, value in row.items()} for row in csv.DictReader(f)]
+    text = read_text(os.path.join(out, "history.csv"))
+    rows = [{key: float(value) for key, value in row.items()} for row in csv.DictReader(io.StringIO(text))]
     return history_columns(rows)
 
 

@@ -133,12 +133,35 @@ def explain_images(model, images, out_dir, top_k=3, class_names=None, labels=Non
     from kflowers.reports import save_figure
 
     names = class_names or class_names_of(model)
+    targets = []
+    for path in images:
+        targets.append(_unused_name(out_dir, path, targets))
+    check_targets(images, targets)
     written = []
-    for index, path in enumerate(images):
+    for index, (path, target) in enumerate(zip(images, targets)):
         label = labels[index] if labels is not None else _folder_class(path, names)
         figure = gradcam_figure(model, path, names, top_k=top_k, label=label)
-        written.append(save_figure(figure, _unused_name(out_dir, path, written)))
+        written.append(save_figure(figure, target))
     return written
+
+
+def check_targets(images, targets):
+    """Refuse, before any picture is written, a picture that would land on one of the input photos or on
+    a file that is not a picture kflowers drew.
+
+    Raises:
+        KflowersError: the first such target, named.
+    """
+    from kflowers.errors import KflowersError
+    from kflowers.reports import check_picture_replaceable
+
+    inputs = {os.path.realpath(path) for path in images}
+    for target in targets:
+        if os.path.realpath(target) in inputs:
+            raise KflowersError(
+                f"{target} is one of the photos to explain and would be its Grad-CAM picture: choose another --out"
+            )
+        check_picture_replaceable(target)
 
 
 MAX_SIDE = 1024  # photos larger than this are shown shrunk to it

@@ -90,6 +90,12 @@ def export_model(model_path, format, out, images=(), atol=1e-4, force=False):
 def check_export_target(format, out, force):
     """Refuse an `out` that exists (unless `force`) or is of the wrong kind for `format`."""
     out = os.fspath(out)
+    sidecar = class_names_path(format, out) if format == "litert" else None
+    if sidecar and os.path.lexists(sidecar) and not force:  # written beside the file: the user's name too
+        raise KflowersError(
+            f"{sidecar} already exists (a {format} export keeps its class names there); move it, choose "
+            "another --out, or pass --force to replace it"
+        )
     if not os.path.lexists(out):
         return
     folder_format = EXTENSIONS[format] == ""

@@ -15,6 +15,7 @@ import os
 import numpy as np
 
 from kflowers.files import atomic_path
+from kflowers.files import check_regular
 from kflowers.errors import BackupMismatch
 
 FILE_NAME = "state.npz"
@@ -84,6 +85,7 @@ def load(folder):
     path = os.path.join(folder, FILE_NAME)
     if not os.path.exists(path):
         return None
+    check_regular(path)  # a FIFO would block the zip reader forever
     try:
         with zipfile.ZipFile(path) as archive:
             declared = sum(item.file_size for item in archive.infolist())
@@ -132,7 +134,7 @@ def check_fingerprint(theirs, ours, folder):
 def remove(folder):
     """Remove what `save` wrote under `folder` (its `state.npz`, a rank's `rankN/state.npz`, their
     temporaries) and then the folders left empty; anything else there stays."""
-    from kflowers.files import TEMPORARY_PREFIX
+    from kflowers.files import is_temporary
 
     if not os.path.isdir(folder) or os.path.islink(folder):
         return
@@ -140,7 +142,7 @@ def remove(folder):
         path = os.path.join(folder, name)
         if name.startswith("rank") and name[4:].isdigit() and os.path.isdir(path) and not os.path.islink(path):
             remove(path)
-        elif name == FILE_NAME or name.startswith(TEMPORARY_PREFIX):
+        elif name == FILE_NAME or is_temporary(name):
             if os.path.isdir(path) and not os.path.islink(path):
                 continue  # not a file kflowers wrote
             os.remove(path)
