@@ -28,7 +28,7 @@ print((peak - base) / 1024, len(folder.paths))
 PREDICT = """
 import resource, sys
 import kflowers
-from kflowers.tools.predict import predict_images
+from kflowers.inference.predict import predict_images
 model = kflowers.load_model(sys.argv[2])
 predict_images(model, [sys.argv[3]])  # warm up on the small image: the model's own buffers
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -62,8 +62,8 @@ _EXPORTS = {
     "discriminative_optimizer": "kflowers.training.strategies",
     "STRATEGIES": "kflowers.training.strategies",
     "compile_for": "kflowers.training.strategies",
-    "predict_images": "kflowers.tools.predict",
-    "decode_predictions": "kflowers.tools.predict",
+    "predict_images": "kflowers.inference.predict",
+    "decode_predictions": "kflowers.inference.predict",
     "RunOptions": "kflowers.options",
     "KflowersError": "kflowers.errors",
     "TrainingDiverged": "kflowers.errors",
@@ -72,14 +72,14 @@ _EXPORTS = {
 # The layers, and the helpers beside them, reachable as attributes (`kflowers.training.train(...)`); the
 # modules the Python tour names are reachable by their short names too (`kflowers.callbacks`).
 _SUBMODULES = {
-    **{name: f"kflowers.{name}" for name in ("data", "models", "training", "tools", "runs", "cli")},
+    **{name: f"kflowers.{name}" for name in ("data", "models", "training", "inference", "runs", "cli")},
     **{name: f"kflowers.{name}" for name in ("errors", "files", "options", "recipes", "reports", "native_logs")},
     "callbacks": "kflowers.training.callbacks",
     "strategies": "kflowers.training.strategies",
     "distributed": "kflowers.training.distributed",
-    "predict": "kflowers.tools.predict",
-    "explain": "kflowers.tools.explain",
-    "export": "kflowers.tools.export",
+    "predict": "kflowers.inference.predict",
+    "explain": "kflowers.inference.explain",
+    "export": "kflowers.inference.export",
 }
 
 __all__ = sorted(_EXPORTS) + sorted(_SUBMODULES)

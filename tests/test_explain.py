@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import kflowers
-from kflowers.tools.explain import grad_cam
-from kflowers.tools.explain import top_losses
+from kflowers.inference.explain import grad_cam
+from kflowers.inference.explain import top_losses
 
 SIZE = 128  # a 4x4 last feature map, 2x2 cells per quadrant (at 64 px each cell sees the whole image)
 QUADRANTS = {"top left": (0, 0), "top right": (0, 1), "bottom left": (1, 0), "bottom right": (1, 1)}
@@ -93,8 +93,8 @@ def test_top_losses_orders_the_worst_first():
 def test_grad_cam_picture_shows_the_photo_at_its_own_resolution(tmp_path, width, height, shown):
     from PIL import Image
 
-    from kflowers.tools.explain import explain_images
-    from kflowers.tools.explain import gradcam_figure
+    from kflowers.inference.explain import explain_images
+    from kflowers.inference.explain import gradcam_figure
 
     (tmp_path / "rose").mkdir()
     path = tmp_path / "rose" / "photo.png"

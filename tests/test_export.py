@@ -8,9 +8,9 @@ import pytest
 
 import kflowers
 from clitools import kflowers as run_cli
-from kflowers.tools.export import ExportMismatch
-from kflowers.tools.export import class_names_path
-from kflowers.tools.export import export_model
+from kflowers.inference.export import ExportMismatch
+from kflowers.inference.export import class_names_path
+from kflowers.inference.export import export_model
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def test_an_export_that_disagrees_is_not_kept(model_file, tmp_path, monkeypatch)
     pytest.importorskip("onnxruntime", reason="the onnx export needs onnxruntime: pip install 'kflowers[export]'")
     import keras
 
-    from kflowers.tools import export
+    from kflowers.inference import export
 
     if keras.backend.backend() != "torch":
         pytest.skip("exercised in-process on the torch backend, where onnx is exported")

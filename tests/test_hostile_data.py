@@ -432,7 +432,7 @@ def test_pillow_notes_are_not_the_users_warnings(tmp_path):
 
 
 def test_explain_keeps_both_pictures_of_two_images_with_one_name(tmp_path, small_model_file):
-    from kflowers.tools.explain import explain_images
+    from kflowers.inference.explain import explain_images
 
     for folder in ("a", "b"):
         (tmp_path / folder).mkdir()

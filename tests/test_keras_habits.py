@@ -8,8 +8,8 @@ import pytest
 import kflowers
 from kflowers.data.dataset import FlowerDataset
 from kflowers.models.parts import model_parts
-from kflowers.tools.explain import _logit_gradients
-from kflowers.tools.explain import grad_cam
+from kflowers.inference.explain import _logit_gradients
+from kflowers.inference.explain import grad_cam
 from kflowers.training.loop import train
 
 SIZE = 32

@@ -1,4 +1,4 @@
-"""The package's layers point down only: data -> models -> training -> tools -> runs -> cli (docs/architecture.md).
+"""The package's layers point down only: data -> models -> training -> inference -> runs -> cli (docs/architecture.md).
 
 The folders are the layers. Every `kflowers.X` import, at module level or inside a function, is read from
 the source with `ast`; a module may import its own layer, the layers below it, and the helpers beside all
@@ -13,7 +13,7 @@ import pytest
 pytestmark = pytest.mark.one_backend  # the package's import graph: the torch pass covers it
 
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "kflowers")
-ORDER = ["data", "models", "training", "tools", "runs", "cli"]
+ORDER = ["data", "models", "training", "inference", "runs", "cli"]
 BESIDE_ALL = {"errors", "files", "options", "recipes", "reports", "native_logs", "lazy"}
 
 

@@ -146,7 +146,7 @@ def _fake_export(monkeypatch, outputs):
     """The onnx export made and run in this process by stand-ins: the runtime returns `outputs`."""
     import keras
 
-    from kflowers.tools import export
+    from kflowers.inference import export
 
     monkeypatch.setitem(export.FORMATS, "onnx", keras.backend.backend())
     monkeypatch.setitem(export.RUNTIMES, "onnx", ())
@@ -158,7 +158,7 @@ def _fake_export(monkeypatch, outputs):
 def test_export_force_replaces_only_the_export_files_in_a_folder(small_model_file, tmp_path, monkeypatch):
     import keras
 
-    from kflowers.tools import export
+    from kflowers.inference import export
 
     def write_saved_model(model, path, size):
         os.makedirs(os.path.join(path, "variables"))
@@ -184,8 +184,8 @@ def test_export_force_replaces_only_the_export_files_in_a_folder(small_model_fil
 def test_the_export_check_fails_on_nan(small_model_file, tmp_path, monkeypatch, where):
     import keras
 
-    from kflowers.tools import export
-    from kflowers.tools.export import ExportMismatch
+    from kflowers.inference import export
+    from kflowers.inference.export import ExportMismatch
 
     model = kflowers.load_model(small_model_file)
     if where == "model":  # a model whose outputs are NaN: its top-1 would read as class 0
@@ -253,7 +253,7 @@ def test_an_export_cleans_what_a_killed_export_to_the_same_target_left(small_mod
     left.write_bytes(b"half an export")
     other = tmp_path / (TEMPORARY_PREFIX + "other.onnx.x.tmp.onnx")  # another target's: not ours to judge
     other.write_bytes(b"x")
-    from kflowers.tools import export
+    from kflowers.inference import export
 
     export.export_model(small_model_file, "onnx", tmp_path / "out.onnx")
     assert not left.exists() and other.exists() and (tmp_path / "out.onnx").exists()

@@ -9,7 +9,7 @@ from PIL import Image
 
 import kflowers
 from kflowers.data.dataset import FlowerDataset
-from kflowers.tools.predict import decode_predictions
+from kflowers.inference.predict import decode_predictions
 
 NAMES = ["daisy", "dandelion", "rose", "sunflower", "tulip"]
 
@@ -45,7 +45,7 @@ def test_pil_images_and_arrays_of_any_size(model, flowers_dir):
 
 
 def test_pixels_that_look_like_0_to_1_are_warned_about_once(model, caplog):
-    from kflowers.tools import predict
+    from kflowers.inference import predict
 
     predict._warned.clear()
     image = np.random.default_rng(0).random((40, 40, 3))

@@ -212,7 +212,7 @@ def _readable_images(items):
 
 
 def cmd_explain(args):
-    from kflowers.tools.explain import explain_images
+    from kflowers.inference.explain import explain_images
 
     model = _load(args.model)
     written = explain_images(model, _readable_images(args.images), args.out, top_k=args.top)
@@ -220,7 +220,7 @@ def cmd_explain(args):
 
 
 def cmd_export(args):
-    from kflowers.tools.export import export_model
+    from kflowers.inference.export import export_model
 
     result = export_model(args.model, args.format, args.out, images=args.check_images, force=args.force)
     print(
@@ -230,7 +230,7 @@ def cmd_export(args):
 
 
 def cmd_predict(args):
-    from kflowers.tools.predict import predict_images
+    from kflowers.inference.predict import predict_images
     from kflowers.reports import markdown_table
 
     model = _load(args.model)

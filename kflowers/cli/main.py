@@ -67,8 +67,8 @@ def _check_before_imports(args):
     if model is not None and not os.path.isfile(model):
         raise UserError(f"model file not found: {model}")
     if args.command == "export":
-        from kflowers.tools.export import check_export_runtime
-        from kflowers.tools.export import check_export_target
+        from kflowers.inference.export import check_export_runtime
+        from kflowers.inference.export import check_export_target
 
         check_export_target(args.format, args.out, args.force)
         check_export_runtime(args.format)

@@ -51,8 +51,8 @@ from kflowers.options import PRECISIONS
 from kflowers.options import RunOptions  # noqa: F401 - re-exported: kflowers.runs.RunOptions
 from kflowers.models.parts import model_parts
 from kflowers.models.saving import remember_class_names
-from kflowers.tools.predict import log_softmax
-from kflowers.tools.predict import softmax
+from kflowers.inference.predict import log_softmax
+from kflowers.inference.predict import softmax
 from kflowers.runs.directory import LOCK_FILE  # noqa: F401 - re-exported
 from kflowers.runs.directory import RunLock
 from kflowers.runs.directory import check_not_inside
@@ -539,7 +539,7 @@ def _finish(run, model, test_ds, result, started):
     """Evaluate the final model (at the recipe's test side), save it, and write the run's files and plots."""
     from kflowers import reports
     from kflowers.data.dataset import FlowerDataset
-    from kflowers.tools.explain import plot_top_losses
+    from kflowers.inference.explain import plot_top_losses
     from kflowers.models.saving import save_model
     from kflowers.recipes import test_image_size
     from kflowers.training.strategies import classification_loss

@@ -22,9 +22,9 @@ import os
 import numpy as np
 
 from kflowers.models.parts import model_parts
-from kflowers.tools.predict import class_names_of
-from kflowers.tools.predict import decode_predictions
-from kflowers.tools.predict import prepare_images
+from kflowers.inference.predict import class_names_of
+from kflowers.inference.predict import decode_predictions
+from kflowers.inference.predict import prepare_images
 
 
 def grad_cam(model, pixels, class_index=None, normalize=True):
@@ -212,7 +212,7 @@ def _unused_name(out_dir, path, written):
 
 def top_losses(logits, labels, count=9):
     """Indices of the `count` samples with the highest cross-entropy loss, highest first, and their losses."""
-    from kflowers.tools.predict import log_softmax
+    from kflowers.inference.predict import log_softmax
 
     losses = -log_softmax(logits)[np.arange(len(labels)), np.asarray(labels)]
     order = np.argsort(-losses, kind="stable")[:count]

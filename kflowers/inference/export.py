@@ -131,7 +131,7 @@ def _export_in_child(model_path, format, out, images, atol, force):
     command = [
         sys.executable,
         "-m",
-        "kflowers.tools.export",
+        "kflowers.inference.export",
         json.dumps(
             {
                 "model_path": os.fspath(model_path),
@@ -157,8 +157,8 @@ def _export_here(model_path, format, out, images, atol, force):
     from kflowers.files import atomic_path
     from kflowers.files import write_json
     from kflowers.models.saving import load_model
-    from kflowers.tools.predict import prepare_images
-    from kflowers.tools.predict import softmax
+    from kflowers.inference.predict import prepare_images
+    from kflowers.inference.predict import softmax
 
     model = load_model(model_path)
     size = model.input_shape[1] or 224
