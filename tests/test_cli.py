@@ -178,7 +178,7 @@ def test_explain_writes_one_grad_cam_picture_per_image(run, flowers_dir, tmp_pat
 def test_predict_agrees_with_model_predict(run, flowers_dir):
     images = [os.path.join(flowers_dir, "rose", "rose_000.JPG"), os.path.join(flowers_dir, "tulip")]
     result = kflowers("predict", "--model", os.path.join(run, "model.keras"), *images, "--json", "--top", "5")
-    answers = json.loads(result.stdout)
+    answers = [json.loads(line) for line in result.stdout.splitlines()]  # JSON Lines: one object per photo
     assert len(answers) == 13
     import keras
 
@@ -389,7 +389,7 @@ def test_demo_then_predict(tmp_path):
     image = command.split()[-1]
     assert os.path.isfile(image) and image.startswith(str(out / "demo-data"))
     answer = json.loads(kflowers("predict", "--model", out / "model.keras", image, "--json").stdout)
-    assert answer[0]["top"][0]["probability"] > 0
+    assert answer["top"][0]["probability"] > 0
     # The run's files point to data that exists: evaluate reads the run's own test split from it.
     config = json.loads((out / "config.json").read_text())
     split = json.loads((out / "split.json").read_text())

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from kflowers.errors import KflowersError as UserError
+from kflowers.errors import display_name
 from kflowers.files import strict_json
 
 log = logging.getLogger("kflowers")
@@ -187,20 +188,11 @@ def cmd_evaluate(args):
 
 def _readable_images(items):
     """The image files among `items` (files and folders); unreadable ones skipped with a warning."""
-    from kflowers.data.folders import image_files
     from kflowers.data.images import UnreadableImage
     from kflowers.data.images import read_image
 
-    paths = []
-    for item in items:
-        if os.path.isdir(item):
-            paths += image_files(item)
-        elif os.path.exists(item):
-            paths.append(item)
-        else:
-            raise UserError(f"no such file or folder: {item}")
     readable = []
-    for path in paths:
+    for path in _image_paths(items):
         try:
             read_image(path, min_size=8)
             readable.append(path)
@@ -230,25 +222,114 @@ def cmd_export(args):
 
 
 def cmd_predict(args):
-    from kflowers.inference.predict import predict_images
-    from kflowers.reports import markdown_table
+    """Answers stream out as each batch is done: a markdown table, JSON Lines or CSV on stdout; skipped files
+    and the progress bar on stderr. Ctrl-C leaves whole lines only (exit 130)."""
+    from kflowers.inference.predict import choose_precision
+    from kflowers.inference.predict import class_names_of
+    from kflowers.inference.predict import iter_predictions
 
+    paths = _image_paths(args.images)
     model = _load(args.model)
-    readable = _readable_images(args.images)
-    answers = predict_images(model, readable, top_k=args.top)
-    results = [
-        {"image": path, "top": [{"class": name, "probability": p} for name, p in top]}
-        for path, top in zip(readable, answers)
-    ]
-    if args.json:
-        print(json.dumps(strict_json(results)))
-        return
-    top = len(answers[0])
-    rows = [
-        {"image": r["image"], **{f"#{k + 1}": f"{t['class']} {t['probability']:.3f}" for k, t in enumerate(r["top"])}}
-        for r in results
-    ]
-    print(markdown_table(rows, ["image"] + [f"#{k + 1}" for k in range(top)]))
+    precision, why = choose_precision(args.precision)
+    if not args.quiet:
+        print(f"predicting in {precision}: {why}", file=sys.stderr)
+    top = min(args.top, len(class_names_of(model)))
+    write = _answer_writer("json" if args.json else "csv" if args.csv else "table", top)
+    progress = _Progress(len(paths), enabled=not args.quiet and sys.stderr.isatty())
+    answered = 0
+    for index, answer in enumerate(
+        iter_predictions(model, paths, args.top, batch_size=args.batch_size, precision=precision)
+    ):
+        if answer.error:
+            sys.stdout.flush()  # the answers before it come first
+            progress.clear()
+            log.warning("skipped %s: %s", display_name(os.fspath(answer.image)), answer.error)
+        else:
+            write(answer)
+            answered += 1
+        if (index + 1) % args.batch_size == 0 or index + 1 == len(paths):
+            sys.stdout.flush()
+            progress.update(index + 1)
+    progress.clear()
+    if not answered:
+        raise UserError("no readable image in " + ", ".join(args.images))
+
+
+def _image_paths(items):
+    """The image files among `items` (files as given, folders searched as `scan_folder` does); not decoded."""
+    from kflowers.data.folders import image_files
+
+    paths = []
+    for item in items:
+        if os.path.isdir(item):
+            paths += image_files(item)
+        elif os.path.lexists(item):
+            paths.append(item)
+        else:
+            raise UserError(f"no such file or folder: {item}")
+    if not paths:
+        raise UserError("no image file in " + ", ".join(items))
+    return paths
+
+
+def _answer_writer(form, top):
+    """A function that writes one `Prediction` to stdout as one whole line (a single write, so that Ctrl-C
+    never leaves half a line): a markdown table row, a JSON Lines object or a CSV row (headers first)."""
+    import csv
+    import io
+
+    def line(text):
+        sys.stdout.write(text + "\n")
+
+    if form == "json":
+        return lambda answer: line(json.dumps(strict_json(_answer_dict(answer)), ensure_ascii=False))
+    if form == "csv":
+
+        def csv_line(row):
+            buffer = io.StringIO()
+            csv.writer(buffer, lineterminator="").writerow(row)
+            line(buffer.getvalue())
+
+        csv_line(["image"] + [f"{key}_{k + 1}" for k in range(top) for key in ("class", "probability")])
+        return lambda answer: csv_line(
+            [answer.image] + [value for name, p in answer.top for value in (name, f"{p:.6f}")]
+        )
+    line("| image | " + " | ".join(f"#{k + 1}" for k in range(top)) + " |")
+    line("|---" * (top + 1) + "|")
+    return lambda answer: line(
+        f"| {_cell(answer.image)} | " + " | ".join(f"{_cell(name)} {p:.3f}" for name, p in answer.top) + " |"
+    )
+
+
+def _answer_dict(answer):
+    return {"image": os.fspath(answer.image), "top": [{"class": n, "probability": p} for n, p in answer.top]}
+
+
+def _cell(value):
+    return display_name(os.fspath(value)).replace("|", "\\|")
+
+
+class _Progress:
+    """`done/total images, N/s` on one line of stderr, redrawn in place (a terminal only)."""
+
+    def __init__(self, total, enabled):
+        import time
+
+        self.total, self.enabled, self.clock, self.start, self.shown = total, enabled, time.monotonic, None, False
+        self.start = self.clock()
+
+    def update(self, done):
+        if self.enabled:
+            rate = done / max(self.clock() - self.start, 1e-9)
+            sys.stderr.write(f"\r{done}/{self.total} images, {rate:.0f}/s ")
+            sys.stderr.flush()
+            self.shown = True
+
+    def clear(self):
+        if self.shown:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+            self.shown = False
 
 
 def cmd_compare(args):

@@ -42,6 +42,9 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("kflowers: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `kflowers predict ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 141  # as a shell tool ended by SIGPIPE
     except Exception as error:  # noqa: BLE001 - user errors become one line
         text = user_message(error)
         if text is None:

@@ -122,11 +122,21 @@ def _add_model_commands(commands):
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
-    p = commands.add_parser("predict", help="classify images")
+    p = commands.add_parser("predict", help="classify images, streaming one answer per photo")
     p.add_argument("--model", required=True, help="a model.keras file")
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--top", type=options.positive_int, default=3, help="classes to show per image")
-    p.add_argument("--json", action="store_true", help="print one JSON list")
+    form = p.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true", help="JSON Lines: one object per photo")
+    form.add_argument("--csv", action="store_true", help="CSV: a header, then one row per photo")
+    p.add_argument("--batch-size", type=options.positive_int, default=32, help="photos per forward pass")
+    p.add_argument(
+        "--precision",
+        choices=["auto", "float32", "bfloat16"],
+        default="auto",
+        help="bfloat16 where the machine computes it natively (torch backend), else float32",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar, no precision line")
 
     p = commands.add_parser("explain", help="Grad-CAM: where the model looks, one picture per image")
     p.add_argument("--model", required=True, help="a model.keras file")

@@ -53,7 +53,7 @@ def read_image(path, min_size=None):
     """Decode `path` into an `(H, W, 3)` `uint8` RGB array.
 
     Args:
-        path: str or path. The image file.
+        path: str or path, or an open binary file. The image file.
         min_size: int or `None`. When set, a JPEG may be decoded at a
             reduced scale (1/2, 1/4 or 1/8) as long as both sides stay at
             least `min_size` pixels: a 1000 px photo resized to 64 px then
@@ -73,11 +73,16 @@ def read_image(path, min_size=None):
     ```
     """
     try:
-        status = os.stat(path)  # FileNotFoundError for a dangling link
-        if not stat.S_ISREG(status.st_mode):  # a FIFO would block the decoder, a device never end
-            raise UnreadableImage("not a regular file (a FIFO, a device or a folder)")
-        if status.st_size == 0:
-            raise UnreadableImage("empty file (0 bytes)")
+        if hasattr(path, "read"):  # an open binary file (an upload)
+            if path.seek(0, os.SEEK_END) == 0:
+                raise UnreadableImage("empty file (0 bytes)")
+            path.seek(0)
+        else:
+            status = os.stat(path)  # FileNotFoundError for a dangling link
+            if not stat.S_ISREG(status.st_mode):  # a FIFO would block the decoder, a device never end
+                raise UnreadableImage("not a regular file (a FIFO, a device or a folder)")
+            if status.st_size == 0:
+                raise UnreadableImage("empty file (0 bytes)")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # Pillow's notes on palettes, EXIF: not the user's concern
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -44,6 +44,14 @@ class ReadAhead:
         with self._lock:
             self._drop(lambda key: True)
 
+    def close(self):
+        """Forget what was read ahead and stop the threads (a reader that is done, or interrupted)."""
+        with self._lock:
+            self._drop(lambda key: True)
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = None
+
     def _drop(self, which):
         for key in [key for key in self._pending if which(key)]:
             self._pending.pop(key).cancel()

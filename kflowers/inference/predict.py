@@ -5,14 +5,22 @@ of any size, prepares them exactly as training did (decoded by
 `kflowers.data.images.read_image`, resized by albumentations to the model's input
 size, kept as 0-255 pixels) and returns the top classes with their
 probabilities, the way keras-hub's `decode_imagenet_predictions` does.
+`iter_predictions` is its streaming form: batches are decoded by threads
+while the model answers the one before, and each photo's answer comes as
+soon as its batch is done, so memory stays flat however many photos there are.
 """
 
+import collections
+import contextlib
 import logging
+import math
 import os
 
 import numpy as np
 
+from kflowers.data.images import UnreadableImage
 from kflowers.data.images import read_image
+from kflowers.data.read_ahead import ReadAhead
 
 log = logging.getLogger("kflowers")
 
@@ -30,23 +38,34 @@ def prepare_images(images, image_size):
     Raises:
         UnreadableImage: a file can't be decoded (the message says why).
     """
+    return np.stack([prepare_image(image, image_size) for image in _as_list(images)])
+
+
+def prepare_image(image, image_size):
+    """One photo (a path, an open binary file, a PIL image or an array) as the model's `(S, S, 3)` uint8 input,
+    decoded and resized exactly as `FlowerDataset` prepares a test image.
+
+    Raises:
+        UnreadableImage: a file can't be decoded (the message says why).
+    """
     import albumentations as A
 
-    if isinstance(images, (str, os.PathLike, np.ndarray)) and np.ndim(images) <= 3 or _is_pil(images):
-        images = [images]
-    resize = A.Compose([A.Resize(image_size, image_size)])
-    batch = []
-    for image in images:
-        if isinstance(image, (str, os.PathLike)):
-            pixels = read_image(image, min_size=image_size)
-        elif _is_pil(image):
-            from PIL import ImageOps
+    if isinstance(image, (str, os.PathLike)) or hasattr(image, "read"):
+        pixels = read_image(image, min_size=image_size)
+    elif _is_pil(image):
+        from PIL import ImageOps
 
-            pixels = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
-        else:
-            pixels = _as_uint8(np.asarray(image))
-        batch.append(resize(image=pixels)["image"])
-    return np.stack(batch)
+        pixels = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+    else:
+        pixels = _as_uint8(np.asarray(image))
+    return A.Resize(image_size, image_size)(image=pixels)["image"]
+
+
+def _as_list(images):
+    """`images` as a list of single images (one image, or a batch array, or any iterable of them)."""
+    if isinstance(images, (str, os.PathLike, np.ndarray)) and np.ndim(images) <= 3 or _is_pil(images):
+        return [images]
+    return list(images)
 
 
 def _is_pil(image):
@@ -164,13 +183,139 @@ def predict_images(model, images, top_k=5, class_names=None, batch_size=64):
         One list per image of `(class_name, probability)` pairs, most likely
         first.
 
+    Raises:
+        UnreadableImage: a file can't be decoded (`iter_predictions` skips
+            such files instead).
+
     Example:
     ```python
     model = kflowers.load_model("runs/latest/model.keras")
     kflowers.predict_images(model, "rose.jpg", top_k=2)  # [[('rose', 0.93), ('tulip', 0.04)]]
     ```
     """
+    answers = []
+    for answer in iter_predictions(model, images, top_k, class_names, batch_size, workers=1):
+        if answer.error is not None:
+            raise UnreadableImage(f"{answer.image}: {answer.error}")
+        answers.append(answer.top)
+    return answers
+
+
+Prediction = collections.namedtuple("Prediction", ["image", "top", "error"])
+Prediction.__doc__ = """One photo's answer from `iter_predictions`: the `image` as given, its `top` classes as
+`(class_name, probability)` pairs (most likely first), or `None` and the `error` that says why it can't be
+read."""
+
+
+def iter_predictions(model, images, top_k=5, class_names=None, batch_size=32, workers=2, precision="float32"):
+    """The streaming form of `predict_images`: one `Prediction` per image, in order, batch by batch.
+
+    Photos are decoded and resized by `workers` threads a few batches ahead
+    of the model (`kflowers.data.read_ahead.ReadAhead`, as in training), so
+    decoding overlaps inference, and at most `workers + 2` batches are held
+    at once, however many images there are. A file that can't be read is
+    answered with its `error` instead of stopping the others.
+
+    Args:
+        model: `keras.Model`. A classifier, as for `predict_images`.
+        images: the same kinds as `predict_images`: paths (a folder's
+            `kflowers.data.folders.image_files`), PIL images or arrays.
+        top_k: int. How many classes to keep per image. Defaults to `5`.
+        class_names: list of str or `None`. Defaults to `None`: the model's.
+        batch_size: int. Images per forward pass. Defaults to `32`.
+        workers: int. Decoding threads. Defaults to `2`.
+        precision: str. `"float32"` or `"bfloat16"` (see
+            `inference_precision`). Defaults to `"float32"`.
+
+    Yields:
+        `Prediction(image, top, error)`.
+
+    Example:
+    ```python
+    model = kflowers.load_model("runs/latest/model.keras")
+    for answer in kflowers.iter_predictions(model, image_files("holiday-photos"), top_k=1):
+        print(answer.image, answer.top or answer.error)
+    ```
+    """
+    items = _as_list(images)
     size = model.input_shape[1] or 224
-    pixels = prepare_images(images, size)
-    logits = model.predict(pixels, batch_size=batch_size, verbose=0)
-    return decode_predictions(logits, class_names or class_names_of(model), top_k, output_activation(model))
+    names = class_names or class_names_of(model)
+    activation = output_activation(model)
+    count = math.ceil(len(items) / batch_size)
+
+    def read(index, epoch):
+        chunk = items[index * batch_size : (index + 1) * batch_size]
+        pixels, errors = [], []
+        for image in chunk:
+            try:
+                pixels.append(prepare_image(image, size))
+                errors.append(None)
+            except UnreadableImage as error:
+                errors.append(str(error))
+        return chunk, (np.stack(pixels) if pixels else None), errors
+
+    reader = ReadAhead(threads=max(1, workers), depth=max(1, workers) + 1)
+    try:
+        for index in range(count):
+            chunk, pixels, errors = reader.get(read, 0, index, count)
+            tops = iter(())
+            if pixels is not None:
+                tops = iter(decode_predictions(forward(model, pixels, precision), names, top_k, activation))
+            for image, error in zip(chunk, errors):
+                yield Prediction(image, None if error else next(tops), error)
+    finally:
+        reader.close()
+
+
+def forward(model, pixels, precision="float32"):
+    """The model's outputs for one batch of `(N, S, S, 3)` uint8 pixels, as float32 numpy, in inference mode
+    (`predict_on_batch`: no gradients), under `inference_precision(precision)`."""
+    with inference_precision(precision):
+        outputs = model.predict_on_batch(pixels)
+    return np.asarray(outputs, "float32")
+
+
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+def choose_precision(requested="auto"):
+    """The precision inference runs in, and why: `(precision, reason)`.
+
+    `"auto"` is bfloat16 where it is native (a CPU with AVX512_BF16 or AMX,
+    a CUDA GPU that supports it) on the torch backend, and float32
+    elsewhere; bfloat16 asked for on another backend is an error.
+
+    Raises:
+        KflowersError: `requested` is not one of `PRECISIONS`, or bfloat16 off torch.
+    """
+    import keras
+
+    from kflowers.errors import KflowersError
+    from kflowers.options import native_bfloat16
+
+    backend = keras.backend.backend()
+    if requested not in PRECISIONS:
+        raise KflowersError(f"precision {requested!r}: choose one of {', '.join(PRECISIONS)}")
+    if requested == "bfloat16" and backend != "torch":
+        raise KflowersError(f"--precision bfloat16 runs on the torch backend (Keras runs on {backend}); use float32")
+    if requested != "auto":
+        return requested, "as asked"
+    if backend != "torch":
+        return "float32", f"bfloat16 inference is for the torch backend (Keras runs on {backend})"
+    if native_bfloat16():
+        return "bfloat16", "this machine computes bfloat16 natively"
+    return "float32", "this machine has no native bfloat16 (--precision bfloat16 forces it)"
+
+
+@contextlib.contextmanager
+def inference_precision(precision):
+    """Run the model's arithmetic in `precision` inside the block: `"bfloat16"` is torch's autocast (on the
+    device the model's weights are on; the weights stay float32), `"float32"` changes nothing."""
+    if precision != "bfloat16":
+        yield
+        return
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with torch.autocast(device_type=device, dtype=torch.bfloat16):
+        yield
