@@ -484,6 +484,24 @@ def cmd_demo(args):
 DEMO_DATA = "demo-data"
 
 
+def cmd_serve(args):
+    from kflowers.inference.predict import choose_precision
+    from kflowers.inference.serve import ServeLimits
+    from kflowers.inference.serve import serve
+
+    precision, why = choose_precision(args.precision)
+    print(f"inference in {precision}: {why}", file=sys.stderr)
+    limits = ServeLimits(
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_queue=args.max_queue,
+        max_file_bytes=int(args.max_upload_mb * 1e6),
+        max_request_bytes=int(args.max_upload_mb * 1e6 * 2),
+        max_files=args.max_files,
+    )
+    return serve(args.model, args.host, args.port, limits, precision, quiet=args.quiet)
+
+
 COMMANDS = {
     "download": cmd_download,
     "show": cmd_show,
@@ -491,6 +509,7 @@ COMMANDS = {
     "evaluate": cmd_evaluate,
     "predict": cmd_predict,
     "explain": cmd_explain,
+    "serve": cmd_serve,
     "export": cmd_export,
     "compare": cmd_compare,
     "lr-find": cmd_lr_find,

@@ -57,7 +57,18 @@ KERAS_BACKENDS = ("torch", "jax", "tensorflow", "numpy", "openvino")
 
 
 # The commands that import Keras (and keras-hub, which loads TensorFlow when it is installed).
-HEAVY_COMMANDS = ("download", "train", "evaluate", "predict", "explain", "export", "compare", "lr-find", "demo")
+HEAVY_COMMANDS = (
+    "download",
+    "train",
+    "evaluate",
+    "predict",
+    "serve",
+    "explain",
+    "export",
+    "compare",
+    "lr-find",
+    "demo",
+)
 
 
 def _check_before_imports(args):
@@ -75,3 +86,7 @@ def _check_before_imports(args):
 
         check_export_target(args.format, args.out, args.force)
         check_export_runtime(args.format)
+    if args.command == "serve":
+        from kflowers.inference.serve import check_serve_installed
+
+        check_serve_installed()
