@@ -63,6 +63,7 @@ _EXPORTS = {
     "STRATEGIES": "kflowers.training.strategies",
     "compile_for": "kflowers.training.strategies",
     "predict_images": "kflowers.inference.predict",
+    "iter_predictions": "kflowers.inference.predict",
     "decode_predictions": "kflowers.inference.predict",
     "RunOptions": "kflowers.options",
     "KflowersError": "kflowers.errors",

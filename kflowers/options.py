@@ -22,6 +22,7 @@ from kflowers.recipes import RECIPE_NAMES
 STRATEGY_NAMES = ("scratch", "frozen", "finetune", "two-stage", "discriminative")
 STRATEGY_ALIASES = {"fine-tune": "finetune", "fine_tune": "finetune", "two_stage": "two-stage", "twostage": "two-stage"}
 MIN_IMAGE_SIZE = 8  # ResNet18 halves the image five times
+MAX_IMAGE_SIZE = 4096  # the largest side a model file may declare (kflowers.models.saving.MAX_INPUT_SIZE)
 # --precision -> the Keras dtype policy it sets (variables and BatchNorm statistics stay float32).
 PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 
@@ -83,8 +84,17 @@ def seed(text):
 
 def image_size(text):
     value = int(text)
-    if value < MIN_IMAGE_SIZE:
-        raise argparse.ArgumentTypeError(f"must be at least {MIN_IMAGE_SIZE} pixels, got {text}")
+    if not MIN_IMAGE_SIZE <= value <= MAX_IMAGE_SIZE:
+        raise argparse.ArgumentTypeError(f"must be from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} pixels, got {text}")
+    return value
+
+
+def batch_size(text):
+    value = int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(
+            f"must be at least 2, got {text} (BatchNorm normalises each channel over the images of a batch)"
+        )
     return value
 
 
@@ -116,7 +126,7 @@ class RunOptions:
     lr: object = _flag(
         None, "learning rate, the head's for discriminative (default: the strategy's)", type=positive_float
     )
-    batch_size: int = _flag(64, "images per training step", type=positive_int)
+    batch_size: int = _flag(64, "images per training step", type=batch_size)
     image_size: object = _flag(
         None,
         "side of the square training images, in pixels (default: the recipe's: 224; for modern scratch 96, "

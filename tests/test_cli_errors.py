@@ -47,6 +47,9 @@ def place(tmp_path_factory, flowers_dir):
     kf.save_model(keras.Model(inputs, keras.layers.Dense(5, name="head")(pooled)), root / "plain.keras", list("abcde"))
     other = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
     other.save(root / "other.keras")
+    shutil.copy(root / "model.keras", root / "traversal.keras")
+    with zipfile.ZipFile(root / "traversal.keras", "a") as archive:
+        archive.writestr("../escaped.txt", "outside")
     (root / "file").write_text("not a folder")
     tiny = root / "tiny"  # 2 images in each of 5 classes: too few for a 20% test split
     for name in "abcde":
@@ -100,7 +103,25 @@ ROWS = [
     ("infinite lr", ["train", "--data", "{data}", "--lr", "inf"], "argument --lr: must be a finite positive"),
     ("zero lr", ["train", "--data", "{data}", "--lr", "0"], "argument --lr: must be a finite positive"),
     ("nan lr", ["train", "--data", "{data}", "--lr", "nan"], "argument --lr: must be a finite positive"),
-    ("image size 1", ["train", "--data", "{data}", "--image-size", "1"], "argument --image-size: must be at least 8"),
+    (
+        "image size 1",
+        ["train", "--data", "{data}", "--image-size", "1"],
+        "argument --image-size: must be from 8 to 4096",
+    ),
+    # issue 31, row 13: 100000 px would allocate 30 GB an image
+    (
+        "image size 100000",
+        ["train", "--data", "{data}", "--image-size", "100000"],
+        "argument --image-size: must be from 8 to 4096 pixels, got 100000",
+    ),
+    # row 12: torch's BatchNorm can't normalise over one image
+    ("batch size 1", ["train", "--data", "{data}", "--batch-size", "1"], "argument --batch-size: must be at least 2"),
+    # row 15: a .keras with a member outside the archive
+    (
+        "a .keras with ../ members",
+        ["predict", "--model", "{root}/traversal.keras", "{image}"],
+        "holds an entry outside the archive ('../escaped.txt')",
+    ),
     (
         "lr that diverges",
         ["train", "--data", "{data}", "--out", "{root}/diverged", *FAST, "--lr", "1e30"],
@@ -229,6 +250,14 @@ DAMAGE = {
     "config.json a list": lambda out: (_junk_backup(out), _write(out / "config.json", b"[1, 2]")),
     "split.json null": lambda out: (_junk_backup(out), _write(out / "split.json", b"null")),
     "metrics.json truncated": lambda out: _write(out / "metrics.json", b'{"test_accuracy": 0.'),
+    # issue 31, row 9: a backup whose epoch disagrees with its history rows
+    "backup epoch 4, history of 1": lambda out: (
+        (out / "backup").mkdir(),
+        np.savez(
+            out / "backup" / "state.npz",
+            meta=np.array(json.dumps({"epoch": 4, "stage": "all", "rows": [{"epoch": 1}], "best_weights": None})),
+        ),
+    ),
 }
 DAMAGE_TEXT = {
     "backup meta not JSON": "backup/state.npz is damaged (JSONDecodeError",
@@ -237,6 +266,7 @@ DAMAGE_TEXT = {
     "config.json a list": "holds no readable config.json and split.json to resume from",
     "split.json null": "holds no readable config.json and split.json to resume from",
     "metrics.json truncated": "metrics.json is damaged",
+    "backup epoch 4, history of 1": "records 4 finished epoch(s) but the history of 1: it is damaged",
 }
 
 
@@ -255,3 +285,56 @@ def test_a_backend_keras_does_not_have_is_one_line(monkeypatch, capsys, flowers_
         "kflowers train: error: KERAS_BACKEND=nonsense is not a Keras backend; use one of torch, jax, "
         "tensorflow, numpy, openvino (or unset it for torch)"
     ]
+
+
+def test_a_model_whose_test_outputs_are_not_finite_is_not_a_success(flowers_dir, tmp_path, capsys, monkeypatch):
+    """Issue 31, row 8: the training loss can stay finite while the saved model answers NaN; such a run
+    ends as an error and saves no model."""
+    from kflowers.runs import run as run_module
+
+    real = run_module.evaluate_model
+
+    def nan_outputs(*args, **kwargs):
+        results = real(*args, **kwargs)
+        results["logits"] = np.full_like(results["logits"], np.nan)
+        return results
+
+    monkeypatch.setattr(run_module, "evaluate_model", nan_outputs)
+    out = tmp_path / "run"
+    code, lines = run_in_process(capsys, "train", "--data", flowers_dir, "--out", out, *FAST)
+    assert code == 2 and len(lines) == 1, lines
+    assert "outputs on the test images are not finite" in lines[0]
+    assert not (out / "model.keras").exists() and not (out / "metrics.json").exists()
+
+
+def test_a_full_temporary_folder_while_loading_says_the_disk_is_full(place, monkeypatch):
+    """Issue 31, row 11."""
+    import errno
+
+    import keras
+
+    import kflowers as kf
+    from kflowers.errors import WeightsError
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", "/tmp/keras-extract")
+
+    monkeypatch.setattr(keras.models, "load_model", full)
+    with pytest.raises(WeightsError, match="No space left on device: /tmp/keras-extract \\(free some space"):
+        kf.load_model(os.path.join(place["root"], "model.keras"))
+
+
+def test_evaluate_says_how_many_of_the_runs_test_images_are_missing(flowers_dir, finished_run, tmp_path, capsys):
+    """Issue 31, row 10: test images named in split.json but not in --data are counted, not silently dropped."""
+    data = tmp_path / "data"
+    shutil.copytree(flowers_dir, data)
+    config = json.loads((finished_run / "config.json").read_text())
+    split = json.loads((finished_run / "split.json").read_text())
+    for path in split["test"][:3]:
+        os.remove(data / os.path.relpath(path, config["data"]))
+    capsys.readouterr()
+    code = kflowers_main(["evaluate", "--model", str(finished_run / "model.keras"), "--data", str(data), "--json"])
+    captured = capsys.readouterr()
+    assert code == 0
+    summary = json.loads(captured.out)
+    assert summary["missing"] == 3 and summary["images"] == len(split["test"]) - 3

@@ -145,6 +145,16 @@ def cmd_evaluate(args):
         raise UserError(f"--image-size {args.image_size}: the model takes {fixed} px images; leave --image-size out")
     chosen = run_split(os.path.dirname(os.path.abspath(args.model)), args.data, folder.paths, args.split)
     keep = [i for i, path in enumerate(folder.paths) if chosen.keep(path)]
+    missing = chosen.missing(folder.paths)
+    if missing:
+        log.warning(
+            "%d of the run's %d %s images are not in %s: scoring the %d found",
+            missing,
+            len(keep) + missing,
+            chosen.side,
+            args.data,
+            len(keep),
+        )
     if not keep:
         raise UserError(f"none of the images in {args.data} is on the run's {chosen.side} side")
     # Labels by name: the data's class index -> the model's.
@@ -164,6 +174,7 @@ def cmd_evaluate(args):
             "accuracy": results["accuracy"],
             "split": chosen.side,
             "images": len(paths),
+            "missing": missing,
             "trained_on": trained_on,
             "per_class": results["per_class"],
             "confusion": results["confusion"],

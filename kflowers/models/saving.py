@@ -6,6 +6,7 @@ import zipfile
 from kflowers.errors import WeightsError
 from kflowers.files import check_regular
 from kflowers.errors import first_line
+from kflowers.errors import user_message
 
 
 # Where Keras's own `model.save` (and so `ModelCheckpoint`) puts them: the model's assets (`remember_class_names`).
@@ -138,10 +139,14 @@ def load_model(path, torch_kernels=True):
         raise WeightsError(f"{path} is corrupt or not a .keras model file (not a zip archive)")
     import kflowers.models.losses  # noqa: F401 - registers SparseCrossentropyWithSmoothing, a compiled model's loss
 
+    _check_members(path)
     names = read_class_names(path)
     try:
         model = keras.models.load_model(path)
     except Exception as error:
+        environment = user_message(error)  # a full disk or a read-only temporary folder, not the file's fault
+        if environment and not isinstance(error, WeightsError):
+            raise WeightsError(f"cannot load {path}: {environment}") from error
         raise WeightsError(f"cannot load {path}: corrupt or not a Keras model ({first_line(error)})") from error
     if not _is_classifier(model):
         raise WeightsError(
@@ -185,3 +190,18 @@ def _is_classifier(model):
         and len(shape) == 4
         and shape[-1] == 3
     )
+
+
+def _check_members(path):
+    """Refuse a `.keras` archive with a member that would land outside it (`../x`, `/x`): no file Keras wrote
+    has one, and Python's zipfile would only warn about it."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile, ValueError) as error:
+        raise WeightsError(f"{path} is corrupt or not a .keras model file ({first_line(error)})") from error
+    outside = [n for n in names if n.startswith(("/", "\\")) or ".." in n.replace("\\", "/").split("/")]
+    if outside:
+        raise WeightsError(
+            f"{path} holds an entry outside the archive ({outside[0]!r}): it is not a file Keras wrote; refused"
+        )

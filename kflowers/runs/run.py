@@ -40,6 +40,7 @@ from kflowers.training import backup
 from kflowers.training import distributed
 from kflowers.errors import BackupMismatch
 from kflowers.errors import KflowersError
+from kflowers.errors import TrainingDiverged
 from kflowers.files import NotARegularFile
 from kflowers.files import open_regular
 from kflowers.files import read_json
@@ -261,6 +262,12 @@ class RunSplit:
 
     def describe(self):
         return f"every image in {self.data}" if self.chosen is None else f"the run's {self.side} split"
+
+    def missing(self, paths):
+        """How many images of the chosen side are not among `paths` (not in the data folder given)."""
+        if self.chosen is None:
+            return 0
+        return len(self.chosen - {os.path.relpath(p, self.data) for p in paths})
 
     def trained_on(self, paths):
         """How many of `paths` the model trained on: the same file (by path in the data folder) or the
@@ -556,6 +563,11 @@ def _finish(run, model, test_ds, result, started):
         )
         features = None
     results = evaluate_model(model, test_ds, class_names, features=features, tta=run.recipe.tta)
+    if not np.all(np.isfinite(results["logits"])):  # the training loss can stay finite while the model is not
+        raise TrainingDiverged(
+            "the trained model's outputs on the test images are not finite (NaN or infinite): training "
+            "diverged (a learning rate too high?); no model was saved"
+        )
     run.seconds["evaluation"] = time.perf_counter() - clock
     clock = time.perf_counter()
     if run.recipe.label_smoothing and model.optimizer is not None:

@@ -97,6 +97,11 @@ def load(folder):
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(str(data["meta"]))
             best = meta["best_weights"]
+            if int(meta["epoch"]) != len(meta["rows"]):
+                raise BackupMismatch(
+                    f"the backup {path} records {int(meta['epoch'])} finished epoch(s) but the history of "
+                    f"{len(meta['rows'])}: it is damaged; remove it, or start afresh without --resume"
+                )
             return RunState(
                 epoch=int(meta["epoch"]),
                 stage=str(meta["stage"]),
