@@ -338,3 +338,28 @@ def test_evaluate_says_how_many_of_the_runs_test_images_are_missing(flowers_dir,
     assert code == 0
     summary = json.loads(captured.out)
     assert summary["missing"] == 3 and summary["images"] == len(split["test"]) - 3
+
+
+@pytest.mark.parametrize("size, who", [(2, "rank 1 of the torchrun job stopped"), (4, "one of ranks 1, 2, 3")])
+def test_a_lost_torchrun_process_is_one_line_naming_it(monkeypatch, capsys, flowers_dir, size, who):
+    """Issue 31, row 14: gloo's error when another rank is killed (a full RuntimeError traceback before) is one
+    line on rank 0 that names the lost rank and says how to go on."""
+    import torch.distributed as dist
+
+    from kflowers.cli import commands
+
+    def lost(args):
+        raise RuntimeError(
+            "[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:61023"
+        )
+
+    monkeypatch.setitem(commands.COMMANDS, "train", lost)
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", str(size))
+    code, lines = run_in_process(capsys, "train", "--data", flowers_dir)
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"kflowers train: error: {who}") and "--resume" in lines[0]
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)  # not under torchrun: a programming error
+    with pytest.raises(RuntimeError):
+        kflowers_main(["train", "--data", flowers_dir])

@@ -46,7 +46,7 @@ def main(argv=None):
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
         return 141  # as a shell tool ended by SIGPIPE
     except Exception as error:  # noqa: BLE001 - user errors become one line
-        text = user_message(error)
+        text = user_message(error) or lost_process(error)
         if text is None:
             raise
         print(f"kflowers {args.command}: error: {text}", file=sys.stderr)
@@ -90,3 +90,26 @@ def _check_before_imports(args):
         from kflowers.inference.serve import check_serve_installed
 
         check_serve_installed()
+
+
+# What gloo and nccl say when a collective's peer process is gone.
+LOST_PEER = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL communicator was aborted")
+
+
+def lost_process(error):
+    """One line for a collective that failed because another process of the torchrun job is gone (killed,
+    or its machine lost), naming the other rank(s); `None` for any other error."""
+    dist = sys.modules.get("torch.distributed")
+    if not isinstance(error, RuntimeError) or dist is None or not (dist.is_available() and dist.is_initialized()):
+        return None
+    text = str(error)
+    said = next((phrase for phrase in LOST_PEER if phrase in text), None)
+    if said is None:
+        return None
+    rank, size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    others = [str(r) for r in range(size) if r != rank]
+    who = f"rank {others[0]}" if len(others) == 1 else f"one of ranks {', '.join(others)}"
+    return (
+        f"{who} of the torchrun job stopped ({said.lower()} while rank {rank} exchanged gradients); "
+        "run the same torchrun command with --resume"
+    )
