@@ -19,8 +19,9 @@ with `--weights none` this is `scratch.py` with fewer epochs (the script says so
 Keras picks its backend when it is first imported, so the backend is chosen
 first, in plain sight (kflowers runs on torch by default, and on jax or
 tensorflow as well: `KERAS_BACKEND=jax python examples/fine_tune.py ...`).
-Importing kflowers before keras-hub also keeps TensorFlow's start-up lines
-(keras-hub imports TensorFlow) off the terminal.
+`kflowers.quiet_start()` keeps TensorFlow's start-up lines (keras-hub imports
+TensorFlow) off the terminal; a library doesn't do that behind your back, so
+the call is here, before keras-hub is imported.
 """
 
 import os
@@ -28,6 +29,8 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
 import kflowers
+
+kflowers.quiet_start()  # TensorFlow's start-up lines off stderr (KFLOWERS_VERBOSE=1 shows them)
 
 import argparse
 

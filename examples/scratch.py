@@ -20,8 +20,9 @@ Runs offline as it is: it needs no weights.
 Keras picks its backend when it is first imported, so the backend is chosen
 first, in plain sight (kflowers runs on torch by default, and on jax or
 tensorflow as well: `KERAS_BACKEND=jax python examples/scratch.py ...`).
-Importing kflowers before keras-hub also keeps TensorFlow's start-up lines
-(keras-hub imports TensorFlow) off the terminal.
+`kflowers.quiet_start()` keeps TensorFlow's start-up lines (keras-hub imports
+TensorFlow) off the terminal; a library doesn't do that behind your back, so
+the call is here, before keras-hub is imported.
 """
 
 import os
@@ -29,6 +30,8 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
 import kflowers
+
+kflowers.quiet_start()  # TensorFlow's start-up lines off stderr (KFLOWERS_VERBOSE=1 shows them)
 
 import argparse
 

@@ -29,10 +29,6 @@ if "KERAS_BACKEND" not in os.environ and "keras" in sys.modules:
     _backend_already_chosen()
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
-from kflowers import native_logs  # noqa: E402 - after the backend is set; imports nothing heavy
-
-native_logs.install()
-
 try:
     from importlib.metadata import version as _version
 
@@ -67,6 +63,7 @@ _EXPORTS = {
     "decode_predictions": "kflowers.inference.predict",
     "RunOptions": "kflowers.options",
     "KflowersError": "kflowers.errors",
+    "quiet_start": "kflowers.native_logs",
     "TrainingDiverged": "kflowers.errors",
 }
 

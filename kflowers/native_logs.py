@@ -8,17 +8,22 @@ absl::InitializeLog() is called are written to STDERR", oneDNN's notice,
 `TF_CPP_MIN_LOG_LEVEL` does not reach them. The one way to keep them off is
 to point file descriptor 2 elsewhere while those modules execute.
 
-`import kflowers` calls `install()`: the first import of `tensorflow` or
-`tensorflow_text`, by kflowers, Keras, keras-hub or the user, then runs with
-file descriptor 2 on `/dev/null`, and `TF_CPP_MIN_LOG_LEVEL` defaults to 2
-(no INFO or WARNING lines later). Set `KFLOWERS_VERBOSE=1` (the CLI's
-`--verbose` does) to see everything. Python exceptions still propagate; only
-what is written to the stderr file descriptor during those imports is lost.
+`import kflowers` changes nothing of the process's stderr: a library should
+not silence it behind the user's back (a crash while TensorFlow loads would
+print nothing). The quiet start is asked for: the `kflowers` command line
+calls `install()` (`quiet_start`), and so do the examples, in plain sight.
+After it, the first import of `tensorflow` or `tensorflow_text`, by kflowers,
+Keras, keras-hub or the user, runs with file descriptor 2 on `/dev/null`, and
+`TF_CPP_MIN_LOG_LEVEL` defaults to 2 (no INFO or WARNING lines later). Set
+`KFLOWERS_VERBOSE=1` (the CLI's `--verbose` does) to see everything. Python
+exceptions still propagate; only what is written to the stderr file
+descriptor during those imports is lost.
 
 Example:
 ```python
-import kflowers, keras_hub          # quiet
-# KFLOWERS_VERBOSE=1 python -c "import kflowers, keras_hub"   # TensorFlow's lines shown
+import kflowers
+kflowers.quiet_start()             # before keras-hub (which imports TensorFlow) is imported
+import keras_hub                   # quiet
 ```
 """
 
@@ -90,3 +95,6 @@ def install():
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if not any(isinstance(finder, _QuietFinder) for finder in sys.meta_path):
         sys.meta_path.insert(0, _QuietFinder())
+
+
+quiet_start = install  # the public name: `kflowers.quiet_start()`

@@ -215,8 +215,8 @@ def native_bfloat16():
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-# The flags whose `RunOptions` default is "the recipe's" take the lesson's value in a script that has no
-# recipe (the examples, lr-find); `kflowers train` and `compare` keep `None` and let the recipe decide.
+# The flags whose `RunOptions` default is "the recipe's" take the lesson's value in a command that has no
+# recipe (lr-find, through `add_flags`); `kflowers train` and `compare` keep `None` and let the recipe decide.
 LESSON_DEFAULTS = {"image_size": 224, "precision": "float32"}
 
 

@@ -264,7 +264,7 @@ def test_tensorflows_start_up_lines_stay_off_stderr_unless_asked():
 
     if importlib.util.find_spec("tensorflow") is None:
         pytest.skip("TensorFlow is not installed: it has no start-up lines to hide")
-    code = "import kflowers, keras_hub; print('imported')"
+    code = "import kflowers; kflowers.quiet_start(); import keras_hub; print('imported')"
     quiet = python(code)
     loud = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "KFLOWERS_VERBOSE": "1"}
@@ -272,3 +272,8 @@ def test_tensorflows_start_up_lines_stay_off_stderr_unless_asked():
     assert quiet.stdout.strip() == loud.stdout.strip() == "imported"
     assert "absl::InitializeLog" in loud.stderr  # the lines exist, and are shown when asked for
     assert "absl" not in quiet.stderr and "cuda" not in quiet.stderr.lower() and "oneDNN" not in quiet.stderr
+    # A library leaves the process's stderr alone unless asked: `import kflowers` alone silences nothing.
+    plain = subprocess.run(
+        [sys.executable, "-c", "import kflowers, keras_hub"], capture_output=True, text=True, env=os.environ.copy()
+    )
+    assert "absl::InitializeLog" in plain.stderr

@@ -19,6 +19,7 @@ SUBSTITUTIONS = [
     ('"two-stage", train_ds, test_ds,', '"two-stage", train_ds, test_ds, epochs=2, verbose=0,'),
     ('"runs/latest/model.keras"', "MODEL"),
     ('"my_rose.jpg"', "IMAGE"),
+    ('"holiday-photos"', "FLOWERS"),
 ]
 
 

@@ -8,6 +8,7 @@ import os
 import sys
 from kflowers.errors import KflowersError as UserError
 from kflowers.errors import user_message
+from kflowers import native_logs
 from kflowers.cli.parser import build_parser
 from kflowers.cli.commands import COMMANDS
 
@@ -21,6 +22,7 @@ def main(argv=None):
         parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     if args.verbose:  # TensorFlow's start-up lines too (kflowers.native_logs)
         os.environ["KFLOWERS_VERBOSE"] = "1"
+    native_logs.install()  # the command line's quiet start (`import kflowers` leaves stderr alone)
     logging.basicConfig(format="%(levelname)s: %(message)s", level=logging.INFO if args.verbose else logging.WARNING)
     logging.getLogger("kflowers").setLevel(logging.INFO)
     if (getattr(args, "image_size", None) or 32) < 32:

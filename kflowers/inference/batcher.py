@@ -10,10 +10,16 @@ when `max_queue` photos already wait, `submit` raises `QueueFull` at once
 
 Example:
 ```python
-batcher = MicroBatcher(lambda pixels: pixels.mean(axis=(1, 2, 3)), max_batch=32, max_wait=0.005)
-await batcher.start()
-value = await batcher.submit(np.zeros((32, 32, 3), "uint8"))
-await batcher.stop()
+import asyncio
+
+async def main():
+    batcher = MicroBatcher(lambda pixels: pixels.mean(axis=(1, 2, 3)), max_batch=32, max_wait=0.005)
+    await batcher.start()
+    value = await batcher.submit(np.zeros((32, 32, 3), "uint8"))  # 0.0, once its batch has run
+    await batcher.stop()
+    return value
+
+asyncio.run(main())
 ```
 """
 

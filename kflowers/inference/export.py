@@ -320,6 +320,9 @@ def _main(argv):
     """`python -m kflowers.export JSON`: the child process of `export_model`; prints its result as JSON."""
     import kflowers  # noqa: F401 - sets the default backend before Keras loads
     from kflowers.errors import user_message
+    from kflowers.native_logs import install
+
+    install()  # a command-line child: TensorFlow's start-up lines off its stderr
 
     arguments = json.loads(argv[0])
     try:

@@ -232,8 +232,10 @@ def iter_predictions(model, images, top_k=5, class_names=None, batch_size=32, wo
 
     Example:
     ```python
+    from kflowers.data.folders import image_files
+
     model = kflowers.load_model("runs/latest/model.keras")
-    for answer in kflowers.iter_predictions(model, image_files("holiday-photos"), top_k=1):
+    for answer in kflowers.iter_predictions(model, image_files("flowers"), top_k=1):
         print(answer.image, answer.top or answer.error)
     ```
     """

@@ -552,7 +552,8 @@ def _finish(run, model, test_ds, result, started):
     from kflowers.training.strategies import classification_loss
 
     options, out, class_names = run.options, run.options.out, run.folder.class_names
-    # Every figure in metrics.json is of the model saved beside it.
+    # Every figure in metrics.json is of the model saved beside it, but best_test_accuracy: the best of the
+    # epochs' plain (no test-time augmentation) test accuracies and the saved model's.
     clock = time.perf_counter()
     features = result.test_features
     test_size = test_image_size(run.recipe, options.image_size)
