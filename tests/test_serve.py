@@ -142,6 +142,23 @@ def test_malformed_requests_are_4xx_json(client, photo, request_, status, words)
     assert ask(client, ("good.jpg", jpeg(photo))).status_code == 200
 
 
+def test_no_upload_is_written_to_disk_under_its_own_name(client, photo, tmp_path, monkeypatch):
+    """A 1.4 MB upload (beyond the 1 MiB Starlette keeps in memory) is spooled to an anonymous temporary file:
+    no file of its name appears in the temporary folder or the working folder."""
+    import tempfile
+
+    monkeypatch.chdir(tmp_path)
+    noise = np.random.default_rng(0).integers(0, 256, (600, 800, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, format="PNG")
+    assert 1 << 20 < buffer.tell() < 2_000_000
+    name = "kflowers-upload-name-check.png"
+    assert ask(client, (name, buffer.getvalue())).status_code == 200
+    for folder in (tempfile.gettempdir(), str(tmp_path)):
+        found = [entry for entry in os.listdir(folder) if name in entry]
+        assert not found, found
+
+
 def test_a_full_queue_is_503_never_a_wait(client, photo, monkeypatch):
     batcher = client.app.state.batcher
     monkeypatch.setattr(batcher, "room", lambda: 0)
