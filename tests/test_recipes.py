@@ -209,3 +209,16 @@ def test_ema_with_momentum_zero_is_no_ema(flowers_dir):
         finals.append(model.get_weights())
     for a, b in zip(*finals):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_a_recipe_is_taken_by_name_as_a_strategy_is(flowers_dir):
+    """`recipe="modern"` (a string, as `strategy=` takes) is the modern recipe, not an AttributeError."""
+    folder = kflowers.scan_folder(flowers_dir)
+    train_split, test_split = kflowers.split_dataset(folder, seed=0)
+    keras.utils.set_random_seed(0)
+    model = kflowers.build_model(weights=None, image_size=SIZE)
+    data = FlowerDataset.from_folder(train_split, batch_size=16, image_size=SIZE, shuffle=True)
+    result = kflowers.train(model, "scratch", data, epochs=1, verbose=0, recipe="modern")
+    assert result.finished and len(result.rows) == 1
+    with pytest.raises(ValueError, match="unknown recipe 'fancy'"):
+        kflowers.train(model, "scratch", data, epochs=1, verbose=0, recipe="fancy")

@@ -39,6 +39,7 @@ from kflowers.training.distributed import is_main_process
 from kflowers.errors import TrainingDiverged
 from kflowers.models.parts import model_parts
 from kflowers.recipes import LESSON
+from kflowers.recipes import get_recipe
 from kflowers.training.strategies import compile_stage
 from kflowers.training.strategies import get_strategy
 from kflowers.training.strategies import stage_loss
@@ -135,8 +136,9 @@ def train(
             Defaults to `3`.
         stop: `threading.Event` or `None`. Once set, training stops after
             the current batch (the CLI sets it on Ctrl-C). Defaults to `None`.
-        recipe: `kflowers.recipes.Recipe` or `None`. How each stage trains
-            (see `get_recipe`). Defaults to `None`: the lesson's. The modern
+        recipe: `kflowers.recipes.Recipe`, its name (`"lesson"`,
+            `"modern"`) or `None`. How each stage trains (see
+            `get_recipe`). Defaults to `None`: the lesson's. The modern
             recipe's augmentation and test-time flips belong to the datasets
             (`FlowerDataset(augment=..., random_erasing=...)`,
             `evaluate_model(tta=...)`).
@@ -162,6 +164,8 @@ def train(
     """
     strategy = get_strategy(strategy) if isinstance(strategy, str) else strategy
     strategy = strategy.with_epochs(epochs)
+    if isinstance(recipe, str):  # a name, as `strategy` may be one
+        recipe = get_recipe(recipe, strategy.name)
     loop = RunLoop(
         model,
         strategy,
