@@ -103,11 +103,12 @@ def evaluate(capsys, *args):
 
 
 def test_evaluate_scores_the_runs_test_split_by_default(trained_run, flowers_dir, capsys):
+    """On the run's own data, what the model did not train on is its test split."""
     import json
 
     split = json.loads((trained_run / "split.json").read_text())
     code, out, _ = evaluate(capsys, "--model", trained_run / "model.keras", "--data", flowers_dir)
-    assert code == 0 and f"on {len(split['test'])} images (the run's test split)" in out
+    assert code == 0 and f"on {len(split['test'])} images (every image in {flowers_dir} the model did not" in out
     assert "note:" not in out  # none of them trained on
     assert "confusion matrix (rows: true class, columns: predicted)" in out and "| true | daisy |" in out
     # Another spelling of the same folder finds the same images.
@@ -130,6 +131,29 @@ def test_evaluating_training_images_says_how_many(trained_run, flowers_dir, caps
     )
     summary = json.loads(out)
     assert summary["split"] == side and summary["images"] == images and summary["trained_on"] == len(split["train"])
+
+
+def test_by_default_evaluate_scores_every_image_the_model_did_not_train_on(trained_run, flowers_dir, tmp_path, capsys):
+    """Issue 34, item 13: on the run's own data that is its test side (the training images left out, and
+    said); a folder of new photos is scored whole, by default, with no --split."""
+    import json
+
+    from kflowers.data.demo import draw_dataset
+
+    split = json.loads((trained_run / "split.json").read_text())
+    code, out, _ = evaluate(capsys, "--model", trained_run / "model.keras", "--data", flowers_dir, "--json")
+    summary = json.loads(out)
+    assert code == 0 and summary["split"] == "unseen"
+    assert summary["images"] == len(split["test"]) and summary["left_out_as_training"] == len(split["train"])
+    code, out, _ = evaluate(capsys, "--model", trained_run / "model.keras", "--data", flowers_dir)
+    assert f"left out: {len(split['train'])} images the model trained on" in out
+    new = draw_dataset(tmp_path / "new", ["daisy", "rose", "tulip"], per_class=3, size=48, seed=7)
+    for path in sorted(tmp_path.glob("new/*/*")):  # photos of one's own, named as a camera names them
+        path.rename(path.with_name("IMG_" + path.name))
+    code, out, err = evaluate(capsys, "--model", trained_run / "model.keras", "--data", new, "--json")
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["images"] == 9 and summary["left_out_as_training"] == 0 and summary["trained_on"] == 0
 
 
 def test_a_copy_of_a_training_image_is_found_by_its_bytes(trained_run, flowers_dir, tmp_path, capsys):

@@ -155,8 +155,11 @@ def cmd_evaluate(args):
             args.data,
             len(keep),
         )
+    if not keep and chosen.side == "unseen":
+        raise UserError(f"the model trained on every image in {args.data}; --split train scores them anyway")
     if not keep:
         raise UserError(f"none of the images in {args.data} is on the run's {chosen.side} side")
+    left_out = len(folder.paths) - len(keep) if chosen.side == "unseen" else 0
     # Labels by name: the data's class index -> the model's.
     to_model = [model.class_names.index(name) for name in folder.class_names]
     paths = [folder.paths[i] for i in keep]
@@ -175,6 +178,7 @@ def cmd_evaluate(args):
             "split": chosen.side,
             "images": len(paths),
             "missing": missing,
+            "left_out_as_training": left_out,
             "trained_on": trained_on,
             "per_class": results["per_class"],
             "confusion": results["confusion"],
@@ -183,6 +187,8 @@ def cmd_evaluate(args):
         print(json.dumps(strict_json(summary)))
         return
     print(f"accuracy: {results['accuracy']:.4f} on {len(paths)} images ({chosen.describe()})")
+    if left_out:
+        print(f"left out: {left_out} images the model trained on (--split all or train scores them)")
     if trained_on:
         print(f"note: {trained_on} of these {len(paths)} images are images the model trained on")
     rows = [{"class": name, **values} for name, values in results["per_class"].items()]

@@ -117,8 +117,8 @@ def _add_model_commands(commands):
     p.add_argument(
         "--split",
         choices=["test", "train", "all"],
-        help="which side of the model's run to score, read from split.json beside the model (default: test when "
-        "there is one, else all the images)",
+        help="which side of the model's run to score, read from split.json beside the model (default: every "
+        "image the model did not train on: the run's test side on its own data, all of a folder of new photos)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
 

@@ -258,9 +258,14 @@ class RunSplit:
         self.side, self.data, self.chosen, self.train, self.train_root = side, data, chosen, train, train_root
 
     def keep(self, path):
-        return self.chosen is None or os.path.relpath(path, self.data) in self.chosen
+        name = os.path.relpath(path, self.data)
+        if self.side == "unseen":
+            return name not in (self.train or ())
+        return self.chosen is None or name in self.chosen
 
     def describe(self):
+        if self.side == "unseen":
+            return f"every image in {self.data} the model did not train on"
         return f"every image in {self.data}" if self.chosen is None else f"the run's {self.side} split"
 
     def missing(self, paths):
@@ -300,9 +305,10 @@ def run_split(run_dir, data, paths, side=None):
     """The images of `paths` (found under `data`) that `kflowers evaluate --split side` scores.
 
     Reads `split.json` and `config.json` in `run_dir` (the model's folder):
-    `side` is `"test"` (the default when there is a split), `"train"` or
-    `"all"`. Images are matched by their path inside the data folder, however
-    `--data` is spelt.
+    `side` is `"test"`, `"train"`, `"all"`, or `None` (the default):
+    `"unseen"`, every image the model did not train on: the run's test side
+    on its own data, all of a folder of new photos. Images are matched by
+    their path inside the data folder, however `--data` is spelt.
 
     Raises:
         KflowersError: `side` is test or train and there is no readable split.json.
@@ -321,9 +327,9 @@ def run_split(run_dir, data, paths, side=None):
     def relative(names):
         return {os.path.relpath(str(p), run_data) if run_data else str(p) for p in names}
 
-    side = side or "test"
+    side = side or "unseen"
     train = relative(split["train"])
-    chosen = None if side == "all" else relative(split[side]) if side == "test" else train
+    chosen = None if side in ("all", "unseen") else relative(split[side]) if side == "test" else train
     return RunSplit(side, data, chosen, train, run_data)
 
 
