@@ -254,8 +254,9 @@ def _replace_previous_run(out):
 class RunSplit:
     """Which images `kflowers evaluate` scores, and which of them the model trained on (see `run_split`)."""
 
-    def __init__(self, side, data, chosen=None, train=None, train_root=None):
+    def __init__(self, side, data, chosen=None, train=None, train_root=None, test=None):
         self.side, self.data, self.chosen, self.train, self.train_root = side, data, chosen, train, train_root
+        self.test = test
 
     def keep(self, path):
         name = os.path.relpath(path, self.data)
@@ -269,10 +270,13 @@ class RunSplit:
         return f"every image in {self.data}" if self.chosen is None else f"the run's {self.side} split"
 
     def missing(self, paths):
-        """How many images of the chosen side are not among `paths` (not in the data folder given)."""
-        if self.chosen is None:
-            return 0
-        return len(self.chosen - {os.path.relpath(p, self.data) for p in paths})
+        """How many images of the chosen side are not among `paths` (not in the data folder given). By default
+        (`"unseen"`) the run's test images count, when the folder is the run's (holds any of its images)."""
+        names = {os.path.relpath(p, self.data) for p in paths}
+        if self.side == "unseen":
+            ours = (self.train or set()) | (self.test or set())
+            return len(self.test - names) if self.test and names & ours else 0
+        return 0 if self.chosen is None else len(self.chosen - names)
 
     def trained_on(self, paths):
         """How many of `paths` the model trained on: the same file (by path in the data folder) or the
@@ -328,9 +332,9 @@ def run_split(run_dir, data, paths, side=None):
         return {os.path.relpath(str(p), run_data) if run_data else str(p) for p in names}
 
     side = side or "unseen"
-    train = relative(split["train"])
-    chosen = None if side in ("all", "unseen") else relative(split[side]) if side == "test" else train
-    return RunSplit(side, data, chosen, train, run_data)
+    train, test = relative(split["train"]), relative(split["test"])
+    chosen = None if side in ("all", "unseen") else test if side == "test" else train
+    return RunSplit(side, data, chosen, train, run_data, test)
 
 
 def _read_small_json(path):
