@@ -309,6 +309,39 @@ def test_ctrl_c_and_sigterm_stop_it_cleanly(server, photo, sig):
 
 @pytest.mark.slow
 @pytest.mark.one_backend
+def test_a_request_in_flight_at_sigterm_is_answered(small_model_file, photo):
+    """SIGTERM while a photo waits in the batcher (a 3 s wait for company): the request is answered 200 and the
+    server then exits 0."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kflowers", "serve", "--model", str(small_model_file), "--port", "0", "--quiet"]
+        + ["--max-wait-ms", "3000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
+    try:
+        url = process.stdout.readline().split(" at ")[1].split()[0]
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(post, url, [("one.jpg", jpeg(photo))])
+            for _ in range(5000):  # until the photo is in the batcher's queue (bounded)
+                with urllib.request.urlopen(url + "/health", timeout=30) as response:
+                    if json.loads(response.read())["answered"]["waiting"]:
+                        break
+            else:
+                pytest.fail("the photo never reached the batcher's queue")
+            process.send_signal(signal.SIGTERM)
+            status, body = answer.result(timeout=60)
+        assert status == 200 and body["predictions"][0]["top"]
+        assert process.wait(60) == 0, process.stderr.read()[-2000:]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(30)
+
+
+@pytest.mark.slow
+@pytest.mark.one_backend
 def test_the_page_shows_a_photos_top_class_in_a_real_browser(server, photo, tmp_path):
     """Debian's chromium and chromium-driver, driven by selenium: choose a photo in the page's file input,
     and see its top class rendered (the one the API gives)."""

@@ -51,6 +51,7 @@ class MicroBatcher:
         self.function, self.max_batch, self.max_wait, self.max_queue = function, max_batch, max_wait, max_queue
         self.photos = self.batches = 0  # items answered and batches run, for /health and the load benchmark
         self._queue = None
+        self._gathering = []  # the batch being gathered, until it runs
         self._task = None
         self._thread = None
 
@@ -80,6 +81,10 @@ class MicroBatcher:
         """How many more items the queue takes now."""
         return self.max_queue - self._queue.qsize()
 
+    def waiting(self):
+        """How many items wait now: in the queue, or in the batch being gathered (not yet running)."""
+        return (self._queue.qsize() if self._queue is not None else 0) + len(self._gathering)
+
     async def submit(self, item):
         """The result of `function` for `item`, once its batch has run.
 
@@ -96,7 +101,7 @@ class MicroBatcher:
     async def _run(self):
         loop = asyncio.get_running_loop()
         while True:
-            batch = [await self._queue.get()]
+            batch = self._gathering = [await self._queue.get()]
             deadline = loop.time() + self.max_wait
             while len(batch) < self.max_batch:
                 try:  # what already waits joins at once
@@ -112,6 +117,7 @@ class MicroBatcher:
                 except asyncio.TimeoutError:
                     break
             batch = [(item, future) for item, future in batch if not future.done()]  # a client gone
+            self._gathering = []
             if not batch:
                 continue
             self.photos, self.batches = self.photos + len(batch), self.batches + 1

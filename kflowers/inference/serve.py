@@ -3,7 +3,8 @@
 - `GET /`: the page (`page.html`, self-contained): choose or drop photos,
   see each one's top classes as bars and its Grad-CAM overlay.
 - `GET /health`: `{"status": "ok", "classes": [...], "model": ..., "image_size": ...,
-  "precision": ..., "answered": {"photos": N, "batches": M}}` (M below N: batching works).
+  "precision": ..., "answered": {"photos": N, "batches": M, "waiting": W}}` (M below N: batching works;
+  W: photos in the queue now).
 - `POST /predict` (multipart, field `file`, one or more photos; `?top=K`,
   `?gradcam=1`): `{"predictions": [{"image": NAME, "top": [{"class": C,
   "probability": P}, ...]}]}`, with `"gradcam"` (a PNG data URL) per photo
@@ -127,7 +128,7 @@ def create_app(model, model_path, limits=None, precision="float32"):
         return HTMLResponse(page)
 
     async def health(request):
-        answered = {"photos": batcher.photos, "batches": batcher.batches}
+        answered = {"photos": batcher.photos, "batches": batcher.batches, "waiting": batcher.waiting()}
         return JSONResponse(
             {
                 "status": "ok",
