@@ -84,7 +84,7 @@ def new_record(name, seed, overrides, metrics, history):
 
 
 def history_of(out):
-    from kflowers.runs.run import read_history
+    from kflowers.runs.record import read_history
 
     history = read_history(out)
     return {key: history[key] for key in HISTORY_COLUMNS}
@@ -112,7 +112,7 @@ def rescore(run_dir, data, without):
     from kflowers.data.folders import split_dataset
     from kflowers.models.resnet import with_image_size
     from kflowers.models.saving import load_model
-    from kflowers.runs.run import evaluate_model
+    from kflowers.runs.evaluate import evaluate_model
 
     if not os.path.exists(os.path.join(run_dir, "model.keras")):
         sys.exit(f"recipe_ablation: the `{without}` row rescores {run_dir}, which is not there: run the headline first")
@@ -231,8 +231,8 @@ def main():
             headline = {r["seed"]: r for r in records}
         rows.append(summary_row(name, records, rescored, headline))
     from kflowers.files import write_text
-    from kflowers.reports import markdown_table
-    from kflowers.reports import plot_comparison
+    from kflowers.tables import markdown_table
+    from kflowers.plots import plot_comparison
 
     table = markdown_table(rows)
     machines = "; ".join(sorted({r["cpu"] for r in used}))

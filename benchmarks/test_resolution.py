@@ -18,7 +18,7 @@ from kflowers.models.saving import load_model
 from kflowers.models.resnet import with_image_size
 from kflowers.data.folders import scan_folder
 from kflowers.data.folders import split_dataset
-from kflowers.runs.run import evaluate_model
+from kflowers.runs.evaluate import evaluate_model
 
 
 def main():

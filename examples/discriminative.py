@@ -127,6 +127,6 @@ The lesson printed a table of each epoch; `fit`'s `History` holds the same
 numbers. Test accuracy is measured on images the model never trained on.
 """
 
-print(kflowers.reports.history_table(history))
+print(kflowers.tables.history_table(history))
 loss, accuracy = model.evaluate(test_ds, verbose=0)
 print(f"final test accuracy: {accuracy:.4f} (test loss {loss:.4f})")

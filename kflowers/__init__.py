@@ -68,10 +68,13 @@ _EXPORTS = {
 }
 
 # The layers, and the helpers beside them, reachable as attributes (`kflowers.training.train(...)`); the
-# modules the Python tour names are reachable by their short names too (`kflowers.callbacks`).
+# modules the Python tour names have short names too (`kflowers.callbacks`, a module of its own that is
+# `kflowers.training.callbacks`, so `from kflowers.callbacks import UnfreezeBackbone` works as well).
 _SUBMODULES = {
     **{name: f"kflowers.{name}" for name in ("data", "models", "training", "inference", "runs", "cli")},
-    **{name: f"kflowers.{name}" for name in ("errors", "files", "options", "recipes", "reports", "native_logs")},
+    **{
+        name: f"kflowers.{name}" for name in ("errors", "files", "options", "recipes", "plots", "tables", "native_logs")
+    },
     "callbacks": "kflowers.training.callbacks",
     "strategies": "kflowers.training.strategies",
     "distributed": "kflowers.training.distributed",

@@ -34,9 +34,11 @@ CLASSES = ["daisy", "dandelion", "rose", "sunflower", "tulip"]
 
 
 def modules():
-    """Every kflowers module but `__main__` (importing it runs the command line)."""
+    """Every kflowers module but `__main__` (importing it runs the command line), each once: a short name
+    (`kflowers.export`) is the module it stands for."""
     names = [info.name for info in pkgutil.walk_packages(kflowers.__path__, "kflowers.")]
-    return [importlib.import_module(name) for name in names if name != "kflowers.__main__"]
+    found = [importlib.import_module(name) for name in names if name != "kflowers.__main__"]
+    return list({id(module): module for module in found}.values())
 
 
 def fenced_examples():

@@ -399,7 +399,7 @@ def test_unreadable_folder_is_named_in_a_warning(tmp_path):
 
 
 def test_class_names_with_terminal_escapes_never_reach_the_terminal(tmp_path):
-    from kflowers.reports import markdown_table
+    from kflowers.tables import markdown_table
 
     root = two_classes(tmp_path / "data")
     os.rename(root / "b", root / "\x1b[31mred")

@@ -14,7 +14,9 @@ pytestmark = pytest.mark.one_backend  # the package's import graph: the torch pa
 
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "kflowers")
 ORDER = ["data", "models", "training", "inference", "runs", "cli"]
-BESIDE_ALL = {"errors", "files", "options", "recipes", "reports", "native_logs", "lazy"}
+BESIDE_ALL = {"errors", "files", "options", "recipes", "plots", "tables", "native_logs", "lazy"}
+# The short public names (`kflowers.callbacks` is `kflowers.training.callbacks`): the package's own namespace.
+ALIASES = {"callbacks", "strategies", "distributed", "predict", "explain", "export"}
 
 
 def modules():
@@ -35,8 +37,8 @@ MODULES = modules()
 def layer_of(dotted):
     """The layer's index, `"beside"` for the helpers beside all layers, `None` for the package itself."""
     parts = dotted.split(".")
-    if len(parts) == 1 or parts[1] == "__main__":
-        return None if len(parts) == 1 else ORDER.index("cli")
+    if len(parts) == 1 or parts[1] in ALIASES or parts[1] == "__main__":
+        return ORDER.index("cli") if parts[1:] == ["__main__"] else None
     if parts[1] in ORDER:
         return ORDER.index(parts[1])
     return "beside" if parts[1] in BESIDE_ALL else "unplaced"

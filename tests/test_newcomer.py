@@ -188,7 +188,7 @@ def test_config_json_says_what_ran(trained_run):
 def test_modern_config_names_its_rates():
     from kflowers.options import RunOptions
     from kflowers.recipes import get_recipe
-    from kflowers.runs.run import learning_rates
+    from kflowers.runs.record import learning_rates
     from kflowers.training.strategies import get_strategy
 
     options = RunOptions(data="d", strategy="two-stage", recipe="modern")
@@ -207,7 +207,7 @@ def test_plots_leave_pyplot_alone(tmp_path):
     code = (
         "import sys, matplotlib\n"
         "matplotlib.use('svg')\n"
-        "from kflowers.reports import plot_confusion\n"
+        "from kflowers.plots import plot_confusion\n"
         "plot_confusion([[3, 1], [0, 4]], ['a', 'b'], sys.argv[1])\n"
         "print(matplotlib.get_backend(), 'matplotlib.pyplot' in sys.modules)\n"
     )

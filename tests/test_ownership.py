@@ -400,10 +400,10 @@ def test_force_keeps_a_folder_that_only_looks_like_a_temporary(flowers_dir, tmp_
 
 
 def test_a_picture_kflowers_drew_is_replaced_and_a_users_is_not(tmp_path):
-    from kflowers.reports import check_picture_replaceable
-    from kflowers.reports import drawn_by_kflowers
-    from kflowers.reports import new_figure
-    from kflowers.reports import save_figure
+    from kflowers.plots import check_picture_replaceable
+    from kflowers.plots import drawn_by_kflowers
+    from kflowers.plots import new_figure
+    from kflowers.plots import save_figure
 
     figure, _ = new_figure(1, 1)
     ours = save_figure(figure, tmp_path / "ours.png")

@@ -131,7 +131,7 @@ def test_trivial_augment_differs_from_basic(flowers_dir):
 
 
 def test_flip_tta_averages_the_probabilities_of_both_views(flowers_dir, small_model_file):
-    from kflowers.runs.run import evaluate_model
+    from kflowers.runs.evaluate import evaluate_model
 
     model = kflowers.load_model(small_model_file)
     folder = kflowers.scan_folder(flowers_dir)
@@ -162,7 +162,7 @@ def _train(flowers_dir, tmp_path, name, *more):
 
 @pytest.mark.slow
 def test_the_saved_model_is_the_ema_model_and_metrics_are_true_of_it(flowers_dir, tmp_path):
-    from kflowers.runs.run import evaluate_model
+    from kflowers.runs.evaluate import evaluate_model
 
     with_ema, metrics = _train(flowers_dir, tmp_path, "ema")
     without_ema, other_metrics = _train(flowers_dir, tmp_path, "no-ema", "--without", "ema", "test-resolution")

@@ -1,7 +1,6 @@
 """What each `kflowers` command does. Keras, torch and keras-hub are imported inside the commands that
 need them, so that `kflowers --help` and argument errors come at once."""
 
-import dataclasses
 import json
 import logging
 import os
@@ -32,7 +31,7 @@ def cmd_download(args):
 
 
 def _print_counts(folder):
-    from kflowers.reports import markdown_table
+    from kflowers.tables import markdown_table
 
     rows = [{"class": name, "label": i, "images": count} for i, (name, count) in enumerate(folder.counts().items())]
     rows.append({"class": "total", "label": "", "images": len(folder)})
@@ -53,9 +52,6 @@ def cmd_show(args):
 def _run_options(args, strategy, out):
     from kflowers.options import RunOptions
 
-    weights = args.weights
-    if args.command == "compare" and strategy == "scratch":
-        weights = None  # from scratch, whatever --weights the pretrained strategies use
     return RunOptions(
         data=args.data,
         strategy=strategy,
@@ -64,7 +60,7 @@ def _run_options(args, strategy, out):
         lr=args.lr,
         batch_size=args.batch_size,
         image_size=args.image_size,
-        weights=weights,
+        weights=args.weights,
         augment=args.augment,
         seed=args.seed,
         early_stopping=getattr(args, "early_stopping", False),
@@ -92,7 +88,7 @@ def _data_root(args):
 def cmd_train(args):
     from kflowers.data.folders import scan_folder
     from kflowers.training.distributed import is_main_process
-    from kflowers.runs.run import check_out
+    from kflowers.runs.directory import check_out
     from kflowers.runs.run import train_run
 
     check_out(args.out, args.data, args.force)
@@ -123,84 +119,28 @@ def _load(path):
 
 
 def cmd_evaluate(args):
-    from kflowers.data.dataset import FlowerDataset
-    from kflowers.data.folders import scan_folder
-    from kflowers.reports import markdown_table
-    from kflowers.reports import check_picture_replaceable
-    from kflowers.reports import plot_confusion
-    from kflowers.runs.run import evaluate_model
-    from kflowers.runs.run import run_split
+    from kflowers.runs.evaluate import evaluate_folder
+    from kflowers.tables import markdown_table
 
-    if args.out:  # never over a user's file (checked before the work)
-        check_picture_replaceable(os.path.join(args.out, "confusion.png"))
-    model = _load(args.model)
-    folder = scan_folder(args.data)
-    unknown = [name for name in folder.class_names if name not in model.class_names]
-    if unknown:
-        raise UserError(
-            f"the model was trained on {', '.join(model.class_names)}; the data has other classes: {', '.join(unknown)}"
-        )
-    fixed = model.input_shape[1]
-    if args.image_size and fixed and args.image_size != fixed:
-        raise UserError(f"--image-size {args.image_size}: the model takes {fixed} px images; leave --image-size out")
-    chosen = run_split(os.path.dirname(os.path.abspath(args.model)), args.data, folder.paths, args.split)
-    keep = [i for i, path in enumerate(folder.paths) if chosen.keep(path)]
-    missing = chosen.missing(folder.paths)
-    if missing:
-        log.warning(
-            "%d of the run's %d %s images are not in %s: scoring the %d found",
-            missing,
-            len(keep) + missing,
-            chosen.side,
-            args.data,
-            len(keep),
-        )
-    if not keep and chosen.side == "unseen":
-        raise UserError(f"the model trained on every image in {args.data}; --split train scores them anyway")
-    if not keep:
-        raise UserError(f"none of the images in {args.data} is on the run's {chosen.side} side")
-    left_out = len(folder.paths) - len(keep) if chosen.side == "unseen" else 0
-    # Labels by name: the data's class index -> the model's.
-    to_model = [model.class_names.index(name) for name in folder.class_names]
-    paths = [folder.paths[i] for i in keep]
-    labels = [to_model[folder.labels[i]] for i in keep]
-    size = args.image_size or fixed or 224
-    results = evaluate_model(model, FlowerDataset(paths, labels, batch_size=128, image_size=size), model.class_names)
-    confusion_path = None
-    if args.out:  # never into the model's run directory unless asked to
-        confusion_path = plot_confusion(
-            results["confusion"], model.class_names, os.path.join(args.out, "confusion.png")
-        )
-    trained_on = chosen.trained_on(paths)
+    result = evaluate_folder(args.model, args.data, side=args.split, image_size=args.image_size, out=args.out)
     if args.json:
-        summary = {
-            "accuracy": results["accuracy"],
-            "split": chosen.side,
-            "images": len(paths),
-            "missing": missing,
-            "left_out_as_training": left_out,
-            "trained_on": trained_on,
-            "per_class": results["per_class"],
-            "confusion": results["confusion"],
-            "classes": model.class_names,
-        }
-        print(json.dumps(strict_json(summary)))
+        print(json.dumps(strict_json({key: value for key, value in result.items() if key != "description"})))
         return
-    print(f"accuracy: {results['accuracy']:.4f} on {len(paths)} images ({chosen.describe()})")
-    if left_out:
-        print(f"left out: {left_out} images the model trained on (--split all or train scores them)")
-    if trained_on:
-        print(f"note: {trained_on} of these {len(paths)} images are images the model trained on")
-    rows = [{"class": name, **values} for name, values in results["per_class"].items()]
+    classes = result["classes"]
+    print(f"accuracy: {result['accuracy']:.4f} on {result['images']} images ({result['description']})")
+    if result["left_out_as_training"]:
+        print(
+            f"left out: {result['left_out_as_training']} images the model trained on (--split all or train scores them)"
+        )
+    if result["trained_on"]:
+        print(f"note: {result['trained_on']} of these {result['images']} images are images the model trained on")
+    rows = [{"class": name, **values} for name, values in result["per_class"].items()]
     print(markdown_table(rows, ["class", "precision", "recall", "f1", "support"]))
     print("\nconfusion matrix (rows: true class, columns: predicted)")
-    matrix = [
-        {"true": name, **dict(zip(model.class_names, row))}
-        for name, row in zip(model.class_names, results["confusion"])
-    ]
-    print(markdown_table(matrix, ["true", *model.class_names]))
-    if confusion_path:
-        print(f"confusion matrix: {confusion_path}")
+    matrix = [{"true": name, **dict(zip(classes, row))} for name, row in zip(classes, result["confusion"])]
+    print(markdown_table(matrix, ["true", *classes]))
+    if result["confusion_png"]:
+        print(f"confusion matrix: {result['confusion_png']}")
 
 
 def _readable_images(items):
@@ -350,85 +290,18 @@ class _Progress:
 
 
 def cmd_compare(args):
-    from kflowers import reports
     from kflowers.data.folders import scan_folder
-    from kflowers.data.folders import split_dataset
-    from kflowers.files import write_json
-    from kflowers.files import write_text
-    from kflowers.runs.directory import claim
-    from kflowers.runs.run import check_out
-    from kflowers.runs.run import read_history
-    from kflowers.runs.run import train_run
+    from kflowers.runs.compare import compare_strategies
+    from kflowers.runs.directory import check_out
 
-    check_out(args.out, args.data, args.force)
-    for strategy in args.strategies:  # each strategy's folder must be new or kflowers's, --force or not
-        check_out(os.path.join(args.out, strategy), args.data, force=False)
+    check_out(args.out, args.data, args.force)  # before a download
     args.data = _data_root(args)
-    claim(args.out, kind="compare", force=args.force)
     folder = scan_folder(args.data)
     _print_counts(folder)
-    split = split_dataset(folder, seed=args.seed)
-    rows, histories, interrupted = [], {}, None
-    try:
-        for strategy in args.strategies:
-            print(f"\n=== {strategy} ({args.recipe} recipe) ===")
-            out = os.path.join(args.out, strategy)
-            # --force is for the top folder: a strategy's subfolder must be new or kflowers's own.
-            options = dataclasses.replace(_run_options(args, strategy, out), force=False)
-            metrics = train_run(options, folder=folder, split=split)
-            if metrics["epochs"]:
-                histories[strategy] = read_history(out)
-            rows.append(_compare_row(strategy, args.recipe, metrics))
-            if metrics.get("interrupted"):
-                interrupted = strategy
-                break
-    except KeyboardInterrupt:  # a second Ctrl-C, or one between two strategies
-        interrupted = args.strategies[len(rows)] if len(rows) < len(args.strategies) else args.strategies[-1]
-    table = reports.markdown_table(rows) if rows else "(no strategy finished an epoch)"
-    table += "\n\nHow each strategy trains:\n\n" + _how_they_train(args)
-    if interrupted:
-        left = args.strategies[args.strategies.index(interrupted) + 1 :]
-        table += f"\n\nInterrupted (Ctrl-C) during {interrupted}" + (f"; not run: {', '.join(left)}" if left else "")
-    write_text(os.path.join(args.out, "compare.md"), table + "\n")
-    write_json(os.path.join(args.out, "compare.json"), {"rows": rows, "interrupted": interrupted})
-    if histories:
-        reports.plot_comparison(histories, os.path.join(args.out, "curves.png"))
-    print("\n" + table)
+    result = compare_strategies(_run_options(args, args.strategies[0], args.out), args.strategies, folder=folder)
+    print("\n" + result["table"])
     print(f"\ntable: {os.path.join(args.out, 'compare.md')}, curves: {os.path.join(args.out, 'curves.png')}")
-    return 130 if interrupted else 0
-
-
-def _how_they_train(args):
-    """One row per strategy: what trains when, and at which rates (the recipe's, or the lesson's)."""
-    from kflowers.recipes import get_recipe
-    from kflowers.reports import markdown_table
-    from kflowers.runs.run import learning_rates
-    from kflowers.training.strategies import get_strategy
-
-    rows = []
-    for name in args.strategies:
-        options = _run_options(args, name, "-")
-        strategy = get_strategy(name).with_epochs(options.epochs)
-        recipe = get_recipe(options.recipe, strategy.name, options.without)
-        stages = "frozen, then unfrozen" if strategy.unfreeze_epoch else "frozen" if strategy.freeze else "all trains"
-        rates = ", ".join(
-            f"{key} {value:g}" if isinstance(value, float) else f"{key}: {value}"
-            for key, value in learning_rates(options, strategy, recipe).items()
-        )
-        rows.append({"strategy": name, "epochs": strategy.epochs, "backbone": stages, "learning_rates": rates})
-    return markdown_table(rows)
-
-
-def _compare_row(strategy, recipe, metrics):
-    return {
-        "strategy": strategy,
-        "recipe": recipe,
-        "best_test_accuracy": round(metrics["best_test_accuracy"], 4),
-        "final_test_accuracy": round(metrics["test_accuracy"], 4),
-        "epochs": metrics["epochs"],
-        "wall_seconds": round(metrics["wall_seconds"], 1),
-        "interrupted": bool(metrics.get("interrupted")),
-    }
+    return 130 if result["interrupted"] else 0
 
 
 def cmd_lr_find(args):
@@ -469,7 +342,7 @@ def cmd_demo(args):
     from kflowers.data.demo import draw_demo_dataset
     from kflowers.options import RunOptions
     from kflowers.runs.directory import claim
-    from kflowers.runs.run import check_out
+    from kflowers.runs.directory import check_out
     from kflowers.runs.run import train_run
 
     check_out(args.out, force=args.force)

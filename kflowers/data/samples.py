@@ -3,8 +3,8 @@
 import numpy as np
 
 from kflowers.data.images import read_image
-from kflowers.reports import new_figure
-from kflowers.reports import save_figure
+from kflowers.plots import new_figure
+from kflowers.plots import save_figure
 
 
 def plot_samples(folder, path, rows=3, cols=5, seed=0, image_size=None):

@@ -130,7 +130,7 @@ def explain_images(model, images, out_dir, top_k=3, class_names=None, labels=Non
         labels: the true class name of each image; default: the name of the
             image's folder when it is one of the classes (as in a dataset).
     """
-    from kflowers.reports import save_figure
+    from kflowers.plots import save_figure
 
     names = class_names or class_names_of(model)
     targets = []
@@ -153,7 +153,7 @@ def check_targets(images, targets):
         KflowersError: the first such target, named.
     """
     from kflowers.errors import KflowersError
-    from kflowers.reports import check_picture_replaceable
+    from kflowers.plots import check_picture_replaceable
 
     inputs = {os.path.realpath(path) for path in images}
     for target in targets:
@@ -174,7 +174,7 @@ def gradcam_figure(model, path, class_names, top_k=3, label=None):
     from matplotlib.colors import Normalize
 
     from kflowers.data.images import read_image
-    from kflowers.reports import new_figure
+    from kflowers.plots import new_figure
 
     pixels = prepare_images([path], model.input_shape[1] or 224)
     heatmaps, logits = grad_cam(model, pixels)
@@ -231,8 +231,8 @@ def plot_top_losses(paths, labels, logits, class_names, path, count=9, image_siz
         image_size: show the photos as the model saw them (resized).
     """
     from kflowers.data.images import read_image
-    from kflowers.reports import new_figure
-    from kflowers.reports import save_figure
+    from kflowers.plots import new_figure
+    from kflowers.plots import save_figure
 
     order, losses = top_losses(logits, labels, count)
     answers = decode_predictions(np.asarray(logits)[order], class_names, top_k=1)

@@ -1,4 +1,6 @@
-"""Losses a kflowers model is compiled with, registered so that a saved model's compile state loads."""
+"""The loss a kflowers model trains with under the modern recipe, and how its files name it for plain Keras."""
+
+import types
 
 import keras
 
@@ -34,3 +36,39 @@ class SparseCrossentropyWithSmoothing(keras.losses.Loss):
 
     def get_config(self):
         return {**super().get_config(), "label_smoothing": self.label_smoothing}
+
+
+def saved_with_keras_loss(model):
+    """Let every `.keras` file of `model` name Keras's own loss where it is compiled with kflowers's.
+
+    `model.save` and `keras.callbacks.ModelCheckpoint` write the loss the
+    model is compiled with; `SparseCrossentropyWithSmoothing` is registered
+    only where kflowers is imported, so plain `keras.models.load_model` could
+    not open such a file. With this, the file names Keras's
+    `SparseCategoricalCrossentropy(from_logits=True)` instead (the CLI's
+    `model.keras` always did): it loads anywhere, compiled without label
+    smoothing, which `kflowers.training.train` sets again for each stage it
+    compiles. Training on a loaded file with plain `fit` has no smoothing.
+    The model itself trains with the loss it was compiled with.
+
+    Args:
+        model: a compiled `keras.Model`; its instance's `get_compile_config`
+            (what Keras's saving asks) is set, nothing else changes.
+
+    Example:
+    ```python
+    model.compile("sgd", SparseCrossentropyWithSmoothing(0.1), metrics=["accuracy"])
+    saved_with_keras_loss(model).save("smoothed.keras")  # opens with plain keras.models.load_model
+    ```
+    """
+
+    def get_compile_config(self):
+        config = type(self).get_compile_config(self)
+        loss = config.get("loss") if isinstance(config, dict) else None
+        if isinstance(loss, dict) and loss.get("class_name") == SparseCrossentropyWithSmoothing.__name__:
+            stock = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+            config = {**config, "loss": keras.saving.serialize_keras_object(stock)}
+        return config
+
+    model.get_compile_config = types.MethodType(get_compile_config, model)
+    return model

@@ -124,6 +124,16 @@ def check_not_inside(out, data):
         )
 
 
+def check_out(out, data=None, force=False):
+    """Refuse an `--out` that can't be a run directory, before any work: a file, a folder inside
+    the dataset, or a folder that holds files kflowers did not write (unless `force`)."""
+    if os.path.lexists(out) and not os.path.isdir(out):
+        raise KflowersError(f"--out {out} is a file, not a folder: choose another --out")
+    check_not_inside(out, data)
+    if not force and foreign_entries(out):
+        claim(out, force=False)  # raises with the one line
+
+
 def remove_temporaries(folder):
     """Remove the temporaries (kflowers's prefix) that a killed process left at the top of `folder`.
 
@@ -143,6 +153,16 @@ def remove_temporaries(folder):
             shutil.rmtree(path)
         else:
             os.remove(path)
+
+
+def remove_run_files(folder, names):
+    """Remove the files called `names` (kflowers's own, such as `record.RUN_FILES`) from `folder`: a previous
+    run's, about to be replaced. Nothing else in the folder is touched."""
+    old = [name for name in names if os.path.lexists(os.path.join(folder, name))]
+    if old:
+        log.info("replacing the previous run in %s", folder)
+    for name in old:
+        os.remove(os.path.join(folder, name))
 
 
 class RunLock:

@@ -15,16 +15,14 @@ write_run_report("runs/latest")  # 'runs/latest/report.html' (kflowers train doe
 """
 
 import base64
-import csv
 import html
 import json
-import io
 import os
 
 from kflowers.files import open_regular
 from kflowers.files import read_json
-from kflowers.files import read_text
 from kflowers.files import write_text
+from kflowers.runs.record import read_history_rows
 
 FILE_NAME = "report.html"
 STYLE = """
@@ -44,8 +42,8 @@ def write_run_report(out):
     Args:
         out: a run directory holding at least `metrics.json` and `config.json`.
     """
-    metrics = _read_json(os.path.join(out, "metrics.json"))
-    config = _read_json(os.path.join(out, "config.json"))
+    metrics = read_json(os.path.join(out, "metrics.json"))
+    config = read_json(os.path.join(out, "config.json"))
     sections = [
         _headline(metrics, config),
         _pictures(out, [("curves.png", "learning curves"), ("confusion.png", "confusion matrix (rows: true class)")]),
@@ -63,10 +61,6 @@ def write_run_report(out):
     path = os.path.join(out, FILE_NAME)
     write_text(path, page)
     return path
-
-
-def _read_json(path):
-    return read_json(path)
 
 
 def _text(value):
@@ -117,7 +111,7 @@ def _history(out):
     path = os.path.join(out, "history.csv")
     if not os.path.isfile(path):
         return "<p>(no finished epoch)</p>"
-    rows = list(csv.DictReader(io.StringIO(read_text(path))))
+    rows = [{key: "" if value is None else value for key, value in row.items()} for row in read_history_rows(out)]
     return _table(rows, number=True)
 
 

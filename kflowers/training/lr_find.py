@@ -134,9 +134,7 @@ def lr_find(
     folder = scan_folder(data)
     train, _ = split_dataset(folder, seed=seed)
     dataset = FlowerDataset.from_folder(train, batch_size=batch_size, image_size=image_size, shuffle=True, seed=seed)
-    model = build_model(
-        len(folder.class_names), strategy.weights if weights == "default" else weights, image_size=image_size
-    )
+    model = build_model(len(folder.class_names), strategy.weights_for(weights), image_size=image_size)
     compile_for(model, strategy)
     result = find_learning_rate(model, dataset, steps=steps, min_lr=min_lr, max_lr=max_lr, verbose=verbose)
     if plot_path:
@@ -145,8 +143,8 @@ def lr_find(
 
 
 def _plot(rates, losses, suggestion, path):
-    from kflowers.reports import new_figure
-    from kflowers.reports import save_figure
+    from kflowers.plots import new_figure
+    from kflowers.plots import save_figure
 
     figure, ax = new_figure(figsize=(7, 4.5))
     ax.plot(rates, losses, alpha=0.35, label="loss per batch")

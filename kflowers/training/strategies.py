@@ -18,6 +18,7 @@ import re
 import keras
 
 from kflowers.models.losses import SparseCrossentropyWithSmoothing
+from kflowers.models.losses import saved_with_keras_loss
 from kflowers.options import strategy_name
 
 
@@ -48,6 +49,10 @@ class Strategy:
     unfreeze_epoch: object = None
     unfreeze_learning_rate: object = None
     backbone_learning_rate: object = None
+
+    def weights_for(self, requested):
+        """The backbone weights a run starts from: this strategy's own for `"default"`, else `requested`."""
+        return self.weights if requested == "default" else requested
 
     def with_epochs(self, epochs):
         """This strategy over `epochs` epochs (two-stage keeps its split in half)."""
@@ -180,6 +185,7 @@ def compile_stage(model, strategy, recipe, stage, epochs, steps_per_epoch, learn
         loss=stage_loss(recipe, stage),
         metrics=["accuracy"],
     )
+    saved_with_keras_loss(model)  # its files open with plain keras.models.load_model
 
 
 def stage_loss(recipe, stage):

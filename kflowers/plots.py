@@ -1,12 +1,11 @@
-"""Pictures and tables: the sample grid, learning curves, confusion matrices,
-and markdown tables you can paste."""
+"""Pictures: learning curves, comparisons and confusion matrices, drawn without a display and marked as
+kflowers's (`drawn_by_kflowers`), so that a later run replaces only its own."""
 
 import os
 
 import numpy as np
 
 from kflowers.errors import KflowersError
-from kflowers.errors import display_name
 from kflowers.files import atomic_path
 from kflowers.files import check_regular
 
@@ -137,49 +136,3 @@ def plot_confusion(matrix, class_names, path, title="confusion matrix (rows: tru
         ax.text(j, i, str(value), ha="center", va="center", color="white" if value > threshold else "black")
     ax.set_title(title)
     return save_figure(figure, path)
-
-
-def markdown_table(rows, columns=None):
-    """Rows of dicts as a GitHub markdown table (floats to 4 significant digits: 0.9531, 7.9, 123.5)."""
-    rows = list(rows)
-    columns = columns or list(rows[0]) if rows else columns or []
-
-    def cell(value):
-        if isinstance(value, float):
-            return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.4g}"
-        return display_name(str(value))  # no terminal escapes from class or file names
-
-    lines = [
-        "| " + " | ".join(map(display_name, map(str, columns))) + " |",
-        "|" + "|".join("---" for _ in columns) + "|",
-    ]
-    lines += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def history_table(*histories):
-    """The epochs of one or more `fit` calls, one after the other, as the lesson's table (markdown).
-
-    Keras names the metrics on `validation_data` `val_*`; the examples and
-    `kflowers train` pass the test split there, so they are `test_*` here.
-
-    Args:
-        *histories: `keras.callbacks.History` objects (what `fit` returns), in
-            the order they trained.
-
-    Example:
-    ```python
-    first = model.fit(train_ds, validation_data=test_ds, epochs=2)
-    second = model.fit(train_ds, validation_data=test_ds, epochs=4, initial_epoch=2)
-    print(history_table(first, second))
-    ```
-    """
-    rows = []
-    for history in histories:
-        logs = history.history
-        for i in range(len(next(iter(logs.values()), []))):
-            row = {"epoch": len(rows) + 1}
-            for key, values in logs.items():
-                row[key.replace("val_", "test_", 1) if key.startswith("val_") else key] = float(values[i])
-            rows.append(row)
-    return markdown_table(rows)

@@ -1,0 +1,5 @@
+"""`kflowers.callbacks` is `kflowers.training.callbacks` (the Python tour's short name)."""
+
+from kflowers.lazy import alias_module
+
+alias_module(__name__, "kflowers.training.callbacks")

@@ -1,0 +1,5 @@
+"""`kflowers.strategies` is `kflowers.training.strategies` (the Python tour's short name)."""
+
+from kflowers.lazy import alias_module
+
+alias_module(__name__, "kflowers.training.strategies")
