@@ -70,3 +70,22 @@ def test_unknown_format_and_missing_model_are_one_line(model_file, tmp_path):
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "model file not found" in result.stderr
+
+
+@pytest.mark.one_backend  # the refusal comes before any exporter runs
+def test_a_quantized_model_is_refused_in_one_line_where_the_exporter_cannot_convert_it(model_file, tmp_path):
+    """Issue 34, item 9: `model.quantize("int8")` then ONNX export failed deep in torch's exporter with
+    "Couldn't export operator aten::to" (and TFLite's converter on int8 kernels): one line saying why."""
+    from kflowers.inference.export import quantization_mode
+
+    model = kflowers.load_model(model_file)
+    assert quantization_mode(model) is None
+    model.quantize("int8")
+    assert quantization_mode(model) == "int8"
+    quantized = tmp_path / "int8.keras"
+    kflowers.save_model(model, quantized, model.class_names)
+    result = run_cli("export", "--model", quantized, "--format", "onnx", "--out", tmp_path / "int8.onnx", check=False)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+    assert "is quantized (int8)" in lines[0] and "aten::to" in lines[0] and "saved_model" in lines[0]
+    assert not (tmp_path / "int8.onnx").exists()

@@ -40,6 +40,13 @@ from kflowers.errors import KflowersError
 FORMATS = {"saved_model": "tensorflow", "onnx": "torch", "litert": "tensorflow"}
 EXTENSIONS = {"saved_model": "", "onnx": ".onnx", "litert": ".tflite"}
 RUNTIMES = {"saved_model": ("tensorflow",), "onnx": ("onnx", "onnxruntime"), "litert": ("tensorflow",)}
+# What each exporter makes of a model quantized with Keras's `model.quantize(...)`: torch's ONNX exporter
+# fails on its int8 casts ("Couldn't export operator aten::to"), TensorFlow Lite's converter on its int8
+# kernels; a SavedModel keeps them.
+QUANTIZED_REFUSED = {
+    "onnx": "torch's ONNX exporter cannot export Keras's int8 kernels (aten::to)",
+    "litert": "the TensorFlow Lite converter cannot convert Keras's int8 kernels",
+}
 
 
 class ExportMismatch(KflowersError):
@@ -161,6 +168,7 @@ def _export_here(model_path, format, out, images, atol, force):
     from kflowers.inference.predict import softmax
 
     model = load_model(model_path)
+    _check_quantization(model, model_path, format)
     size = model.input_shape[1] or 224
     pixels = np.random.default_rng(0).integers(0, 256, (4, size, size, 3)).astype("uint8")
     if images:
@@ -197,6 +205,27 @@ def _export_here(model_path, format, out, images, atol, force):
         "max_probability_difference": difference,
         "class_names": model.class_names,
     }
+
+
+def quantization_mode(model):
+    """The mode (`"int8"`, ...) of the first layer `model.quantize(...)` quantized, or `None`."""
+    for layer in model.layers:
+        mode = getattr(layer.dtype_policy, "quantization_mode", None) or (
+            quantization_mode(layer) if hasattr(layer, "layers") else None
+        )
+        if mode:
+            return mode
+    return None
+
+
+def _check_quantization(model, model_path, format):
+    mode = quantization_mode(model) if format in QUANTIZED_REFUSED else None
+    if mode:
+        raise KflowersError(
+            f"{model_path} is quantized ({mode}) and {QUANTIZED_REFUSED[format]}: export the float model and "
+            "quantize the exported file with its own tools (onnxruntime's quantize_dynamic, the TFLite converter's "
+            "optimizations), or export this one as saved_model"
+        )
 
 
 def _remove_stale_temporaries(out):
