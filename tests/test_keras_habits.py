@@ -119,3 +119,94 @@ def test_the_progress_bar_calls_the_test_split_test(data, capsys):
     train(model, "scratch", train_ds, test_ds, epochs=1, verbose=2)
     printed = capsys.readouterr().out
     assert "test_loss" in printed and "test_accuracy" in printed and "val_" not in printed
+
+
+def test_a_file_saved_after_a_plain_keras_load_says_it_has_no_class_names(tmp_path, caplog):
+    """Issue 34, item 2: plain `keras.models.load_model` knows nothing of class names, so a file it saves again
+    has none: kflowers names them 0..4 and says so (it said nothing); kflowers.load_model keeps them."""
+    first = tmp_path / "first.keras"
+    kflowers.save_model(kflowers.build_model(weights=None, image_size=SIZE), first, CLASSES)
+    keras.models.load_model(first).save(tmp_path / "again.keras")
+    with caplog.at_level("WARNING", logger="kflowers"):
+        assert kflowers.load_model(tmp_path / "again.keras").class_names == ["0", "1", "2", "3", "4"]
+    assert "carries no class names" in caplog.text and "remember_class_names" in caplog.text
+    caplog.clear()
+    kflowers.load_model(first).save(tmp_path / "kept.keras")
+    with caplog.at_level("WARNING", logger="kflowers"):
+        assert kflowers.load_model(tmp_path / "kept.keras").class_names == CLASSES
+    assert "class names" not in caplog.text
+
+
+@keras.saving.register_keras_serializable(package="kflowers_test_unregistered")
+class Doubled(keras.layers.Layer):
+    def call(self, x):
+        return x * 2
+
+
+def test_load_model_takes_custom_objects_and_names_a_missing_class(tmp_path):
+    """Issue 34, item 4: a file with a layer of the user's own loads with `custom_objects=`; without it the error
+    names the class and the way out (it said "corrupt or not a Keras model")."""
+    from kflowers.errors import WeightsError
+    from keras.src.saving import object_registration
+
+    base = kflowers.build_model(weights=None, image_size=SIZE)
+    x = Doubled(name="doubled")(model_parts(base).features)
+    model = keras.Model(base.input, keras.layers.Dense(5, name="logits")(x))
+    path = tmp_path / "own_layer.keras"
+    kflowers.save_model(model, path, CLASSES)
+    registered = object_registration.GLOBAL_CUSTOM_OBJECTS.pop("kflowers_test_unregistered>Doubled")
+    try:
+        with pytest.raises(WeightsError) as raised:
+            kflowers.load_model(path)
+        assert "it uses Doubled, which Keras cannot find" in str(raised.value)
+        assert "custom_objects={'kflowers_test_unregistered>Doubled': Doubled}" in str(raised.value)
+        assert "corrupt" not in str(raised.value)
+        loaded = kflowers.load_model(path, custom_objects={"kflowers_test_unregistered>Doubled": Doubled})
+        assert loaded.class_names == CLASSES and isinstance(loaded.get_layer("doubled"), Doubled)
+    finally:
+        object_registration.GLOBAL_CUSTOM_OBJECTS["kflowers_test_unregistered>Doubled"] = registered
+
+
+def test_a_modern_recipe_checkpoint_opens_with_plain_keras(data, tmp_path):
+    """Issue 34, item 1: a model trained from Python with label smoothing (the modern recipe), saved by
+    `ModelCheckpoint` during training and by `model.save` after, opens with plain `keras.models.load_model` in a
+    process that never imports kflowers (it raised "Could not locate class 'SparseCrossentropyWithSmoothing'")."""
+    import os
+    import subprocess
+    import sys
+
+    from kflowers.models.losses import SparseCrossentropyWithSmoothing
+
+    train_ds, test_ds = data
+    keras.utils.set_random_seed(0)
+    model = kflowers.build_model(weights=None, image_size=SIZE)
+    checkpoint = str(tmp_path / "checkpoint.keras")
+    train(
+        model,
+        "scratch",
+        train_ds,
+        test_ds,
+        recipe="modern",
+        epochs=1,
+        verbose=0,
+        callbacks=[keras.callbacks.ModelCheckpoint(checkpoint)],
+    )
+    assert isinstance(model.loss, SparseCrossentropyWithSmoothing)  # it trained with label smoothing
+    model.save(tmp_path / "after.keras")
+    code = (
+        "import sys, keras\n"
+        "for path in sys.argv[1:]:\n"
+        "    loaded = keras.models.load_model(path)\n"
+        "    print(type(loaded.loss).__name__, loaded.loss.get_config()['from_logits'])\n"
+        "print('kflowers' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, checkpoint, str(tmp_path / "after.keras")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "KERAS_BACKEND": keras.backend.backend()},
+    )
+    assert result.stdout.split("\n")[:3] == ["SparseCategoricalCrossentropy True"] * 2 + ["False"], result.stderr[
+        -1500:
+    ]

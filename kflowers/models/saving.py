@@ -1,12 +1,16 @@
 """Saving and loading a classifier as one `.keras` file that remembers its class names, checked on load."""
 
 import json
+import logging
 import os
+import re
 import zipfile
 from kflowers.errors import WeightsError
 from kflowers.files import check_regular
 from kflowers.errors import first_line
 from kflowers.errors import user_message
+
+log = logging.getLogger("kflowers")
 
 
 # Where Keras's own `model.save` (and so `ModelCheckpoint`) puts them: the model's assets (`remember_class_names`).
@@ -111,7 +115,7 @@ def read_class_names(path):
     return names
 
 
-def load_model(path, torch_kernels=True):
+def load_model(path, torch_kernels=True, custom_objects=None):
     """Load a kflowers `.keras` model; `model.class_names` holds its class names.
 
     The file is checked: it must be a Keras archive (else "corrupt"), hold a
@@ -124,10 +128,17 @@ def load_model(path, torch_kernels=True):
         torch_kernels: bool. As for `build_model`: on the torch backend,
             run the convolutions, batch norms and max pooling on torch's
             channels-last kernels. Defaults to `True`.
+        custom_objects: dict. As for `keras.models.load_model`: the classes
+            and functions of your own that the file names (a custom layer or
+            loss not registered with `keras.saving.register_keras_serializable`).
+
+    A file with no class names (saved by a model that was loaded with plain
+    `keras.models.load_model`, which knows nothing of them) loads with the
+    names `"0"`, `"1"`, ..., and a warning says so once.
 
     Raises:
         WeightsError: the file is missing, corrupt, not a kflowers classifier,
-            or its class names don't fit its outputs.
+            names a class Keras cannot find, or its class names don't fit its outputs.
     """
     import keras
 
@@ -142,12 +153,9 @@ def load_model(path, torch_kernels=True):
     _check_members(path)
     names = read_class_names(path)
     try:
-        model = keras.models.load_model(path)
+        model = keras.models.load_model(path, custom_objects=custom_objects)
     except Exception as error:
-        environment = user_message(error)  # a full disk or a read-only temporary folder, not the file's fault
-        if environment and not isinstance(error, WeightsError):
-            raise WeightsError(f"cannot load {path}: {environment}") from error
-        raise WeightsError(f"cannot load {path}: corrupt or not a Keras model ({first_line(error)})") from error
+        raise _load_error(path, error) from error
     if not _is_classifier(model):
         raise WeightsError(
             f"{path} is a Keras model but not a kflowers classifier (an image input of "
@@ -162,6 +170,12 @@ def load_model(path, torch_kernels=True):
     classes = max(2, outputs)  # one output: a binary classifier of two classes
     if names is None:
         names = [str(i) for i in range(classes)]
+        log.warning(
+            "%s carries no class names (saved after a plain keras.models.load_model?): they are %s; "
+            "kflowers.remember_class_names(model, names) before saving keeps them",
+            path,
+            ", ".join(names),
+        )
     elif len(names) != classes:
         raise WeightsError(
             f"{path}: its class names ({len(names)}) don't match its {outputs} outputs; the file was edited or damaged"
@@ -171,6 +185,23 @@ def load_model(path, torch_kernels=True):
 
         use_torch_kernels(model)
     return remember_class_names(model, names)
+
+
+def _load_error(path, error):
+    """The one line for a file Keras could not load: the environment's fault, a class of the user's, or the file's."""
+    environment = user_message(error)  # a full disk or a read-only temporary folder, not the file's fault
+    if environment and not isinstance(error, WeightsError):
+        return WeightsError(f"cannot load {path}: {environment}")
+    unknown = re.search(r"Could not locate (?:class|function) '([^']+)'", str(error))
+    if unknown:  # custom_objects is looked up by the registered name ("package>Class") when there is one
+        registered = re.compile(r"'registered_name': '([^']+)'").search(str(error), unknown.end())
+        key = registered.group(1) if registered else unknown.group(1)
+        return WeightsError(
+            f"cannot load {path}: it uses {unknown.group(1)}, which Keras cannot find: import the module that "
+            f"defines it (registered with keras.saving.register_keras_serializable) or pass custom_objects={{{key!r}: "
+            f"{unknown.group(1)}}}"
+        )
+    return WeightsError(f"cannot load {path}: corrupt or not a Keras model ({first_line(error)})")
 
 
 def _is_classifier(model):
