@@ -36,7 +36,6 @@ kflowers.quiet_start()  # TensorFlow's start-up lines off stderr (KFLOWERS_VERBO
 import argparse
 
 import keras
-import keras_hub
 
 parser = argparse.ArgumentParser(description="ResNet18 from scratch: no pretrained weights")
 parser.add_argument("--data", help="a folder with one subfolder per class (default: download the flowers)")
@@ -71,39 +70,29 @@ test_ds = kflowers.FlowerDataset.from_folder(test, batch_size=256, image_size=ar
 """
 ## The model
 
-Four parts, each a Keras layer: ImageNet's normalisation (the pretrained
-weights expect it, so it lives inside the model and callers pass raw pixels),
-keras-hub's ResNet18 backbone, global average pooling, and a new `Dense` head
-with one logit per class. The names `backbone` and `head` are how kflowers
-finds the parts (`kflowers.model_parts`).
+`kflowers.build_model` puts four parts together, each a Keras layer:
+ImageNet's normalisation (the pretrained weights expect it, so it lives inside
+the model and callers pass raw 0-255 pixels), keras-hub's ResNet18
+(`keras_hub.models.ResNetBackbone`), global average pooling, and a new `Dense`
+head with one logit per class, kept in float32 under mixed precision as
+keras.io advises. `weights` maps torchvision's ImageNet checkpoint (downloaded
+once, hash-checked) or a file onto the backbone. On torch the same layers run
+on torch's channels-last kernels (faster; `torch_kernels=False` keeps Keras's
+own). `kflowers.model_parts(model)` names the parts: `.backbone` is what
+freezing acts on, `.head` the new layer.
+
+BatchNorm follows `trainable`: while the backbone is frozen its BatchNorm
+layers run in inference mode (their ImageNet statistics stay put); while it
+trains, they normalise each batch by its own statistics and update their
+moving averages, as the lesson's PyTorch code does (`model.train()`).
+keras.io's transfer-learning guide chooses otherwise: it calls the base model
+with `training=False`, so BatchNorm stays in inference mode even while
+fine-tuning on a small dataset. kflowers keeps the lesson's choice
+(`build_model` calls the backbone without `training=False`), so the numbers
+compare with the lesson's.
 """
 
-side = args.image_size
-inputs = keras.Input(shape=(side, side, 3), name="images")
-x = keras.layers.Normalization(
-    mean=[255 * m for m in (0.485, 0.456, 0.406)],
-    variance=[(255 * s) ** 2 for s in (0.229, 0.224, 0.225)],
-    name="preprocess",
-)(inputs)
-backbone = keras_hub.models.ResNetBackbone(
-    input_conv_filters=[64],
-    input_conv_kernel_sizes=[7],
-    stackwise_num_filters=[64, 128, 256, 512],
-    stackwise_num_blocks=[2, 2, 2, 2],
-    stackwise_num_strides=[1, 2, 2, 2],
-    block_type="basic_block",
-    use_pre_activation=False,
-    image_shape=(side, side, 3),
-    name="backbone",
-)
-x = backbone(x)
-x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-outputs = keras.layers.Dense(len(folder.class_names), name="head")(x)
-model = keras.Model(inputs, outputs, name="flowers_resnet18")
-if args.weights != "none":
-    # torchvision's ImageNet checkpoint (downloaded once, hash-checked) or a file, mapped onto the backbone.
-    kflowers.load_weights(model, args.weights)
-kflowers.use_torch_kernels(model)  # on torch: the same layers on torch's channels-last kernels (faster)
+model = kflowers.build_model(num_classes=len(folder.class_names), weights=args.weights, image_size=args.image_size)
 
 """
 ## Train everything
