@@ -185,6 +185,18 @@ class RunOptions:
     test_size: float = 0.2
     quiet: bool = _flag(False, "no progress bars", action="store_true")
 
+    @classmethod
+    def from_namespace(cls, namespace, **overrides):
+        """The options an `argparse` namespace holds (the flags `add_flags` made, by field name), then `overrides`.
+
+        Example:
+        ```python
+        RunOptions.from_namespace(argparse.Namespace(data="flowers", epochs=3), strategy="frozen").epochs  # 3
+        ```
+        """
+        given = {f.name: getattr(namespace, f.name) for f in dataclasses.fields(cls) if hasattr(namespace, f.name)}
+        return cls(**{**given, **overrides})
+
     def __post_init__(self):
         from kflowers.recipes import get_recipe
 
@@ -199,6 +211,11 @@ class RunOptions:
             self.epochs = recipe.epochs
         if self.precision is None:
             self.precision = "bfloat16" if recipe.name == "modern" and native_bfloat16() else "float32"
+
+
+# The options that change where a run writes, how it shows progress or how fast it reads, not what it computes:
+# a resumed run may differ in them (every other option is the run's identity, `runs.record.check_resumable`).
+NOT_IDENTITY = ("out", "resume", "workers", "quiet", "force")
 
 
 def native_bfloat16():

@@ -52,27 +52,7 @@ def cmd_show(args):
 def _run_options(args, strategy, out):
     from kflowers.options import RunOptions
 
-    return RunOptions(
-        data=args.data,
-        strategy=strategy,
-        out=out,
-        epochs=args.epochs,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        image_size=args.image_size,
-        weights=args.weights,
-        augment=args.augment,
-        seed=args.seed,
-        early_stopping=getattr(args, "early_stopping", False),
-        resume=getattr(args, "resume", False),
-        workers=args.workers,
-        quiet=args.quiet,
-        feature_cache=args.feature_cache,
-        precision=args.precision,
-        recipe=args.recipe,
-        without=args.without,
-        force=args.force,
-    )
+    return RunOptions.from_namespace(args, strategy=strategy, out=out)
 
 
 def _data_root(args):

@@ -25,6 +25,7 @@ from kflowers.files import read_text
 from kflowers.files import strict_json
 from kflowers.files import write_json
 from kflowers.files import write_text
+from kflowers.options import NOT_IDENTITY
 
 RUN_FILES = (
     "model.keras",
@@ -101,23 +102,15 @@ def _relative(paths, root):
 
 
 def _identity(options, strategy):
-    """The arguments that make a run what it is (a resumed run must repeat them)."""
+    """The arguments that make a run what it is (a resumed run must repeat them): every option but
+    `NOT_IDENTITY`, with the strategy's epochs and weights as the run resolved them."""
+    identity = {f.name: getattr(options, f.name) for f in dataclasses.fields(options) if f.name not in NOT_IDENTITY}
     return {
+        **identity,
         "data": os.path.realpath(options.data),
         "strategy": strategy.name,
         "epochs": strategy.epochs,
-        "lr": options.lr,
-        "batch_size": options.batch_size,
-        "image_size": options.image_size,
         "weights": strategy.weights_for(options.weights),
-        "augment": options.augment,
-        "seed": options.seed,
-        "early_stopping": options.early_stopping,
-        "test_size": options.test_size,
-        "feature_cache": options.feature_cache,
-        "precision": options.precision,
-        "recipe": options.recipe,
-        "without": options.without,
     }
 
 
