@@ -166,6 +166,34 @@ def write_setup(out, options, strategy, recipe, folder, train_split, test_split,
     )
 
 
+def run_metrics(strategy, results, training, test_size, wall_seconds):
+    """`metrics.json`'s figures. Every one is of the model saved beside it, but `best_test_accuracy`: the
+    best of the epochs' plain (no test-time augmentation) test accuracies and the saved model's.
+
+    Args:
+        strategy: the strategy's name.
+        results: `evaluate_model`'s dict for the saved model.
+        training: the `TrainingResult` (`rows`, `interrupted`, `stopped_early`, `best_epoch`).
+        test_size: the side of the test images the saved model was scored at.
+        wall_seconds: the run's time so far.
+    """
+    test_accuracies = [row["test_accuracy"] for row in training.rows if "test_accuracy" in row]
+    return {
+        "strategy": strategy,
+        "test_accuracy": results["accuracy"],
+        "best_test_accuracy": max(test_accuracies + [results["accuracy"]]),
+        "test_loss": results["loss"],
+        "test_image_size": test_size,
+        "per_class": results["per_class"],
+        "confusion": results["confusion"],
+        "epochs": len(training.rows),
+        "interrupted": training.interrupted,
+        "stopped_early": training.stopped_early,
+        "best_epoch": training.best_epoch,
+        "wall_seconds": wall_seconds,
+    }
+
+
 def write_metrics(out, metrics):
     """Write `metrics.json` (strict JSON: no NaN)."""
     write_json(os.path.join(out, "metrics.json"), metrics)

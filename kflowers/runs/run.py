@@ -246,34 +246,52 @@ def _fit(run, model, train_ds, test_ds):
 
 def _finish(run, model, test_ds, result, started):
     """Evaluate the final model (at the recipe's test side), save it, and write the run's files and plots."""
-    from kflowers import plots
+    out = run.options.out
+    clock = time.perf_counter()
+    model, results, test_size = _evaluate_final(run, model, test_ds, result)
+    run.seconds["evaluation"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    _write_results(run, model, results, result.rows, test_size)
+    metrics = record.run_metrics(run.strategy.name, results, result, test_size, time.perf_counter() - started)
+    run.seconds["writing"] = time.perf_counter() - clock
+    metrics["seconds"] = run.seconds  # where the wall time went (scan: before the run started)
+    record.write_metrics(out, metrics)
+    write_run_report(out)  # from the files above: it says nothing they don't
+    log.info("seconds: %s", ", ".join(f"{key} {value:.1f}" for key, value in run.seconds.items()))
+    return metrics
+
+
+def _evaluate_final(run, model, test_ds, result):
+    """`(model, results, test_size)`: the model to save (rebuilt for the recipe's test side) and its test
+    results; raises `TrainingDiverged` when its outputs are not finite."""
     from kflowers.data.dataset import FlowerDataset
-    from kflowers.inference.explain import plot_top_losses
-    from kflowers.models.saving import save_model
     from kflowers.recipes import test_image_size
 
-    options, out, class_names = run.options, run.options.out, run.folder.class_names
-    # Every figure in metrics.json is of the model saved beside it, but best_test_accuracy: the best of the
-    # epochs' plain (no test-time augmentation) test accuracies and the saved model's.
-    clock = time.perf_counter()
     features = result.test_features
-    test_size = test_image_size(run.recipe, options.image_size)
-    if test_size != options.image_size:  # the saved model takes the test side
+    test_size = test_image_size(run.recipe, run.options.image_size)
+    if test_size != run.options.image_size:  # the saved model takes the test side
         model = _for_test_size(model, test_size)
         test_ds = FlowerDataset.from_folder(
             run.test_split, batch_size=256, image_size=test_size, workers=test_ds.threads
         )
         features = None
-    results = evaluate_model(model, test_ds, class_names, features=features, tta=run.recipe.tta)
+    results = evaluate_model(model, test_ds, run.folder.class_names, features=features, tta=run.recipe.tta)
     if not np.all(np.isfinite(results["logits"])):  # the training loss can stay finite while the model is not
         raise TrainingDiverged(
             "the trained model's outputs on the test images are not finite (NaN or infinite): training "
             "diverged (a learning rate too high?); no model was saved"
         )
-    run.seconds["evaluation"] = time.perf_counter() - clock
-    clock = time.perf_counter()
+    return model, results, test_size
+
+
+def _write_results(run, model, results, rows, test_size):
+    """The saved model, `history.csv` and the three pictures."""
+    from kflowers import plots
+    from kflowers.inference.explain import plot_top_losses
+    from kflowers.models.saving import save_model
+
+    out, class_names = run.options.out, run.folder.class_names
     save_model(model, os.path.join(out, "model.keras"), class_names)
-    rows = result.rows
     record.write_history(out, rows)
     if rows:
         plots.plot_history(record.history_columns(rows), os.path.join(out, "curves.png"), title=run.strategy.name)
@@ -286,27 +304,6 @@ def _finish(run, model, test_ds, result, started):
         os.path.join(out, "top_losses.png"),
         image_size=test_size,
     )
-    test_accuracies = [row["test_accuracy"] for row in rows if "test_accuracy" in row]
-    metrics = {
-        "strategy": run.strategy.name,
-        "test_accuracy": results["accuracy"],
-        "best_test_accuracy": max(test_accuracies + [results["accuracy"]]),
-        "test_loss": results["loss"],
-        "test_image_size": test_size,
-        "per_class": results["per_class"],
-        "confusion": results["confusion"],
-        "epochs": len(rows),
-        "interrupted": result.interrupted,
-        "stopped_early": result.stopped_early,
-        "best_epoch": result.best_epoch,
-        "wall_seconds": time.perf_counter() - started,
-    }
-    run.seconds["writing"] = time.perf_counter() - clock
-    metrics["seconds"] = run.seconds  # where the wall time went (scan: before the run started)
-    record.write_metrics(out, metrics)
-    write_run_report(out)  # from the files above: it says nothing they don't
-    log.info("seconds: %s", ", ".join(f"{key} {value:.1f}" for key, value in run.seconds.items()))
-    return metrics
 
 
 def _for_test_size(model, size):
