@@ -69,26 +69,16 @@ test_ds = kflowers.FlowerDataset.from_folder(test, batch_size=256, image_size=ar
 """
 ## The model
 
-`kflowers.build_model` puts four parts together, each a Keras layer:
-ImageNet's normalisation (the pretrained weights expect it, so it lives inside
-the model and callers pass raw 0-255 pixels), keras-hub's ResNet18
-(`keras_hub.models.ResNetBackbone`), global average pooling, and a new `Dense`
-head with one logit per class, kept in float32 under mixed precision as
-keras.io advises. `weights` maps torchvision's ImageNet checkpoint (downloaded
-once, hash-checked) or a file onto the backbone. On torch the same layers run
-on torch's channels-last kernels (faster; `torch_kernels=False` keeps Keras's
-own). `kflowers.model_parts(model)` names the parts: `.backbone` is what
-freezing acts on, `.head` the new layer.
+`kflowers.build_model` stacks ImageNet's normalisation (raw 0-255 pixels go
+in), keras-hub's ResNet18 (`ResNetBackbone`), global average pooling and a new
+`Dense` head (float32 under mixed precision); `weights` maps torchvision's
+ImageNet checkpoint or a file onto the backbone. `kflowers.model_parts(model)`
+names the parts: `.backbone`, `.head`.
 
-BatchNorm follows `trainable`: while the backbone is frozen its BatchNorm
-layers run in inference mode (their ImageNet statistics stay put); while it
-trains, they normalise each batch by its own statistics and update their
-moving averages, as the lesson's PyTorch code does (`model.train()`).
-keras.io's transfer-learning guide chooses otherwise: it calls the base model
-with `training=False`, so BatchNorm stays in inference mode even while
-fine-tuning on a small dataset. kflowers keeps the lesson's choice
-(`build_model` calls the backbone without `training=False`), so the numbers
-compare with the lesson's.
+BatchNorm trains with everything else, as in the lesson's PyTorch code: batch
+statistics in each step, moving averages drifting from ImageNet's. keras.io's
+guide instead calls the base model with `training=False` while fine-tuning;
+kflowers keeps the lesson's choice so that the numbers compare with it.
 """
 
 model = kflowers.build_model(num_classes=len(folder.class_names), weights=args.weights, image_size=args.image_size)
