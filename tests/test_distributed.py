@@ -305,3 +305,38 @@ def test_on_two_machines_each_fills_its_own_cache_once(tmp_path):
     assert len(filled) == 2  # one per machine: local rank 0 of each
     for node in ("node0", "node1"):
         assert (tmp_path / node / ".complete").exists()
+
+
+@pytest.mark.one_backend  # torchrun's rendezvous, before any backend is chosen
+def test_launch_waits_a_bounded_time_for_the_other_machines_then_says_so_in_one_line(flowers_dir, tmp_path):
+    """Issue 31, row 7: `torchrun --nnodes 2` with no second machine waited silently for torchrun's 10-15
+    minutes, before any kflowers code ran. `kflowers launch` says what it waits for and, after
+    `--join-timeout`, ends with one line and exit 2, having written nothing."""
+    from clitools import kflowers as run_cli
+
+    endpoint = f"127.0.0.1:{free_port()}"
+    result = run_cli(
+        *("launch", "--nnodes", "2", "--node-rank", "0", "--rdzv-endpoint", endpoint, "--join-timeout", "3"),
+        *("train", "--data", flowers_dir, "--out", tmp_path / "run", "--epochs", "1"),
+        check=False,
+        timeout=120,  # a hang fails here, well before torchrun's own 10-15 minutes
+    )
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 2, result.stderr[-3000:]
+    assert lines[0] == f"kflowers launch: machine 0 of 2: waiting up to 3 s for the others to join at {endpoint}"
+    assert lines[1].startswith(f"kflowers launch: error: the 2 machines did not all join at {endpoint} within 3 s")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.one_backend
+def test_launch_runs_the_command_under_torchrun_and_passes_on_its_exit_status(flowers_dir, tmp_path):
+    from clitools import kflowers as run_cli
+
+    endpoint = f"127.0.0.1:{free_port()}"
+    flags = ("launch", "--rdzv-endpoint", endpoint, "--join-timeout", "60")
+    result = run_cli(*flags, "show", "--data", flowers_dir, "--out", tmp_path / "grid.png", timeout=300)
+    assert (tmp_path / "grid.png").is_file() and "| total |" in result.stdout
+    missing = run_cli(*flags, "train", "--data", tmp_path / "nowhere", check=False, timeout=300)
+    assert missing.returncode == 2 and "dataset folder not found" in missing.stderr
+    nothing = run_cli("launch", "--nnodes", "2", "--node-rank", "2", "train", check=False)
+    assert nothing.returncode == 2 and "--node-rank 2: must be from 0 to 1" in nothing.stderr

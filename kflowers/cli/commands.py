@@ -372,6 +372,23 @@ def cmd_serve(args):
     return serve(args.model, args.host, args.port, limits, precision, quiet=args.quiet)
 
 
+def cmd_launch(args):
+    from kflowers.cli.launch import launch
+
+    if not args.launched or args.launched[0] not in COMMANDS or args.launched[0] == "launch":
+        raise UserError("kflowers launch needs the kflowers command to run, such as: train --data DIR --out RUN")
+    if not 0 <= args.node_rank < args.nnodes:
+        raise UserError(f"--node-rank {args.node_rank}: must be from 0 to {args.nnodes - 1} (--nnodes {args.nnodes})")
+    return launch(
+        args.launched,
+        nnodes=args.nnodes,
+        node_rank=args.node_rank,
+        nproc_per_node=args.nproc_per_node,
+        endpoint=args.rdzv_endpoint,
+        join_timeout=args.join_timeout,
+    )
+
+
 COMMANDS = {
     "download": cmd_download,
     "show": cmd_show,
@@ -384,4 +401,5 @@ COMMANDS = {
     "compare": cmd_compare,
     "lr-find": cmd_lr_find,
     "demo": cmd_demo,
+    "launch": cmd_launch,
 }

@@ -101,6 +101,22 @@ def _add_training_commands(commands):
     p.add_argument("--out", default="lr_find.png", help="where to write the plot")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    p = commands.add_parser(
+        "launch",
+        help="a kflowers command under torchrun, on one machine or several, with a bounded wait for the others",
+    )
+    p.add_argument("--nnodes", type=options.positive_int, default=1, help="machines taking part")
+    p.add_argument("--node-rank", type=int, default=0, help="this machine's index, from 0")
+    p.add_argument("--nproc-per-node", type=options.positive_int, default=1, help="processes (devices) here")
+    p.add_argument("--rdzv-endpoint", default="127.0.0.1:29400", help="HOST:PORT where the machines meet (machine 0's)")
+    p.add_argument(
+        "--join-timeout",
+        type=options.positive_float,
+        default=300.0,
+        help="seconds to wait for every machine to join; then one line and exit 2",
+    )
+    p.add_argument("launched", nargs=argparse.REMAINDER, metavar="COMMAND", help="the kflowers command to run")
+
     p = commands.add_parser("demo", help="the whole pipeline, offline, on a generated dataset")
     p.add_argument("--out", default="runs/demo", help="run directory")
     p.add_argument("--force", action="store_true", help=FORCE_HELP)
