@@ -154,19 +154,7 @@ def _add_model_commands(commands):
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar, no precision line")
 
-    p = commands.add_parser("serve", help="a page where people try the model, and a JSON API")
-    p.add_argument("--model", required=True, help="a model.keras file")
-    p.add_argument("--host", default="127.0.0.1", help="the address to listen on (0.0.0.0: every interface)")
-    p.add_argument("--port", type=options.port, default=8000, help="the port (0: any free one)")
-    p.add_argument("--max-batch", type=options.positive_int, default=32, help="photos per forward pass")
-    p.add_argument(
-        "--max-wait-ms", type=options.non_negative_float, default=5.0, help="how long a photo waits for others"
-    )
-    p.add_argument("--max-queue", type=options.positive_int, default=256, help="photos waiting; beyond it, 503")
-    p.add_argument("--max-upload-mb", type=options.positive_float, default=10.0, help="one photo's size; beyond, 413")
-    p.add_argument("--max-files", type=options.positive_int, default=16, help="photos per request; beyond, 413")
-    p.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto", help="as for predict")
-    p.add_argument("--quiet", action="store_true", help="no access log")
+    _add_serve_command(commands)
 
     p = commands.add_parser("explain", help="Grad-CAM: where the model looks, one picture per image")
     p.add_argument("--model", required=True, help="a model.keras file")
@@ -186,3 +174,20 @@ def _add_model_commands(commands):
         help="images to compare the export and the model on, besides 4 random ones",
     )
     p.add_argument("--force", action="store_true", help="replace an existing --out (only the export's own files)")
+
+
+def _add_serve_command(commands):
+    """`serve`: the page and the JSON API, with the server's limits."""
+    p = commands.add_parser("serve", help="a page where people try the model, and a JSON API")
+    p.add_argument("--model", required=True, help="a model.keras file")
+    p.add_argument("--host", default="127.0.0.1", help="the address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=options.port, default=8000, help="the port (0: any free one)")
+    p.add_argument("--max-batch", type=options.positive_int, default=32, help="photos per forward pass")
+    p.add_argument(
+        "--max-wait-ms", type=options.non_negative_float, default=5.0, help="how long a photo waits for others"
+    )
+    p.add_argument("--max-queue", type=options.positive_int, default=256, help="photos waiting; beyond it, 503")
+    p.add_argument("--max-upload-mb", type=options.positive_float, default=10.0, help="one photo's size; beyond, 413")
+    p.add_argument("--max-files", type=options.positive_int, default=16, help="photos per request; beyond, 413")
+    p.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto", help="as for predict")
+    p.add_argument("--quiet", action="store_true", help="no access log")

@@ -60,6 +60,28 @@ class ImageFolder:
         )
 
 
+def _image_files(root, class_folders):
+    """`({class: sorted image paths}, [(path, why skipped)])`: the files under each class folder that have an
+    image's extension, never through a link that leaves `root`."""
+    real_root = os.path.realpath(root)
+    skipped, candidates = [], {}
+    for name in class_folders:
+        files = []
+        if _outside(os.path.join(root, name), real_root):
+            skipped.append((os.path.join(root, name), "a link to a folder outside the dataset"))
+            candidates[name] = []
+            continue
+        for path, problem in _walk_files(os.path.join(root, name), real_root):
+            if problem:
+                skipped.append((path, problem))
+            elif is_image_file(path):
+                files.append(path)
+            elif not os.path.basename(path).startswith(".") and os.path.basename(path) not in JUNK_FILES:
+                skipped.append((path, "not an image file (extension)"))
+        candidates[name] = sorted(files)
+    return candidates, skipped
+
+
 def scan_folder(root, classes=None, check_images=True, threads=4):
     """Find the images under `root`, one subfolder per class.
 
@@ -112,23 +134,7 @@ def scan_folder(root, classes=None, check_images=True, threads=4):
     if not found:
         raise DataError(f"no class folders in {root}: expected one subfolder per class")
 
-    real_root = os.path.realpath(root)
-    skipped = []
-    candidates = {}
-    for name in found:
-        files = []
-        if _outside(os.path.join(root, name), real_root):
-            skipped.append((os.path.join(root, name), "a link to a folder outside the dataset"))
-            candidates[name] = []
-            continue
-        for path, problem in _walk_files(os.path.join(root, name), real_root):
-            if problem:
-                skipped.append((path, problem))
-            elif is_image_file(path):
-                files.append(path)
-            elif not os.path.basename(path).startswith(".") and os.path.basename(path) not in JUNK_FILES:
-                skipped.append((path, "not an image file (extension)"))
-        candidates[name] = sorted(files)
+    candidates, skipped = _image_files(root, found)
     _refuse_shared_images(candidates)
 
     if check_images:

@@ -155,28 +155,33 @@ def create_app(model, model_path, limits=None, precision="float32"):
         predictions = await asyncio.to_thread(_predictions, decoded, answers, names, top, gradcam, activation)
         return JSONResponse({"predictions": predictions})
 
-    async def http_error(request, error):
-        return _error(error.status_code, str(error.detail))
-
-    async def server_error(request, error):
-        log.error("serving %s: %s", request.url.path, error, exc_info=error)
-        return _error(500, f"internal error: {type(error).__name__}")
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app):
-        await batcher.start()
-        try:
-            yield
-        finally:
-            await batcher.stop()
-
     app = Starlette(
         routes=[Route("/", index), Route("/health", health), Route("/predict", predict, methods=["POST"])],
-        exception_handlers={HTTPException: http_error, Exception: server_error},
-        lifespan=lifespan,
+        exception_handlers={HTTPException: _http_error, Exception: _server_error},
+        lifespan=_lifespan,
     )
     app.state.batcher = batcher
     return app
+
+
+async def _http_error(request, error):
+    """404, 405 and Starlette's other HTTP errors, as JSON."""
+    return _error(error.status_code, str(error.detail))
+
+
+async def _server_error(request, error):
+    log.error("serving %s: %s", request.url.path, error, exc_info=error)
+    return _error(500, f"internal error: {type(error).__name__}")
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app):
+    """The batcher's thread runs while the server does."""
+    await app.state.batcher.start()
+    try:
+        yield
+    finally:
+        await app.state.batcher.stop()
 
 
 def _error(status, message, headers=None):
