@@ -340,3 +340,34 @@ def test_launch_runs_the_command_under_torchrun_and_passes_on_its_exit_status(fl
     assert missing.returncode == 2 and "dataset folder not found" in missing.stderr
     nothing = run_cli("launch", "--nnodes", "2", "--node-rank", "2", "train", check=False)
     assert nothing.returncode == 2 and "--node-rank 2: must be from 0 to 1" in nothing.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.one_backend
+def test_ctrl_c_under_launch_is_exit_130_without_a_traceback_and_resume_finishes(flowers_dir, tmp_path):
+    """Ctrl-C while `kflowers launch` trains: torchrun's agent raised its SignalException as a traceback (exit 1);
+    now the workers save the interrupted run, the launcher exits 130 in one line, and `--resume` finishes it."""
+    endpoint = f"127.0.0.1:{free_port()}"
+    run = ["launch", "--rdzv-endpoint", endpoint, "train", "--data", flowers_dir, "--out", tmp_path / "run"]
+    run += ["--strategy", "scratch", "--weights", "none", "--epochs", "3", "--image-size", "32", "--batch-size", "8"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kflowers", *map(str, run)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=TORCH_ENV,
+        start_new_session=True,  # Ctrl-C in a terminal signals the whole process group
+    )
+    for line in iter(process.stdout.readline, ""):
+        if line.startswith("Epoch 2/"):
+            os.killpg(process.pid, signal.SIGINT)
+            break
+    process.stdout.read()
+    stderr = process.stderr.read()
+    assert process.wait(timeout=120) == 130, stderr[-3000:]
+    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1] == "kflowers: interrupted"
+    from clitools import kflowers as run_cli
+
+    resumed = run_cli(*run, "--resume", timeout=300)
+    assert "scratch: test accuracy" in resumed.stdout
+    assert json.load(open(tmp_path / "run" / "metrics.json"))["epochs"] == 3

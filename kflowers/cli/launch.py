@@ -10,6 +10,7 @@ Example (on each of two machines, `--node-rank 0` and `--node-rank 1`):
     kflowers launch --nnodes 2 --node-rank 0 --rdzv-endpoint 10.0.0.1:29400 train --data flowers --out runs/ddp
 """
 
+import signal
 import sys
 
 from kflowers.errors import KflowersError
@@ -33,6 +34,7 @@ def launch(command, nnodes=1, node_rank=0, nproc_per_node=1, endpoint="127.0.0.1
         KflowersError: the machines did not all join within `join_timeout` seconds.
     """
     from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.elastic.rendezvous.api import RendezvousTimeoutError
 
@@ -58,4 +60,8 @@ def launch(command, nnodes=1, node_rank=0, nproc_per_node=1, endpoint="127.0.0.1
         ) from error
     except ChildFailedError as error:  # each process has said what went wrong on its own stderr
         return next((failure.exitcode for failure in error.failures.values() if failure.exitcode), 1)
+    except SignalException as error:  # torchrun's agent, once its workers have stopped (they saved the run)
+        if error.sigval == signal.SIGINT:
+            raise KeyboardInterrupt from None  # Ctrl-C: exit 130, as every kflowers command
+        return 128 + int(error.sigval)
     return 0
