@@ -398,8 +398,7 @@ def test_demo_then_predict(tmp_path):
         kflowers("evaluate", "--model", out / "model.keras", "--data", config["data"], "--json").stdout
     )
     assert evaluated["images"] == len(split["test"])
-    # A second demo into the same folder redraws its data and trains again.
-    kflowers("demo", "--out", out, "--quiet")
+    # (A second demo into the same folder redraws its data: tests/test_ownership.py.)
 
 
 @pytest.mark.slow

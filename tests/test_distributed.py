@@ -159,9 +159,10 @@ def test_two_machines_train_as_one_with_the_same_global_batch(flowers_dir, tmp_p
 @pytest.mark.slow
 def test_under_torchrun_a_killed_run_resumes_to_the_straight_runs_result(flowers_dir, tmp_path):
     """The CLI under torchrun with the modern recipe (both stages: the unfreeze rebuilds DDP's engine, EMA,
-    schedule). SIGKILL, or SIGINT, of torchrun and all its workers after epoch 1, then `--resume` under
+    schedule). SIGKILL of torchrun and all its workers after epoch 1 (a lost machine), then `--resume` under
     torchrun: rank 0 wrote the backup, every rank restores from it, and the run ends as the uninterrupted
-    one. (SIGINT: the workers agree on the batch they stop after, so none waits forever for the others.)"""
+    one. (Ctrl-C of two workers, which must agree on the batch they stop after, then `--resume`:
+    `test_ctrl_c_under_launch_is_exit_130_without_a_traceback_and_resume_finishes`.)"""
     pytest.importorskip("torch")
     launch = ["torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "kflowers"]
     # 5 short epochs: the signal must land before the run ends.
@@ -178,23 +179,19 @@ def test_under_torchrun_a_killed_run_resumes_to_the_straight_runs_result(flowers
     assert output.count("two-stage: test accuracy") == 1  # rank 0 alone reports and writes
     assert json.load(open(tmp_path / "straight" / "config.json"))["processes"] == 2
     assert not (tmp_path / "straight" / "backup").exists()  # a finished run keeps no backup
-    for sig in (signal.SIGKILL, signal.SIGINT):  # a lost machine; Ctrl-C (every process stops at one batch)
-        interrupted = tmp_path / f"interrupted-{sig.name}"
-        kill_when([*launch, *flags, "--out", interrupted], "Epoch 2/", env=TORCH_ENV, sig=sig)
-        assert (interrupted / "backup" / "state.npz").exists()
-        assert not list((interrupted / "backup").glob("rank*"))  # rank 0 alone writes it
-        if sig == signal.SIGKILL:
-            assert not (interrupted / "metrics.json").exists()
-        # (Ctrl-C: the workers stop at one batch and rank 0 may save the interrupted run, or torchrun,
-        # which passes the signal on once more, ends them first; either way --resume continues it.)
-        output = torchrun_cli("--out", interrupted, "--resume")
-        assert re.search(r"Resuming after epoch [1-4] of 5", output), output
-        assert metrics_without_time(interrupted) == metrics_without_time(tmp_path / "straight")
-        resumed = kflowers.load_model(interrupted / "model.keras")
-        straight = kflowers.load_model(tmp_path / "straight" / "model.keras")
-        assert kflowers.model_parts(straight).backbone.trainable  # both stages ran
-        for a, b in zip(resumed.weights, straight.weights):
-            np.testing.assert_array_equal(_np(a), _np(b), err_msg=f"{sig.name}: {a.path}")
+    interrupted = tmp_path / "interrupted"
+    kill_when([*launch, *flags, "--out", interrupted], "Epoch 2/", env=TORCH_ENV, sig=signal.SIGKILL)
+    assert (interrupted / "backup" / "state.npz").exists()
+    assert not list((interrupted / "backup").glob("rank*"))  # rank 0 alone writes it
+    assert not (interrupted / "metrics.json").exists()
+    output = torchrun_cli("--out", interrupted, "--resume")
+    assert re.search(r"Resuming after epoch [1-4] of 5", output), output
+    assert metrics_without_time(interrupted) == metrics_without_time(tmp_path / "straight")
+    resumed = kflowers.load_model(interrupted / "model.keras")
+    straight = kflowers.load_model(tmp_path / "straight" / "model.keras")
+    assert kflowers.model_parts(straight).backbone.trainable  # both stages ran
+    for a, b in zip(resumed.weights, straight.weights):
+        np.testing.assert_array_equal(_np(a), _np(b), err_msg=a.path)
 
 
 @pytest.mark.slow
@@ -345,10 +342,12 @@ def test_launch_runs_the_command_under_torchrun_and_passes_on_its_exit_status(fl
 @pytest.mark.slow
 @pytest.mark.one_backend
 def test_ctrl_c_under_launch_is_exit_130_without_a_traceback_and_resume_finishes(flowers_dir, tmp_path):
-    """Ctrl-C while `kflowers launch` trains: torchrun's agent raised its SignalException as a traceback (exit 1);
-    now the workers save the interrupted run, the launcher exits 130 in one line, and `--resume` finishes it."""
+    """Ctrl-C while `kflowers launch` trains two workers: torchrun's agent raised its SignalException as a
+    traceback (exit 1); now the workers agree on the batch they stop after (none waits forever for the
+    other), the interrupted run is saved, the launcher exits 130 in one line, and `--resume` finishes it."""
     endpoint = f"127.0.0.1:{free_port()}"
-    run = ["launch", "--rdzv-endpoint", endpoint, "train", "--data", flowers_dir, "--out", tmp_path / "run"]
+    run = ["launch", "--rdzv-endpoint", endpoint, "--nproc-per-node", "2", "train", "--data", flowers_dir]
+    run += ["--out", tmp_path / "run"]
     run += ["--strategy", "scratch", "--weights", "none", "--epochs", "3", "--image-size", "32", "--batch-size", "8"]
     process = subprocess.Popen(
         [sys.executable, "-m", "kflowers", *map(str, run)],
