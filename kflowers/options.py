@@ -22,7 +22,7 @@ from kflowers.recipes import RECIPE_NAMES
 STRATEGY_NAMES = ("scratch", "frozen", "finetune", "two-stage", "discriminative")
 STRATEGY_ALIASES = {"fine-tune": "finetune", "fine_tune": "finetune", "two_stage": "two-stage", "twostage": "two-stage"}
 MIN_IMAGE_SIZE = 8  # ResNet18 halves the image five times
-MAX_IMAGE_SIZE = 4096  # the largest side a model file may declare (kflowers.models.saving.MAX_INPUT_SIZE)
+MAX_IMAGE_SIZE = 4096  # the largest side: of --image-size, and of a model file's input (kflowers.models.saving)
 # --precision -> the Keras dtype policy it sets (variables and BatchNorm statistics stay float32).
 PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 
@@ -214,7 +214,7 @@ class RunOptions:
 
 
 # The options that change where a run writes, how it shows progress or how fast it reads, not what it computes:
-# a resumed run may differ in them (every other option is the run's identity, `runs.record.check_resumable`).
+# a resumed run may differ in them (every other option is the run's identity, `runs.record.run_identity`).
 NOT_IDENTITY = ("out", "resume", "workers", "quiet", "force")
 
 

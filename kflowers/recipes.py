@@ -108,6 +108,44 @@ class Recipe:
     epochs: object = None
     image_size: object = None
 
+    @property
+    def scheduled(self):
+        """Whether the learning rate follows a schedule (warmup, cosine) rather than staying fixed."""
+        return bool(self.cosine or self.warmup_epochs)
+
+    def stage_rates(self, strategy, stage, learning_rate=None):
+        """The learning rates of one stage of `strategy`: `{"head": rate}`, plus `"backbone"` where the
+        backbone trains at its own rate. Peaks, when the recipe has a schedule.
+
+        The one home of the rates: the stage's optimizer is built from them
+        (`kflowers.training.strategies.stage_optimizer`) and `config.json`
+        records them.
+
+        Args:
+            strategy: a `kflowers.strategies.Strategy`.
+            stage: `"trainable"`, `"frozen"`, `"cached"` or `"unfrozen"`.
+            learning_rate: the head's rate given by the user (`--lr`); `None`
+                keeps the recipe's, or else the strategy's.
+
+        Example:
+        ```python
+        from kflowers.strategies import get_strategy
+
+        get_recipe("modern", "two-stage").stage_rates(get_strategy("two-stage"), "unfrozen")
+        # {"head": 0.001, "backbone": 0.0001}
+        ```
+        """
+        head = next(r for r in (learning_rate, self.learning_rate, strategy.learning_rate) if r is not None)
+        if stage == "unfrozen":
+            head = strategy.unfreeze_learning_rate if self.unfrozen_rate is None else head * self.unfrozen_rate
+        rates = {"head": head}
+        if stage in ("trainable", "unfrozen"):  # the backbone trains
+            if self.backbone_rate is not None:
+                rates["backbone"] = head * self.backbone_rate
+            elif strategy.backbone_learning_rate is not None:
+                rates["backbone"] = strategy.backbone_learning_rate
+        return rates
+
 
 LESSON = Recipe()
 

@@ -194,9 +194,13 @@ def test_modern_config_names_its_rates():
     options = RunOptions(data="d", strategy="two-stage", recipe="modern")
     strategy = get_strategy("two-stage").with_epochs(options.epochs)
     rates = learning_rates(options, strategy, get_recipe("modern", "two-stage"))
-    assert rates["head_peak"] == pytest.approx(0.01) and rates["backbone_peak"] == pytest.approx(0.001)
+    assert rates["head_peak"] == pytest.approx(0.01)
+    assert "backbone_peak" not in rates  # the first stage trains the head alone
     assert rates["head_peak_after_unfreeze"] == pytest.approx(0.001)
     assert rates["backbone_peak_after_unfreeze"] == pytest.approx(0.0001)
+    assert rates["schedule"] == "warmup then cosine to 0"
+    lesson = learning_rates(RunOptions(data="d", strategy="two-stage"), strategy, get_recipe("lesson", "two-stage"))
+    assert lesson == {"head": 0.01, "head_after_unfreeze": 1e-4}
     assert options.image_size == 224 and options.epochs == 10
     scratch = RunOptions(data="d", strategy="scratch", recipe="modern")
     assert scratch.image_size == 96 and scratch.epochs == 60

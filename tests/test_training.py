@@ -139,7 +139,9 @@ def test_strategies_compile_as_the_lesson_says():
     callbacks = kflowers.compile_for(model, "two-stage")
     assert not model.get_layer("backbone").trainable
     assert [type(c).__name__ for c in callbacks] == ["UnfreezeBackbone"]
-    assert callbacks[0].epoch == 5 and callbacks[0].learning_rate == 1e-4
+    assert callbacks[0].epoch == 5
+    unfrozen = callbacks[0].optimizer(model)  # the unfrozen stage's optimizer, as `kflowers train` compiles it
+    assert isinstance(unfrozen, keras.optimizers.SGD) and float(unfrozen.learning_rate) == pytest.approx(1e-4)
     assert kflowers.compile_for(model, "frozen") == []
     assert not model.get_layer("backbone").trainable
     kflowers.compile_for(model, "finetune")
@@ -148,6 +150,42 @@ def test_strategies_compile_as_the_lesson_says():
     assert isinstance(model.optimizer, keras.optimizers.MultiOptimizer)
     with pytest.raises(ValueError, match="unknown strategy"):
         kflowers.compile_for(model, "magic")
+
+
+class _Batches(keras.utils.PyDataset):
+    """The same batches in the same order every epoch."""
+
+    def __init__(self, x, y, batch_size=8):
+        super().__init__()
+        self.x, self.y, self.batch_size = x, y, batch_size
+
+    def __len__(self):
+        return len(self.x) // self.batch_size
+
+    def __getitem__(self, index):
+        part = slice(index * self.batch_size, (index + 1) * self.batch_size)
+        return self.x[part], self.y[part]
+
+
+@pytest.mark.one_backend  # which optimizer, when: the same code on every backend (the unfreeze itself runs on all)
+def test_compile_for_in_one_fit_trains_as_the_stage_runner_does():
+    # One unfreeze mechanism: compile_for's callback switches to the optimizer the stage runner compiles.
+    x, y = data(16)
+    models = []
+    for one_fit in (True, False):
+        keras.utils.set_random_seed(0)
+        model = kflowers.build_model(weights=None, image_size=SIZE)
+        if one_fit:
+            callbacks = kflowers.compile_for(model, "two-stage", epochs=2)
+            model.fit(_Batches(x, y), epochs=2, shuffle=False, verbose=0, callbacks=callbacks)
+        else:
+            kflowers.train(model, "two-stage", _Batches(x, y), epochs=2, verbose=0)
+        models.append(model)
+    assert kflowers.model_parts(models[0]).backbone.trainable
+    for a, b in zip(*(m.get_weights() for m in models)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="learning_rate or optimizer, not both"):
+        UnfreezeBackbone(1, learning_rate=1e-4, optimizer=lambda model: keras.optimizers.SGD(1e-4))
 
 
 def test_lr_find_keeps_the_discriminative_ratio_and_leaves_the_model_as_found():

@@ -55,30 +55,11 @@ def _run_options(args, strategy, out):
     return RunOptions.from_namespace(args, strategy=strategy, out=out)
 
 
-def _data_root(args):
-    """`--data`, or the flowers dataset, downloaded (once, by rank 0 under torchrun) when it is not given."""
-    if args.data:
-        return args.data
-    from kflowers.data.download import download_flowers
-    from kflowers.training.distributed import main_process_first
-
-    return main_process_first(download_flowers)
-
-
 def cmd_train(args):
-    from kflowers.data.folders import scan_folder
-    from kflowers.training.distributed import is_main_process
-    from kflowers.runs.directory import check_out
     from kflowers.runs.run import train_run
 
-    check_out(args.out, args.data, args.force)
-    args.data = _data_root(args)
-    main_process = is_main_process()  # torchrun starts one process per device
-    folder = scan_folder(args.data)
-    if main_process:
-        _print_counts(folder)
-    metrics = train_run(_run_options(args, args.strategy, args.out), folder=folder)
-    if main_process:
+    metrics = train_run(_run_options(args, args.strategy, args.out), on_scanned=_print_counts)
+    if metrics is not None:  # under torchrun, the main process's
         _print_summary(args.out, metrics)
 
 
@@ -270,26 +251,20 @@ class _Progress:
 
 
 def cmd_compare(args):
-    from kflowers.data.folders import scan_folder
     from kflowers.runs.compare import compare_strategies
-    from kflowers.runs.directory import check_out
 
-    check_out(args.out, args.data, args.force)  # before a download
-    args.data = _data_root(args)
-    folder = scan_folder(args.data)
-    _print_counts(folder)
-    result = compare_strategies(_run_options(args, args.strategies[0], args.out), args.strategies, folder=folder)
+    options = _run_options(args, args.strategies[0], args.out)
+    result = compare_strategies(options, args.strategies, on_scanned=_print_counts)
     print("\n" + result["table"])
     print(f"\ntable: {os.path.join(args.out, 'compare.md')}, curves: {os.path.join(args.out, 'curves.png')}")
     return 130 if result["interrupted"] else 0
 
 
 def cmd_lr_find(args):
-    from kflowers.training.lr_find import lr_find
+    from kflowers.runs.lr_find import lr_find
 
     if not args.min_lr < args.max_lr:
         raise UserError(f"--min-lr {args.min_lr:g} must be below --max-lr {args.max_lr:g} (the sweep goes up)")
-    args.data = _data_root(args)
     result = lr_find(
         args.data,
         strategy=args.strategy,

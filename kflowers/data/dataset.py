@@ -33,10 +33,10 @@ def cuda_on_torch_backend():
     return torch.cuda.is_available()
 
 
-# One class, a little over 150 lines on purpose: Keras's PyDataset contract (`__len__`, `__getitem__`,
-# `on_epoch_end`) and the views of it that data-parallel training and test-time augmentation need
-# (`shard`, `in_order`, `mirrored`, `unsharded`) share one state; what stands alone lives beside it
-# (`image_transform`, `ReadAhead`, `epoch_order`, `global_batches`).
+# Keras's PyDataset contract (`__len__`, `__getitem__`, `on_epoch_end`) and the views of it that
+# data-parallel training and test-time augmentation need (`shard`, `in_order`, `mirrored`, `unsharded`)
+# share one state; what stands alone lives beside it (`image_transform`, `ReadAhead`, `epoch_order`,
+# `global_batches`).
 class FlowerDataset(_pydataset_base()):
     """Batches of `(uint8 images, int labels)` for `model.fit`.
 

@@ -24,7 +24,6 @@ _EXPORTS = {
     "load_state_dict": "kflowers.models.weights",
     "fetch_imagenet_checkpoint": "kflowers.models.weights",
     "MAX_CLASSES_ENTRY_BYTES": "kflowers.models.saving",
-    "MAX_INPUT_SIZE": "kflowers.models.saving",
     "save_model": "kflowers.models.saving",
     "read_class_names": "kflowers.models.saving",
     "load_model": "kflowers.models.saving",

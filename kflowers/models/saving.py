@@ -9,6 +9,7 @@ from kflowers.errors import WeightsError
 from kflowers.files import check_regular
 from kflowers.errors import first_line
 from kflowers.errors import user_message
+from kflowers.options import MAX_IMAGE_SIZE
 
 log = logging.getLogger("kflowers")
 
@@ -26,7 +27,6 @@ MAX_CLASSES_ENTRY_BYTES = 1 << 20  # a million bytes of class names is already a
 
 # The largest square input a model file may declare: a 4096 px image is 50 MB of float32 per layer input
 # at the stem; a 12,000 px one took 3.8 GB to predict one image.
-MAX_INPUT_SIZE = 4096
 
 
 def save_model(model, path, class_names):
@@ -162,9 +162,9 @@ def load_model(path, torch_kernels=True, custom_objects=None):
             "shape (size, size, 3) and a Dense output layer)"
         )
     side = max(d for d in model.input_shape[1:3] if d is not None) if any(model.input_shape[1:3]) else None
-    if side is not None and side > MAX_INPUT_SIZE:
+    if side is not None and side > MAX_IMAGE_SIZE:
         raise WeightsError(
-            f"{path} declares {side} px input images (at most {MAX_INPUT_SIZE} px): the file was edited or damaged"
+            f"{path} declares {side} px input images (at most {MAX_IMAGE_SIZE} px): the file was edited or damaged"
         )
     outputs = model.output_shape[-1]
     classes = max(2, outputs)  # one output: a binary classifier of two classes

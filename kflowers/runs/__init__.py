@@ -4,6 +4,7 @@ run        `train_run`: prepare, build, train, evaluate, write
 record     the run directory's files (config, split, history, metrics), read and written in one place
 evaluate   `evaluate_model`, and which images of a folder `kflowers evaluate` scores
 compare    `compare_strategies`: several strategies on one split, one table
+lr_find    `lr_find`: the learning-rate range test on a folder, as `kflowers lr-find` runs it
 interrupt  Ctrl-C: stop after the batch and save
 directory  who owns a folder: the marker, the lock, temporaries, deletions
 report     `report.html`: a run on one page
@@ -14,7 +15,8 @@ from kflowers.lazy import lazy_exports
 
 _EXPORTS = {
     "RUN_FILES": "kflowers.runs.record",
-    "check_resumable": "kflowers.runs.record",
+    "check_setup_files": "kflowers.runs.record",
+    "run_identity": "kflowers.runs.record",
     "finished_metrics": "kflowers.runs.record",
     "learning_rates": "kflowers.runs.record",
     "history_columns": "kflowers.runs.record",
@@ -24,6 +26,7 @@ _EXPORTS = {
     "RunSplit": "kflowers.runs.evaluate",
     "run_split": "kflowers.runs.evaluate",
     "compare_strategies": "kflowers.runs.compare",
+    "lr_find": "kflowers.runs.lr_find",
     "StopOnInterrupt": "kflowers.runs.interrupt",
     "check_out": "kflowers.runs.directory",
     "train_run": "kflowers.runs.run",

@@ -21,6 +21,7 @@ from kflowers.files import write_text
 from kflowers.runs import record
 from kflowers.runs.directory import check_out
 from kflowers.runs.directory import claim
+from kflowers.runs.run import data_root
 from kflowers.runs.run import train_run
 
 
@@ -37,14 +38,17 @@ def strategy_options(options, strategy):
     )
 
 
-def compare_strategies(options, strategies, folder=None):
+def compare_strategies(options, strategies, folder=None, on_scanned=None):
     """Train each of `strategies` on the same split and write the comparison into `options.out`.
 
     Args:
         options: a `RunOptions`; its `out` is the comparison's folder, its
             `strategy` is not used.
         strategies: strategy names, trained in this order.
-        folder: an already scanned `ImageFolder` of `options.data`.
+        folder: an already scanned `ImageFolder` of `options.data` (`data=None`:
+            the flowers dataset, downloaded).
+        on_scanned: called with the scanned `ImageFolder` before training
+            (the CLI prints its class counts).
 
     Returns:
         `{"rows": [...], "interrupted": name or None, "table": markdown}`.
@@ -53,11 +57,15 @@ def compare_strategies(options, strategies, folder=None):
     from kflowers.data.folders import scan_folder
     from kflowers.data.folders import split_dataset
 
-    check_out(options.out, options.data, options.force)
+    check_out(options.out, options.data, options.force)  # before anything is downloaded or scanned
     for strategy in strategies:  # each strategy's folder must be new or kflowers's, --force or not
         check_out(os.path.join(options.out, strategy), options.data, force=False)
     claim(options.out, kind="compare", force=options.force)
-    folder = folder or scan_folder(options.data)
+    if folder is None:
+        options = dataclasses.replace(options, data=data_root(options.data))
+        folder = scan_folder(options.data)
+    if on_scanned is not None:
+        on_scanned(folder)
     split = split_dataset(folder, test_size=options.test_size, seed=options.seed)
     rows, histories, interrupted = [], {}, None
     try:

@@ -13,8 +13,10 @@ read_history("runs/latest")["test_accuracy"]  # [0.71, 0.78, ...]
 """
 
 import csv
+import hashlib
 import dataclasses
 import io
+import json
 import os
 import platform
 
@@ -66,71 +68,47 @@ def finished_metrics(out):
     return None if metrics.get("interrupted") else metrics
 
 
-def check_resumable(out, options, strategy, train_split, test_split):
-    """Raise `BackupMismatch` unless the run in `out` was started with these
-    arguments and this split; called before a resumed run touches anything."""
-
-    config = read_run_json(os.path.join(out, "config.json"))
-    split = read_run_json(os.path.join(out, "split.json"))
-    if not (isinstance(config, dict) and isinstance(split, dict)):
+def check_setup_files(out):
+    """Raise `BackupMismatch` unless `out` holds the readable `config.json` and `split.json` that a resumed run
+    keeps (whether the backup is this run's is the backup's own check: `run_identity`)."""
+    if not all(isinstance(read_run_json(os.path.join(out, name)), dict) for name in ("config.json", "split.json")):
         raise BackupMismatch(
             f"{out} holds no readable config.json and split.json to resume from; start afresh without --resume"
         )
-    ours = _identity(options, strategy)
-    theirs = {key: config.get(key) for key in ours}
-    theirs["precision"] = config.get("precision", "float32")
-    theirs["recipe"] = config.get("recipe", "lesson")  # runs from before recipes were the lesson's
-    theirs["without"] = config.get("without", [])
-    theirs["data"] = os.path.realpath(str(config.get("data")))
-    different = [key for key in ours if ours[key] != theirs[key]]
-    if _relative(split.get("train"), config.get("data")) != _relative(train_split.paths, options.data) or _relative(
-        split.get("test"), config.get("data")
-    ) != _relative(test_split.paths, options.data):
-        different.append("split (the images in the data folder changed)")
-    if different:
-        raise BackupMismatch(
-            f"--resume: this run differs from the one in {out} in {', '.join(different)}; repeat its "
-            "arguments (see its config.json) or start afresh without --resume"
-        )
 
 
-def _relative(paths, root):
-    """`paths` relative to the data folder `root`: the same images, however `--data` was spelt."""
-    if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths) or not isinstance(root, str):
-        return None
-    return [os.path.relpath(p, root) for p in paths]
-
-
-def _identity(options, strategy):
-    """The arguments that make a run what it is (a resumed run must repeat them): every option but
-    `NOT_IDENTITY`, with the strategy's epochs and weights as the run resolved them."""
+def run_identity(options, strategy, train_split, test_split):
+    """What makes a run what it is, as JSON values: every option but `NOT_IDENTITY` (with the strategy's epochs
+    and weights as the run resolved them) and the split, as paths relative to the data folder. The run's
+    backup records it, and `--resume` goes on only from a backup of the same identity."""
     identity = {f.name: getattr(options, f.name) for f in dataclasses.fields(options) if f.name not in NOT_IDENTITY}
-    return {
-        **identity,
-        "data": os.path.realpath(options.data),
-        "strategy": strategy.name,
-        "epochs": strategy.epochs,
-        "weights": strategy.weights_for(options.weights),
-    }
+    train, test = ([os.path.relpath(p, options.data) for p in part.paths] for part in (train_split, test_split))
+    split = "\n".join([*train, "/", *test])  # "/": no relative path
+    identity.update(
+        data=os.path.realpath(options.data),
+        strategy=strategy.name,
+        epochs=strategy.epochs,
+        weights=strategy.weights_for(options.weights),
+        split=hashlib.sha256(split.encode("utf-8", "surrogateescape")).hexdigest()[:16],
+    )
+    return json.loads(json.dumps(strict_json(identity)))
 
 
 def learning_rates(options, strategy, recipe):
-    """The learning rates a run uses, by stage and part, for `config.json` (peaks, for a schedule)."""
-    if recipe.name == "lesson":
-        head = options.lr if options.lr is not None else strategy.learning_rate
-        rates = {"head": head}
-        if strategy.backbone_learning_rate is not None:
-            rates["backbone"] = strategy.backbone_learning_rate
-        if strategy.unfreeze_epoch is not None:
-            rates["after_unfreeze"] = strategy.unfreeze_learning_rate
-        return rates
-    peak = options.lr if options.lr is not None else recipe.learning_rate
-    rates = {"head_peak": peak, "schedule": "warmup then cosine to 0" if recipe.cosine else "fixed"}
-    if recipe.backbone_rate is not None and strategy.name not in ("scratch", "frozen"):
-        rates["backbone_peak"] = peak * recipe.backbone_rate
-    if strategy.unfreeze_epoch is not None and recipe.unfrozen_rate is not None:
-        rates["head_peak_after_unfreeze"] = peak * recipe.unfrozen_rate
-        rates["backbone_peak_after_unfreeze"] = peak * recipe.unfrozen_rate * (recipe.backbone_rate or 1)
+    """The learning rates a run uses, by stage and part, for `config.json`: `recipe.stage_rates`, the call the
+    optimizers are built from (peaks, `head_peak`, when the recipe has a schedule; `*_after_unfreeze` for
+    two-stage's second stage)."""
+    from kflowers.training.loop import plan_stages
+
+    suffix = "_peak" if recipe.scheduled else ""
+    rates = {}
+    for stage in plan_stages(strategy, cached=False):
+        after = "_after_unfreeze" if stage.name == "unfrozen" else ""
+        for part, rate in recipe.stage_rates(strategy, stage.name, options.lr).items():
+            rates[f"{part}{suffix}{after}"] = rate
+    if recipe.scheduled:
+        warmup = "warmup then " if recipe.warmup_epochs else ""
+        rates["schedule"] = warmup + ("cosine to 0" if recipe.cosine else "fixed")
     return rates
 
 

@@ -52,7 +52,17 @@ from kflowers.runs.report import write_run_report
 log = logging.getLogger("kflowers")
 
 
-def train_run(options, folder=None, split=None):
+def data_root(data):
+    """`data`, or when it is `None` the flowers dataset's folder, downloaded once (under torchrun by each
+    machine's first process, the others waiting: `distributed.main_process_first`)."""
+    if data is not None:
+        return data
+    from kflowers.data.download import download_flowers
+
+    return distributed.main_process_first(download_flowers)
+
+
+def train_run(options, folder=None, split=None, on_scanned=None):
     """Train one strategy and write its run directory; return `metrics.json`'s dict.
 
     Under `torchrun` every process trains on its shard and only rank 0 writes
@@ -60,21 +70,30 @@ def train_run(options, folder=None, split=None):
     devices (see `kflowers.distributed`).
 
     Args:
-        options: a `RunOptions`.
+        options: a `RunOptions` (`data=None`: the flowers dataset, downloaded).
         folder: an already scanned `ImageFolder` (scanned from
             `options.data` otherwise).
         split: an already made `(train, test)` split (made otherwise).
+        on_scanned: called with the scanned `ImageFolder` by the main process
+            before training (the CLI prints its class counts).
     """
     import keras
 
+    from kflowers.data.folders import scan_folder
+
     started = time.perf_counter()
     out = options.out
-    check_out(out, options.data, options.force)
+    check_out(out, options.data, options.force)  # before anything is downloaded or scanned
     if options.resume:
         done = record.finished_metrics(out)
         if done is not None:
             print(f"{out} holds a finished run; nothing to resume (its files are unchanged)")
             return done
+    if folder is None:
+        options = dataclasses.replace(options, data=data_root(options.data))
+        folder = scan_folder(options.data)
+    if on_scanned is not None and distributed.is_main_process():
+        on_scanned(folder)
     backend = keras.backend.backend()
     rank, processes = distributed.init_torch_distributed() if backend == "torch" else (0, 1)
     main_process = rank == 0
@@ -143,15 +162,12 @@ def _train_locked(options, folder, split, started, rank, processes):
 
 def _prepare(options, folder, split, rank, processes):
     """The strategy, recipe, data, split and backup of a run, checked against the run it resumes."""
-    from kflowers.data.folders import scan_folder
     from kflowers.data.folders import split_dataset
     from kflowers.recipes import get_recipe
     from kflowers.training.strategies import get_strategy
 
     strategy = get_strategy(options.strategy).with_epochs(options.epochs)
     recipe = get_recipe(options.recipe, strategy.name, options.without)
-    if folder is None:
-        folder = scan_folder(options.data)
     train_split, test_split = split or split_dataset(folder, test_size=options.test_size, seed=options.seed)
     # Under torchrun all processes hold the same weights: rank 0 alone writes the backup (and the run),
     # and every process resumes from it.
@@ -161,7 +177,7 @@ def _prepare(options, folder, split, rank, processes):
     resuming = options.resume and os.path.exists(os.path.join(backup_dir, backup.FILE_NAME))
     distributed.barrier()  # no process decides on resuming after rank 0 has started to write
     if resuming:
-        record.check_resumable(options.out, options, strategy, train_split, test_split)
+        record.check_setup_files(options.out)  # whether the backup is this run's: its own check, in `train`
     if strategy.freeze and strategy.weights_for(options.weights) is None:
         log.warning(
             "%s starts with a frozen backbone, but --weights none leaves it random: only the "
@@ -241,6 +257,7 @@ def _fit(run, model, train_ds, test_ds):
             stop=interrupt.event,
             recipe=run.recipe,
             keep_backup=True,  # removed once the run's files are written
+            identity=record.run_identity(options, run.strategy, *run.split),
         )
 
 

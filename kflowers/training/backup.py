@@ -125,9 +125,20 @@ def load(folder):
 
 
 def check_fingerprint(theirs, ours, folder):
-    """Raise `BackupMismatch` unless a backup's fingerprint (`theirs`) is this run's (`ours`)."""
+    """Raise `BackupMismatch` unless a backup's fingerprint (`theirs`) is this run's (`ours`): the one check
+    of a resumed run. Its `"run"` entry (the run's options and split, when it has one) is checked first, and
+    a difference there is named by option."""
     theirs = dict(theirs)
     theirs.setdefault("backend", ours["backend"])  # backups from before it was recorded
+    if "run" in ours:
+        theirs.setdefault("run", ours["run"])  # backups from before the run recorded its options
+        mine, recorded = ours["run"], theirs["run"] if isinstance(theirs["run"], dict) else {}
+        options = [key for key in mine if recorded.get(key) != mine[key]]
+        if options:
+            raise BackupMismatch(
+                f"--resume: this run differs from the one in {os.path.dirname(folder) or folder} in "
+                f"{', '.join(options)}; repeat its arguments (see its config.json) or start afresh without --resume"
+            )
     if theirs != ours:
         different = [k for k in ours if theirs.get(k) != ours[k]]
         raise BackupMismatch(

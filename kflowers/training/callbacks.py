@@ -34,6 +34,12 @@ class UnfreezeBackbone(keras.callbacks.Callback):
             `MultiOptimizer`, whose parts each have their own.
         layer: name of the backbone layer.
         verbose: print a line at the switch.
+        optimizer: `None`, or a function of the model that returns the
+            optimizer to train with from the switch on (a Keras optimizer,
+            not yet built), instead of a fresh copy of the compiled one; with
+            `learning_rate=None`. `kflowers.compile_for` passes the unfrozen
+            stage's optimizer (`stage_optimizer`), the one `kflowers train`
+            compiles between its two `fit`s.
 
     Example:
     ```python
@@ -43,22 +49,30 @@ class UnfreezeBackbone(keras.callbacks.Callback):
     ```
     """
 
-    def __init__(self, epoch, learning_rate=None, layer="backbone", verbose=1):
+    def __init__(self, epoch, learning_rate=None, layer="backbone", verbose=1, optimizer=None):
         super().__init__()
         if epoch < 0:
             raise ValueError(f"epoch must be >= 0, got {epoch}")
+        if optimizer is not None and learning_rate is not None:
+            raise ValueError("pass learning_rate or optimizer, not both: the optimizer has its own rate")
         self.epoch = int(epoch)
         self.learning_rate = learning_rate
         self.layer = layer
         self.verbose = verbose
+        self.optimizer = optimizer
 
     def on_epoch_begin(self, epoch, logs=None):
         backbone = self.model.get_layer(self.layer)
         if epoch < self.epoch or backbone.trainable:
             return
-        self.model.optimizer.finalize_variable_values(self.model.trainable_variables)  # as the end of a fit does
+        compiled = self.model.optimizer
+        compiled.finalize_variable_values(self.model.trainable_variables)  # as the end of a fit does
         backbone.trainable = True
-        self.model.optimizer = fresh_optimizer(self.model.optimizer, self.model.trainable_variables, self.learning_rate)
+        variables = self.model.trainable_variables
+        if self.optimizer is None:
+            self.model.optimizer = fresh_optimizer(compiled, variables, self.learning_rate)
+        else:
+            self.model.optimizer = replacing(compiled, self.optimizer(self.model), variables)
         self.model.make_train_function(force=True)
         if self.verbose:
             rate = "" if self.learning_rate is None else f", learning rate {self.learning_rate:g}"
@@ -100,6 +114,18 @@ def fresh_optimizer(optimizer, variables, learning_rate=None):
     if scaled:
         fresh.dynamic_scale.assign(optimizer.dynamic_scale)
     return fresh
+
+
+def replacing(optimizer, new, variables):
+    """`new` built for `variables`, in place of `optimizer`: wrapped in a `LossScaleOptimizer` at its current
+    loss scale when `optimizer` is one (as `compile` wraps it under `mixed_float16`)."""
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        new = keras.optimizers.LossScaleOptimizer(new)
+        new.build(variables)
+        new.dynamic_scale.assign(optimizer.dynamic_scale)
+    else:
+        new.build(variables)
+    return new
 
 
 class SetDatasetEpoch(keras.callbacks.Callback):

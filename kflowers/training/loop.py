@@ -96,6 +96,7 @@ def train(
     stop=None,
     recipe=None,
     keep_backup=False,
+    identity=None,
 ):
     """Compile `model` for `strategy` and train it: the lesson's run, in Keras.
 
@@ -147,6 +148,10 @@ def train(
             run's files). Defaults to `False`: a finished run removes it,
             and a finished run's backup found at the start is refused, never
             silently "resumed" with nothing left to train.
+        identity: dict or `None`. JSON values that also make the run what it
+            is, recorded in the backup: a resumed run goes on only where they
+            are the same (`kflowers.runs` passes the run's options and split,
+            `record.run_identity`). Defaults to `None`.
 
     Returns:
         A `TrainingResult`.
@@ -181,6 +186,7 @@ def train(
         stop=stop,
         recipe=recipe,
         keep_backup=keep_backup,
+        identity=identity,
     )
     return loop.run()
 
@@ -236,7 +242,7 @@ def run_fingerprint(strategy, recipe, stages, data, learning_rate, early_stoppin
         "strategy": strategy.name,
         "epochs": strategy.epochs,
         "learning_rate": learning_rate,
-        **({"recipe": dataclasses.asdict(recipe)} if recipe.name != "lesson" else {}),
+        **({"recipe": dataclasses.asdict(recipe)} if recipe != LESSON else {}),  # as backups before recipes
         "stages": [[stage.name, stage.start, stage.end] for stage in stages],
         "train_images": _digest(getattr(data, "paths", [])),
         "batch_size": getattr(data, "batch_size", None),
@@ -254,14 +260,17 @@ class EarlyStopping:
         self.patience = patience
         self.best, self.wait, self.best_epoch, self.best_weights = np.inf, 0, None, None
 
-    def update(self, epoch, value, model):
-        """Record epoch `epoch`'s (0-based) `value`; return whether to stop."""
+    def update(self, epoch, value, model, verbose=0):
+        """Record epoch `epoch`'s (0-based) `value`; return whether to stop (said, with `verbose`)."""
         if value < self.best:
             self.best, self.wait, self.best_epoch = float(value), 0, epoch + 1
             self.best_weights = model.get_weights()
         else:
             self.wait += 1
-        return self.wait >= self.patience
+        stop = self.wait >= self.patience
+        if stop and verbose:
+            print(f"Early stopping after epoch {epoch + 1}: best test loss {self.best:.4f} at epoch {self.best_epoch}")
+        return stop
 
     def state(self):
         return {"best": self.best if np.isfinite(self.best) else None, "wait": self.wait, "best_epoch": self.best_epoch}
@@ -271,13 +280,43 @@ class EarlyStopping:
         self.wait, self.best_epoch, self.best_weights = state["wait"], state["best_epoch"], best_weights
 
 
+class RunBackup:
+    """A run's backup in `folder` (`kflowers.training.backup`; no backup when `folder` is `None`): written by
+    the main process after every finished epoch, and read back only by a run of the same `fingerprint`."""
+
+    def __init__(self, folder, fingerprint):
+        self.folder, self.fingerprint = folder, fingerprint
+
+    def load(self):
+        """The saved `backup.RunState`, or `None`; raises `BackupMismatch` when it is another run's."""
+        state = backup.load(self.folder) if self.folder else None
+        if state is not None:
+            backup.check_fingerprint(state.fingerprint, self.fingerprint, self.folder)
+        return state
+
+    def save(self, epoch, stage, rows, early, model, optimizer):
+        """The state after `epoch` epochs (1-based) in `stage`, with its early stopping (or `None`)."""
+        if not self.folder or not is_main_process():  # under torchrun all processes hold the same state
+            return
+        state = backup.RunState(
+            epoch=epoch,
+            stage=stage.name,
+            rows=rows,
+            early_stopping=early.state() if early else None,
+            weights=model.get_weights(),
+            optimizer=[keras.ops.convert_to_numpy(v) for v in optimizer.variables],
+            best_weights=early.best_weights if early else None,
+            fingerprint=self.fingerprint,
+        )
+        backup.save(self.folder, state)
+
+
 class RunLoop:
     """Runs one strategy's stages; see `train` for the arguments (and their defaults, kept there alone).
 
-    One class, a little over 150 lines on purpose: it is the one owner of a run's state (stage, optimizer,
-    history rows, early stopping, backup), which every part of it reads and writes; the pieces that
-    stand alone are functions beside it (`choose_stages`, `run_fingerprint`) or own classes
-    (`EarlyStopping`, `FeatureCache`, `backup`).
+    The one owner of a run's state (stage, optimizer, history rows), which every part of it reads and
+    writes; the pieces that stand alone are functions beside it (`choose_stages`, `run_fingerprint`) or
+    classes of their own (`EarlyStopping`, `RunBackup`, `FeatureCache`).
     """
 
     def __init__(
@@ -297,6 +336,7 @@ class RunLoop:
         stop,
         recipe,
         keep_backup,
+        identity,
     ):
         from kflowers.data.dataset import FlowerDataset
 
@@ -308,11 +348,14 @@ class RunLoop:
         self.keep_backup = keep_backup
         self.callbacks = list(callbacks)
         self.verbose = verbose
-        self.backup_dir = backup_dir
         self.early = EarlyStopping(patience) if early_stopping else None
         self.stop = stop
         self.is_flower_data = isinstance(train_data, FlowerDataset)
         self.stages = choose_stages(strategy, train_data, feature_cache)
+        fingerprint = run_fingerprint(strategy, self.recipe, self.stages, train_data, learning_rate, self.early)
+        if identity is not None:
+            fingerprint["run"] = identity
+        self.backup = RunBackup(backup_dir, fingerprint)
         self.cache = None
         self.rows = []
         self.optimizer = None  # the optimizer of the stage being trained
@@ -341,8 +384,8 @@ class RunLoop:
             self.optimizer = self.model.optimizer
             self.optimizer.build(self.model.trainable_variables)
         if stage.name == "unfrozen" and self.verbose:
-            rate = f", learning rate {self.strategy.unfreeze_learning_rate:g}" if self.recipe.name == "lesson" else ""
-            print(f"Epoch {stage.start + 1}: backbone unfrozen{rate}")
+            rates = _rates_text(self.recipe, self.strategy, stage, self.learning_rate)
+            print(f"Epoch {stage.start + 1}: backbone unfrozen, {rates}")
 
     def _fit(self, stage, first_epoch):
         from kflowers.training.callbacks import SetDatasetEpoch
@@ -366,29 +409,7 @@ class RunLoop:
 
     # ------------------------------------------------------------ backup
 
-    def fingerprint(self):
-        """What a backup must agree with to be resumed by this run (JSON values)."""
-        return run_fingerprint(self.strategy, self.recipe, self.stages, self.train_data, self.learning_rate, self.early)
-
-    def _save(self, epoch, stage):
-        if not self.backup_dir or not is_main_process():  # under torchrun all processes hold the same state
-            return
-        backup.save(
-            self.backup_dir,
-            backup.RunState(
-                epoch=epoch,
-                stage=stage.name,
-                rows=self.rows,
-                early_stopping=self.early.state() if self.early else None,
-                weights=self.model.get_weights(),
-                optimizer=[keras.ops.convert_to_numpy(v) for v in self.optimizer.variables],
-                best_weights=self.early.best_weights if self.early else None,
-                fingerprint=self.fingerprint(),
-            ),
-        )
-
     def _restore(self, state):
-        backup.check_fingerprint(state.fingerprint, self.fingerprint(), self.backup_dir)
         stage = next(s for s in self.stages if s.name == state.stage)
         self._enter(stage)
         backup.assign(self.model.weights, state.weights, "weights")
@@ -401,7 +422,7 @@ class RunLoop:
     # ------------------------------------------------------------ the run
 
     def run(self):
-        state = backup.load(self.backup_dir) if self.backup_dir else None
+        state = self.backup.load()
         first_epoch, current = 0, None
         if state is not None:
             current = self._restore(state)
@@ -414,7 +435,7 @@ class RunLoop:
         stopped = self.early is not None and self.early.wait >= self.early.patience
         if state is not None and (first_epoch >= self.strategy.epochs or stopped) and not self.keep_backup:
             raise backup.BackupMismatch(
-                f"the backup in {self.backup_dir} is of a run that finished: nothing is left to train; "
+                f"the backup in {self.backup.folder} is of a run that finished: nothing is left to train; "
                 "remove it (or pass another backup_dir) to train again"
             )
         for stage in self.stages:
@@ -435,17 +456,15 @@ class RunLoop:
         interrupted = self._stop_requested()
         if self.early is not None and self.early.best_weights is not None and not interrupted:
             self.model.set_weights(self.early.best_weights)
-        if not interrupted and self.backup_dir and not self.keep_backup and is_main_process():
-            backup.remove(self.backup_dir)  # only an interrupted run needs it
-        test_features = None
-        if self.cache is not None and all(s.name == "cached" for s in self.stages):
-            test_features = self.cache.test_features
+        if not interrupted and self.backup.folder and not self.keep_backup and is_main_process():
+            backup.remove(self.backup.folder)  # only an interrupted run needs it
+        only_cached = self.cache is not None and all(s.name == "cached" for s in self.stages)
         return TrainingResult(
             self.rows,
             interrupted=interrupted,
             stopped_early=self.stopped_early or stopped,
             best_epoch=self.early.best_epoch if self.early else None,
-            test_features=test_features,
+            test_features=self.cache.test_features if only_cached else None,
             feature_seconds=self.cache.seconds if self.cache is not None else 0.0,
         )
 
@@ -460,18 +479,19 @@ class RunLoop:
         self.rows = [r for r in self.rows if r["epoch"] <= epoch] + [row]
         stop = False
         if self.early is not None:
-            monitored = row.get("test_loss", row.get("loss"))
-            stop = self.early.update(epoch, monitored, self.model)
-            if stop:
-                self.stopped_early = True
-                if self.verbose:
-                    print(
-                        f"Early stopping after epoch {epoch + 1}: best test loss "
-                        f"{self.early.best:.4f} at epoch {self.early.best_epoch}"
-                    )
+            stop = self.early.update(epoch, row.get("test_loss", row.get("loss")), self.model, self.verbose)
+            self.stopped_early = self.stopped_early or stop
         stage = next(s for s in self.stages if s.start <= epoch < s.end)
-        self._save(epoch + 1, stage)
+        self.backup.save(epoch + 1, stage, self.rows, self.early, self.model, self.optimizer)
         return stop
+
+
+def _rates_text(recipe, strategy, stage, learning_rate=None):
+    """`"learning rate 0.0001"`, or `"peak learning rate 0.001 (backbone 0.0001)"`: `stage`'s rates."""
+    rates = recipe.stage_rates(strategy, stage.name, learning_rate)
+    peak = "peak " if recipe.scheduled else ""
+    backbone = f" (backbone {rates['backbone']:g})" if "backbone" in rates else ""
+    return f"{peak}learning rate {rates['head']:g}{backbone}"
 
 
 def _digest(paths):

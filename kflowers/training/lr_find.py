@@ -4,6 +4,8 @@ Train for a few dozen batches while the learning rate grows exponentially
 from `min_lr` to `max_lr`, record each batch's loss, stop once the loss
 explodes, and suggest the rate where the smoothed loss falls fastest. The
 model's weights and optimizer state are put back afterwards.
+
+`kflowers lr-find` runs it on a folder: `kflowers.runs.lr_find`.
 """
 
 import numpy as np
@@ -12,7 +14,7 @@ import numpy as np
 def suggest_learning_rate(rates, losses, smoothing=0.98):
     """The learning rate at the steepest descent of the smoothed loss curve."""
     rates, losses = np.asarray(rates, float), np.asarray(losses, float)
-    smoothed = _smooth(losses, smoothing)
+    smoothed = smooth(losses, smoothing)
     if len(rates) < 3:
         return float(rates[np.argmin(smoothed)])
     slopes = np.gradient(smoothed, np.log10(rates))
@@ -21,7 +23,8 @@ def suggest_learning_rate(rates, losses, smoothing=0.98):
     return float(rates[int(np.argmin(slopes[:stop]))])
 
 
-def _smooth(values, beta):
+def smooth(values, beta=0.98):
+    """`values` smoothed by an exponential moving average of momentum `beta`, bias-corrected."""
     out, average = [], 0.0
     for i, value in enumerate(values, start=1):
         average = beta * average + (1 - beta) * value
@@ -100,59 +103,3 @@ def find_learning_rate(model, dataset, steps=100, min_lr=1e-7, max_lr=10.0, verb
         "at_bound": index < edge or index >= len(tried) - edge,
         "stopped_early": stopped,
     }
-
-
-def lr_find(
-    data,
-    strategy="finetune",
-    weights="default",
-    batch_size=64,
-    image_size=224,
-    steps=100,
-    min_lr=1e-7,
-    max_lr=10.0,
-    seed=0,
-    plot_path=None,
-    verbose=1,
-):
-    """Run the range test for `strategy` on the training split of `data`.
-
-    Returns:
-        `find_learning_rate`'s dict; writes the plot to `plot_path`.
-    """
-    import keras
-
-    from kflowers.data.dataset import FlowerDataset
-    from kflowers.data.folders import scan_folder
-    from kflowers.data.folders import split_dataset
-    from kflowers.models.resnet import build_model
-    from kflowers.training.strategies import compile_for
-    from kflowers.training.strategies import get_strategy
-
-    strategy = get_strategy(strategy)
-    keras.utils.set_random_seed(seed)
-    folder = scan_folder(data)
-    train, _ = split_dataset(folder, seed=seed)
-    dataset = FlowerDataset.from_folder(train, batch_size=batch_size, image_size=image_size, shuffle=True, seed=seed)
-    model = build_model(len(folder.class_names), strategy.weights_for(weights), image_size=image_size)
-    compile_for(model, strategy)
-    result = find_learning_rate(model, dataset, steps=steps, min_lr=min_lr, max_lr=max_lr, verbose=verbose)
-    if plot_path:
-        _plot(result["rates"], result["losses"], result["suggestion"], plot_path)
-    return result
-
-
-def _plot(rates, losses, suggestion, path):
-    from kflowers.plots import new_figure
-    from kflowers.plots import save_figure
-
-    figure, ax = new_figure(figsize=(7, 4.5))
-    ax.plot(rates, losses, alpha=0.35, label="loss per batch")
-    ax.plot(rates, _smooth(losses, 0.98), label="smoothed")
-    ax.axvline(suggestion, color="C3", linestyle="--", label=f"suggestion {suggestion:.1e}")
-    ax.set_xscale("log")
-    ax.set_xlabel("learning rate")
-    ax.set_ylabel("training loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return save_figure(figure, path)

@@ -145,11 +145,8 @@ def recipe_optimizer(kind, learning_rate, recipe):
             learning_rate, momentum=recipe.momentum, nesterov=recipe.momentum > 0, **settings
         )
     elif kind in ("adam", "adamw"):
-        optimizer = keras.optimizers.AdamW(learning_rate, **settings)
-        if not recipe.weight_decay:
-            optimizer = keras.optimizers.Adam(
-                learning_rate, **{k: v for k, v in settings.items() if k != "weight_decay"}
-            )
+        adam = keras.optimizers.AdamW if recipe.weight_decay else keras.optimizers.Adam
+        optimizer = adam(learning_rate, **settings)
     else:
         raise ValueError(f"unknown optimizer {kind!r}; choose from sgd, adam, adamw")
     if recipe.weight_decay:
@@ -194,34 +191,24 @@ def stage_loss(recipe, stage):
 
 
 def stage_optimizer(model, strategy, recipe, stage, epochs, steps_per_epoch, learning_rate=None):
-    """A fresh optimizer for one stage (arguments as `compile_stage`'s).
+    """A fresh optimizer for one stage (arguments as `compile_stage`'s), at `recipe.stage_rates`.
 
-    The lesson: the strategy's optimizer at its rate (after two-stage's switch,
-    at `unfreeze_learning_rate`; for discriminative, per part). Modern: the
-    recipe's optimizer with its warmup and cosine schedule over `epochs`,
-    the backbone at `backbone_rate` of the head's rate where it trains.
+    The recipe's optimizer (the strategy's, for the lesson) with its settings
+    and, when it has one, its warmup and cosine schedule over `epochs`; where
+    the backbone has a rate of its own, one optimizer per part
+    (`per_part_optimizer`).
     """
     from kflowers.recipes import learning_rate_schedule
-
-    if recipe.name == "lesson":
-        rate = learning_rate if learning_rate is not None else strategy.learning_rate
-        if stage == "unfrozen":
-            return make_optimizer(strategy.optimizer, strategy.unfreeze_learning_rate)
-        if strategy.backbone_learning_rate is not None:
-            return discriminative_optimizer(model, strategy.backbone_learning_rate, rate, optimizer=strategy.optimizer)
-        return make_optimizer(strategy.optimizer, rate)
-    peak = learning_rate if learning_rate is not None else recipe.learning_rate
-    if stage == "unfrozen" and recipe.unfrozen_rate is not None:
-        peak = peak * recipe.unfrozen_rate
 
     def optimizer(rate):
         schedule = learning_rate_schedule(rate, epochs, steps_per_epoch, recipe.warmup_epochs, recipe.cosine)
         return recipe_optimizer(recipe.optimizer or strategy.optimizer, schedule, recipe)
 
-    if stage in ("trainable", "unfrozen") and recipe.backbone_rate is not None:
-        head = optimizer(peak)
-        return per_part_optimizer(model, optimizer(peak * recipe.backbone_rate), head)
-    return optimizer(peak)
+    rates = recipe.stage_rates(strategy, stage, learning_rate)
+    head = optimizer(rates["head"])  # made first, as it always was (its name: "adam", "sgd")
+    if "backbone" in rates:
+        return per_part_optimizer(model, optimizer(rates["backbone"]), head)
+    return head
 
 
 def per_part_optimizer(model, backbone_optimizer, head_optimizer, layer="backbone"):
@@ -238,23 +225,43 @@ def per_part_optimizer(model, backbone_optimizer, head_optimizer, layer="backbon
     return keras.optimizers.MultiOptimizer(optimizer_map)
 
 
-def compile_for(model, strategy, learning_rate=None):
-    """Freeze (or not) and compile `model` for `strategy`; return the callbacks it needs.
+def compile_for(model, strategy, learning_rate=None, epochs=None):
+    """Freeze (or not) and compile `model` for `strategy` with the lesson's recipe; return the callbacks it needs.
+
+    One `fit` with these callbacks trains as `kflowers.training.train` does
+    in its stages: the first stage's compile (`compile_stage`) now and, for
+    `two-stage`, an `UnfreezeBackbone` that switches to the unfrozen stage's
+    optimizer (`stage_optimizer`, the same call) at the strategy's epoch.
+    (The modern recipe also changes the loss at the unfreeze, which a
+    callback can't inside a `fit`: `train` runs it as two `fit`s.)
 
     Args:
         model: `keras.Model`. A model from `build_model`.
         strategy: `Strategy` or str. The strategy or its name.
         learning_rate: float or `None`. Overrides the strategy's (the
             head's, for discriminative). Defaults to `None`.
-    """
-    from kflowers.training.callbacks import UnfreezeBackbone
+        epochs: int or `None`. Overrides the strategy's epochs (two-stage
+            unfreezes halfway). Defaults to `None`.
 
+    Example:
+    ```python
+    callbacks = compile_for(model, "two-stage", epochs=4)
+    model.fit(train_ds, epochs=4, callbacks=callbacks)
+    ```
+    """
     from kflowers.recipes import LESSON
+    from kflowers.training.callbacks import UnfreezeBackbone
+    from kflowers.training.loop import plan_stages
 
     strategy = get_strategy(strategy) if isinstance(strategy, str) else strategy
-    stage = "frozen" if strategy.freeze else "trainable"  # the lesson's optimizer takes no epochs or steps
-    compile_stage(model, strategy, LESSON, stage, epochs=1, steps_per_epoch=1, learning_rate=learning_rate)
+    strategy = strategy.with_epochs(epochs)
+    first, *later = plan_stages(strategy, cached=False)  # the lesson's rates are fixed: one step an epoch will do
+    compile_stage(model, strategy, LESSON, first.name, first.end - first.start, 1, learning_rate)
     callbacks = []
-    if strategy.unfreeze_epoch is not None and strategy.unfreeze_epoch < strategy.epochs:
-        callbacks.append(UnfreezeBackbone(strategy.unfreeze_epoch, strategy.unfreeze_learning_rate))
+    for stage in later:  # two-stage's unfrozen stage
+
+        def optimizer(model, stage=stage):
+            return stage_optimizer(model, strategy, LESSON, stage.name, stage.end - stage.start, 1, learning_rate)
+
+        callbacks.append(UnfreezeBackbone(stage.start, optimizer=optimizer))
     return callbacks
