@@ -235,6 +235,8 @@ def native_bfloat16():
 # The flags whose `RunOptions` default is "the recipe's" take the lesson's value in a command that has no
 # recipe (lr-find, through `add_flags`); `kflowers train` and `compare` keep `None` and let the recipe decide.
 LESSON_DEFAULTS = {"image_size": 224, "precision": "float32"}
+# The fields that are flags of `kflowers train` (in this order); `compare` takes all but the per-strategy ones.
+FLAGS = [f.name for f in dataclasses.fields(RunOptions) if "help" in f.metadata]
 
 
 def add_flags(parser, names, **defaults):

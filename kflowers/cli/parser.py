@@ -2,6 +2,7 @@
 
 import argparse
 from kflowers import options
+from kflowers.training.lr_find import SWEEP
 
 
 class _DefaultsFormatter(argparse.HelpFormatter):
@@ -27,28 +28,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-TRAINING_FLAGS = [
-    "data",
-    "epochs",
-    "lr",
-    "batch_size",
-    "image_size",
-    "weights",
-    "augment",
-    "seed",
-    "precision",
-    "workers",
-    "quiet",
-    "feature_cache",
-    "recipe",
-    "without",
-    "force",
-]
-
-
-FORCE_HELP = "use an --out that holds files kflowers did not write (only kflowers's own file names are replaced)"
 
 
 def build_parser():
@@ -79,11 +58,11 @@ def _add_data_commands(commands):
 def _add_training_commands(commands):
     """`train`, `compare`, `lr-find` and `demo`: what trains a model."""
     p = commands.add_parser("train", help="train one strategy into a run directory")
-    options.add_flags(
-        p, ["strategy", *TRAINING_FLAGS, "out", "early_stopping", "resume"], image_size=None, precision=None
-    )
+    options.add_flags(p, options.FLAGS, image_size=None, precision=None)  # every RunOptions flag
     p = commands.add_parser("compare", help="several strategies on the same split and seed")
-    options.add_flags(p, [*TRAINING_FLAGS, "out"], out="runs/compare", image_size=None, precision=None)
+    per_strategy = ("strategy", "early_stopping", "resume")  # compare gives each strategy its own
+    compared = [name for name in options.FLAGS if name not in per_strategy]
+    options.add_flags(p, compared, out="runs/compare", image_size=None, precision=None)
     p.add_argument(
         "--strategies",
         nargs="+",
@@ -95,9 +74,9 @@ def _add_training_commands(commands):
 
     p = commands.add_parser("lr-find", help="loss against learning rate, with a suggestion")
     options.add_flags(p, ["data", "strategy", "weights", "batch_size", "image_size", "seed"], strategy="finetune")
-    p.add_argument("--steps", type=options.positive_int, default=100, help="training steps in the sweep")
-    p.add_argument("--min-lr", type=options.positive_float, default=1e-7, help="first learning rate of the sweep")
-    p.add_argument("--max-lr", type=options.positive_float, default=10.0, help="last learning rate of the sweep")
+    p.add_argument("--steps", type=options.positive_int, default=SWEEP["steps"], help="training steps in the sweep")
+    p.add_argument("--min-lr", type=options.positive_float, default=SWEEP["min_lr"], help="the sweep's first rate")
+    p.add_argument("--max-lr", type=options.positive_float, default=SWEEP["max_lr"], help="the sweep's last rate")
     p.add_argument("--out", default="lr_find.png", help="where to write the plot")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -119,8 +98,7 @@ def _add_training_commands(commands):
 
     p = commands.add_parser("demo", help="the whole pipeline, offline, on a generated dataset")
     p.add_argument("--out", default="runs/demo", help="run directory")
-    p.add_argument("--force", action="store_true", help=FORCE_HELP)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    options.add_flags(p, ["force", "quiet"])
 
 
 def _add_model_commands(commands):

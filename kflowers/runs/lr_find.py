@@ -10,16 +10,20 @@ result["suggestion"]
 ```
 """
 
+from kflowers.options import LESSON_DEFAULTS
+from kflowers.options import RunOptions
+from kflowers.training.lr_find import SWEEP
+
 
 def lr_find(
     data,
     strategy="finetune",
     weights="default",
-    batch_size=64,
-    image_size=224,
-    steps=100,
-    min_lr=1e-7,
-    max_lr=10.0,
+    batch_size=RunOptions.batch_size,
+    image_size=LESSON_DEFAULTS["image_size"],
+    steps=SWEEP["steps"],
+    min_lr=SWEEP["min_lr"],
+    max_lr=SWEEP["max_lr"],
     seed=0,
     plot_path=None,
     verbose=1,

@@ -10,6 +10,9 @@ model's weights and optimizer state are put back afterwards.
 
 import numpy as np
 
+# The sweep's defaults: training steps, and the first and last learning rate.
+SWEEP = {"steps": 100, "min_lr": 1e-7, "max_lr": 10.0}
+
 
 def suggest_learning_rate(rates, losses, smoothing=0.98):
     """The learning rate at the steepest descent of the smoothed loss curve."""
@@ -32,7 +35,7 @@ def smooth(values, beta=0.98):
     return np.asarray(out)
 
 
-def find_learning_rate(model, dataset, steps=100, min_lr=1e-7, max_lr=10.0, verbose=1):
+def find_learning_rate(model, dataset, steps=SWEEP["steps"], min_lr=SWEEP["min_lr"], max_lr=SWEEP["max_lr"], verbose=1):
     """The range test on a compiled `model`; the model is left as it was found.
 
     The learning rate grows exponentially from `min_lr` to `max_lr` over
