@@ -175,6 +175,7 @@ def test_explain_writes_one_grad_cam_picture_per_image(run, flowers_dir, tmp_pat
         assert_png_not_blank(tmp_path / "cams" / f"{stem}.gradcam.png")
 
 
+@pytest.mark.one_backend  # the command's own code; a model loading and predicting on each backend: test_backends.py
 def test_predict_agrees_with_model_predict(run, flowers_dir):
     images = [os.path.join(flowers_dir, "rose", "rose_000.JPG"), os.path.join(flowers_dir, "tulip")]
     result = kflowers("predict", "--model", os.path.join(run, "model.keras"), *images, "--json", "--top", "5")
