@@ -7,7 +7,8 @@ disagree. Imports nothing heavy: the command line reads it before Keras loads.
 Example:
 ```python
 RunOptions(data="flowers", strategy="fine-tune", weights="none")
-# RunOptions(data='flowers', strategy='finetune', ..., weights=None, ...)
+# RunOptions(data='flowers', strategy='finetune', ..., weights='none', ...): a run resolves "default" and
+# "none" (`Strategy.weights_for`)
 ```
 """
 
@@ -22,7 +23,7 @@ from kflowers.recipes import RECIPE_NAMES
 STRATEGY_NAMES = ("scratch", "frozen", "finetune", "two-stage", "discriminative")
 STRATEGY_ALIASES = {"fine-tune": "finetune", "fine_tune": "finetune", "two_stage": "two-stage", "twostage": "two-stage"}
 MIN_IMAGE_SIZE = 8  # ResNet18 halves the image five times
-MAX_IMAGE_SIZE = 4096  # the largest side: of --image-size, and of a model file's input (kflowers.models.saving)
+MAX_IMAGE_SIZE = 4096  # the largest --image-size (a model file may declare more: models.saving.MAX_INPUT_SIZE)
 # --precision -> the Keras dtype policy it sets (variables and BatchNorm statistics stay float32).
 PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 
@@ -37,11 +38,6 @@ def strategy_name(name):
     if key not in STRATEGY_NAMES:
         raise ValueError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGY_NAMES)}")
     return key
-
-
-def weights_value(weights):
-    """`--weights` as `build_model` takes it: the text "none" (any case) means `None`."""
-    return None if isinstance(weights, str) and weights.lower() == "none" else weights
 
 
 # ------------------------------------------------------------ flag types
@@ -201,7 +197,6 @@ class RunOptions:
         from kflowers.recipes import get_recipe
 
         self.strategy = strategy_name(self.strategy)
-        self.weights = weights_value(self.weights)
         self.without = list(self.without)
         recipe = get_recipe(self.recipe, self.strategy, self.without)  # raises for a bad name or ingredient
         # The effective values, so that config.json says what ran.

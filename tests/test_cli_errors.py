@@ -40,7 +40,7 @@ def place(tmp_path_factory, flowers_dir):
         edit_class_names(root / "model.keras", root / f"{name}.keras", names)
     replace_entry(root / "model.keras", root / "bomb.keras", b" " * 2_000_000)  # deflates to a few kB
     replace_entry(root / "model.keras", root / "nested.keras", b"[" * 200_000)
-    wide = kf.build_model(num_classes=5, weights=None, image_size=5000)  # no pixels allocated until predict
+    wide = kf.build_model(num_classes=5, weights=None, image_size=9000)  # no pixels allocated until predict
     kf.save_model(wide, root / "wide.keras", ["daisy", "dandelion", "rose", "sunflower", "tulip"])
     inputs = keras.Input((32, 32, 3))
     pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inputs))
@@ -159,9 +159,9 @@ ROWS = [
     ),
     ("deeply nested class names", ["predict", "--model", "{root}/nested.keras", "{image}"], "are damaged"),
     (
-        "a 5000 px model",
+        "a 9000 px model",
         ["predict", "--model", "{root}/wide.keras", "{image}"],
-        "declares 5000 px input images (at most 4096 px)",
+        "declares 9000 px input images (at most 8192 px)",
     ),
     ("download into a file", ["download", "--dir", "{root}/file/sub"], "Not a directory"),
     ("show a missing folder", ["show", "--data", "{root}/nothing"], "dataset folder not found"),

@@ -222,3 +222,14 @@ def test_a_recipe_is_taken_by_name_as_a_strategy_is(flowers_dir):
     assert result.finished and len(result.rows) == 1
     with pytest.raises(ValueError, match="unknown recipe 'fancy'"):
         kflowers.train(model, "scratch", data, epochs=1, verbose=0, recipe="fancy")
+
+
+def test_a_model_trained_at_the_largest_image_size_can_be_saved_and_opened():
+    # The training side's bound (a flag's) and a model file's (models.saving) are two decisions; a run
+    # saves its model at its test side, so the file's bound must hold the largest training side's.
+    from kflowers.models.saving import MAX_INPUT_SIZE
+    from kflowers.options import MAX_IMAGE_SIZE
+    from kflowers.recipes import MODERN
+    from kflowers.recipes import test_image_size
+
+    assert all(test_image_size(recipe, MAX_IMAGE_SIZE) <= MAX_INPUT_SIZE for recipe in MODERN.values())

@@ -27,6 +27,7 @@ _EXPORTS = {
     "save_model": "kflowers.models.saving",
     "read_class_names": "kflowers.models.saving",
     "load_model": "kflowers.models.saving",
+    "MAX_INPUT_SIZE": "kflowers.models.saving",
     "remember_class_names": "kflowers.models.saving",
     "resnet18_state_shapes": "kflowers.models.weights",
 }

@@ -10,11 +10,11 @@ It is made only of built-in Keras and keras-hub layers, so a saved model loads
 with plain `keras.models.load_model`.
 """
 
-from kflowers.options import weights_value
 from kflowers.models.parts import model_parts
 from kflowers.models.weights import backbone_from_preset
 from kflowers.models.weights import is_preset
 from kflowers.models.weights import load_weights
+from kflowers.models.weights import weights_value
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

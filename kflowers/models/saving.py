@@ -9,7 +9,6 @@ from kflowers.errors import WeightsError
 from kflowers.files import check_regular
 from kflowers.errors import first_line
 from kflowers.errors import user_message
-from kflowers.options import MAX_IMAGE_SIZE
 
 log = logging.getLogger("kflowers")
 
@@ -22,6 +21,10 @@ _CLASSES_ASSET = "kflowers_class_names.json"
 _CLASSES_ENTRY = "kflowers.json"
 
 
+# The largest input side a model file may declare (a larger one is a damaged or edited file): above the
+# largest training side (`--image-size`, at most 4096) times the modern recipe's test scale, since a run
+# saves its model at the side it scores test images at.
+MAX_INPUT_SIZE = 8192
 MAX_CLASSES_ENTRY_BYTES = 1 << 20  # a million bytes of class names is already absurd
 
 
@@ -162,9 +165,9 @@ def load_model(path, torch_kernels=True, custom_objects=None):
             "shape (size, size, 3) and a Dense output layer)"
         )
     side = max(d for d in model.input_shape[1:3] if d is not None) if any(model.input_shape[1:3]) else None
-    if side is not None and side > MAX_IMAGE_SIZE:
+    if side is not None and side > MAX_INPUT_SIZE:
         raise WeightsError(
-            f"{path} declares {side} px input images (at most {MAX_IMAGE_SIZE} px): the file was edited or damaged"
+            f"{path} declares {side} px input images (at most {MAX_INPUT_SIZE} px): the file was edited or damaged"
         )
     outputs = model.output_shape[-1]
     classes = max(2, outputs)  # one output: a binary classifier of two classes

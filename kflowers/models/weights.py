@@ -34,6 +34,12 @@ TORCHVISION_RESNET18_SHA256_PREFIX = "f37072fd"
 _IGNORED_KEYS = re.compile(r"(^fc\.(weight|bias)$)|(\.num_batches_tracked$)")
 
 
+def weights_value(weights):
+    """`weights` as `build_model` takes it: the text "none" (any case: the command line's and the examples'
+    spelling) means `None`, a backbone with random weights; anything else is kept."""
+    return None if isinstance(weights, str) and weights.lower() == "none" else weights
+
+
 def load_weights(model, source):
     """Load backbone (or whole-model) weights into a model from `build_model`.
 

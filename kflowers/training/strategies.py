@@ -51,8 +51,11 @@ class Strategy:
     backbone_learning_rate: object = None
 
     def weights_for(self, requested):
-        """The backbone weights a run starts from: this strategy's own for `"default"`, else `requested`."""
-        return self.weights if requested == "default" else requested
+        """The backbone weights a run starts from: this strategy's own for `"default"`, else `requested`
+        (`"none"`: `None`, random weights)."""
+        from kflowers.models.weights import weights_value
+
+        return self.weights if requested == "default" else weights_value(requested)
 
     def with_epochs(self, epochs):
         """This strategy over `epochs` epochs (two-stage keeps its split in half)."""
