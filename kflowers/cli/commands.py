@@ -104,28 +104,12 @@ def cmd_evaluate(args):
         print(f"confusion matrix: {result['confusion_png']}")
 
 
-def _readable_images(items):
-    """The image files among `items` (files and folders); unreadable ones skipped with a warning."""
-    from kflowers.data.images import UnreadableImage
-    from kflowers.data.images import read_image
-
-    readable = []
-    for path in _image_paths(items):
-        try:
-            read_image(path, min_size=8)
-            readable.append(path)
-        except UnreadableImage as error:
-            log.warning("skipped %s: %s", path, error)
-    if not readable:
-        raise UserError("no readable image in " + ", ".join(items))
-    return readable
-
-
 def cmd_explain(args):
+    from kflowers.data.folders import readable_images
     from kflowers.inference.explain import explain_images
 
     model = _load(args.model)
-    written = explain_images(model, _readable_images(args.images), args.out, top_k=args.top)
+    written = explain_images(model, readable_images(args.images), args.out, top_k=args.top)
     print(f"{len(written)} Grad-CAM picture(s) in {args.out}")
 
 
@@ -142,11 +126,12 @@ def cmd_export(args):
 def cmd_predict(args):
     """Answers stream out as each batch is done: a markdown table, JSON Lines or CSV on stdout; skipped files
     and the progress bar on stderr. Ctrl-C leaves whole lines only (exit 130)."""
+    from kflowers.data.folders import image_paths
     from kflowers.inference.predict import choose_precision
     from kflowers.inference.predict import class_names_of
     from kflowers.inference.predict import iter_predictions
 
-    paths = _image_paths(args.images)
+    paths = image_paths(args.images)
     model = _load(args.model)
     precision, why = choose_precision(args.precision)
     if not args.quiet:
@@ -171,23 +156,6 @@ def cmd_predict(args):
     progress.clear()
     if not answered:
         raise UserError("no readable image in " + ", ".join(args.images))
-
-
-def _image_paths(items):
-    """The image files among `items` (files as given, folders searched as `scan_folder` does); not decoded."""
-    from kflowers.data.folders import image_files
-
-    paths = []
-    for item in items:
-        if os.path.isdir(item):
-            paths += image_files(item)
-        elif os.path.lexists(item):
-            paths.append(item)
-        else:
-            raise UserError(f"no such file or folder: {item}")
-    if not paths:
-        raise UserError("no image file in " + ", ".join(items))
-    return paths
 
 
 def _answer_writer(form, top):

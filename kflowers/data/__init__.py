@@ -24,6 +24,8 @@ _EXPORTS = {
     "scan_folder": "kflowers.data.folders",
     "JUNK_FILES": "kflowers.data.folders",
     "image_files": "kflowers.data.folders",
+    "image_paths": "kflowers.data.folders",
+    "readable_images": "kflowers.data.folders",
     "split_dataset": "kflowers.data.folders",
     "trivial_augment": "kflowers.data.augment",
     "cuda_on_torch_backend": "kflowers.data.dataset",

@@ -179,6 +179,44 @@ def image_files(folder):
     return sorted(path for path, problem in _walk_files(folder, real_root) if problem is None and is_image_file(path))
 
 
+def image_paths(items):
+    """The image files among `items`: files as given, folders searched as `scan_folder` searches (`image_files`);
+    not decoded. What `kflowers predict` and `explain` take.
+
+    Raises:
+        DataError: an item that does not exist, or no image file among them.
+    """
+    paths = []
+    for item in items:
+        if os.path.isdir(item):
+            paths += image_files(item)
+        elif os.path.lexists(item):
+            paths.append(item)
+        else:
+            raise DataError(f"no such file or folder: {item}")
+    if not paths:
+        raise DataError("no image file in " + ", ".join(items))
+    return paths
+
+
+def readable_images(items):
+    """`image_paths(items)` less the ones that can't be decoded (each skipped with a warning).
+
+    Raises:
+        DataError: as `image_paths`, or no readable image among them.
+    """
+    readable = []
+    for path in image_paths(items):
+        try:
+            read_image(path, min_size=8)
+            readable.append(path)
+        except UnreadableImage as error:
+            log.warning("skipped %s: %s", path, error)
+    if not readable:
+        raise DataError("no readable image in " + ", ".join(items))
+    return readable
+
+
 def _walk_files(folder, real_root):
     """Yield `(path, problem)` for every file under `folder`; `problem` is `None`
     or why the file is left out. Hidden files and folders are left out silently;
