@@ -2,7 +2,7 @@
 
 loop           `train` and `RunLoop`: a strategy's stages, backups, early stopping
 strategies     scratch, frozen, finetune, two-stage, discriminative
-callbacks      `UnfreezeBackbone`, `SetDatasetEpoch`, ...
+callbacks      `UnfreezeBackbone`, `BackupAndRestore` (Keras's, recording the stage), `SetDatasetEpoch`
 backup         the state written after every epoch
 feature_cache  frozen epochs on backbone features computed once
 lr_find        the learning-rate sweep

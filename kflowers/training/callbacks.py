@@ -20,11 +20,12 @@ class UnfreezeBackbone(keras.callbacks.Callback):
     at step 0) and `MultiOptimizer`. Until the switch, `model.optimizer` is
     the optimizer you compiled with.
 
-    With `keras.callbacks.BackupAndRestore`, a `fit` resumed after the
-    switch restores the weights and starts the optimizer afresh (Keras
-    skips optimizer variables saved for another set of variables, with its
-    warning). `kflowers train --resume` restores the optimizer exactly: it
-    trains the two stages as two `fit`s.
+    With `kflowers.callbacks.BackupAndRestore` (Keras's, which also records
+    the stage), a `fit` resumed before or after the switch ends exactly as
+    the uninterrupted one, optimizer state included. With Keras's own, a
+    `fit` resumed after the switch restores the weights and starts the
+    optimizer afresh (Keras skips optimizer variables saved for another set
+    of variables, with its warning). `kflowers train --resume` is exact too.
 
     Args:
         epoch: 0-based index of the first epoch with a trainable backbone
@@ -61,22 +62,105 @@ class UnfreezeBackbone(keras.callbacks.Callback):
         self.verbose = verbose
         self.optimizer = optimizer
 
+    def on_train_begin(self, logs=None):
+        self.switched = False
+
     def on_epoch_begin(self, epoch, logs=None):
         backbone = self.model.get_layer(self.layer)
-        if epoch < self.epoch or backbone.trainable:
+        if epoch < self.epoch or getattr(self, "switched", False):
             return
+        self.switched = True
         compiled = self.model.optimizer
-        compiled.finalize_variable_values(self.model.trainable_variables)  # as the end of a fit does
+        resumed = backbone.trainable  # past the switch already: BackupAndRestore restored the unfrozen stage
+        if resumed and epoch == self.epoch:
+            return  # trainable from the start: nothing to switch
+        if not resumed:
+            compiled.finalize_variable_values(self.model.trainable_variables)  # as the end of a fit does
         backbone.trainable = True
         variables = self.model.trainable_variables
         if self.optimizer is None:
-            self.model.optimizer = fresh_optimizer(compiled, variables, self.learning_rate)
+            new = fresh_optimizer(compiled, variables, self.learning_rate)
         else:
-            self.model.optimizer = replacing(compiled, self.optimizer(self.model), variables)
+            new = replacing(compiled, self.optimizer(self.model), variables)
+        if resumed and len(new.variables) == len(compiled.variables):  # the restored state, in the stage's optimizer
+            for mine, restored in zip(new.variables, compiled.variables):
+                mine.assign(restored)
+        self.model.optimizer = new
         self.model.make_train_function(force=True)
-        if self.verbose:
+        if self.verbose and not resumed:
             rate = "" if self.learning_rate is None else f", learning rate {self.learning_rate:g}"
             print(f"\nEpoch {epoch + 1}: backbone unfrozen{rate}")
+
+
+class BackupAndRestore(keras.callbacks.BackupAndRestore):
+    """Keras's `BackupAndRestore`, which also records whether the backbone trains, so that a `fit` with
+    `UnfreezeBackbone` resumes exactly after the switch too.
+
+    Keras restores the optimizer before any other callback runs, into an
+    optimizer built for the variables that train at the start (the frozen
+    stage's); after the switch the backup holds the unfrozen stage's. This
+    callback makes the backbone trainable first, when the backup was taken
+    after the switch, so the restored optimizer state fits; `UnfreezeBackbone`
+    then carries it into the unfrozen stage's optimizer. Everything else is
+    Keras's (arguments, files, deleting the backup at the end).
+
+    Args:
+        backup_dir: as Keras's.
+        layer: name of the backbone layer. Defaults to `"backbone"`.
+        **kwargs: Keras's other arguments (`save_freq`, ...).
+
+    Example:
+    ```python
+    callbacks = [kflowers.callbacks.BackupAndRestore("backup"), UnfreezeBackbone(epoch=5, learning_rate=1e-4)]
+    model.fit(train_ds, epochs=10, callbacks=callbacks)  # run again after a crash: it goes on exactly
+    ```
+    """
+
+    STAGE_FILE = "kflowers_stage.json"
+
+    def __init__(self, backup_dir, layer="backbone", **kwargs):
+        super().__init__(backup_dir, **kwargs)
+        self.layer = layer
+        self._recorded = None
+
+    def _stage_path(self):
+        import os
+
+        return os.path.join(self.backup_dir, self.STAGE_FILE)
+
+    def on_train_begin(self, logs=None):
+        from kflowers.files import read_json
+
+        import os
+
+        backbone = self.model.get_layer(self.layer)
+        path = self._stage_path()
+        recorded = read_json(path) if os.path.exists(path) else {}
+        if recorded.get("backbone_trainable") and not backbone.trainable:
+            backbone.trainable = True  # as when the backup was taken
+            optimizer = self.model.optimizer
+            if optimizer is not None and optimizer.built:  # built for the frozen stage (jax's fit builds early)
+                self.model.optimizer = type(optimizer).from_config(optimizer.get_config())
+        super().on_train_begin(logs)
+
+    def _record(self):
+        trainable = bool(self.model.get_layer(self.layer).trainable)
+        if trainable != self._recorded:
+            from kflowers.files import write_json
+
+            import os
+
+            os.makedirs(self.backup_dir, exist_ok=True)
+            write_json(self._stage_path(), {"backbone_trainable": trainable})
+            self._recorded = trainable
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._record()  # before Keras's backup of this batch, if it takes one
+        super().on_train_batch_end(batch, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._record()
+        super().on_epoch_end(epoch, logs)
 
 
 def fresh_optimizer(optimizer, variables, learning_rate=None):
