@@ -1,5 +1,7 @@
 """Callbacks for transfer learning with `model.fit`."""
 
+import os
+
 import keras
 
 
@@ -61,13 +63,14 @@ class UnfreezeBackbone(keras.callbacks.Callback):
         self.layer = layer
         self.verbose = verbose
         self.optimizer = optimizer
+        self.switched = False  # in this fit
 
     def on_train_begin(self, logs=None):
         self.switched = False
 
     def on_epoch_begin(self, epoch, logs=None):
         backbone = self.model.get_layer(self.layer)
-        if epoch < self.epoch or getattr(self, "switched", False):
+        if epoch < self.epoch or self.switched:
             return
         self.switched = True
         compiled = self.model.optimizer
@@ -124,14 +127,10 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         self._recorded = None
 
     def _stage_path(self):
-        import os
-
         return os.path.join(self.backup_dir, self.STAGE_FILE)
 
     def on_train_begin(self, logs=None):
         from kflowers.files import read_json
-
-        import os
 
         backbone = self.model.get_layer(self.layer)
         path = self._stage_path()
@@ -147,8 +146,6 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         trainable = bool(self.model.get_layer(self.layer).trainable)
         if trainable != self._recorded:
             from kflowers.files import write_json
-
-            import os
 
             os.makedirs(self.backup_dir, exist_ok=True)
             write_json(self._stage_path(), {"backbone_trainable": trainable})
