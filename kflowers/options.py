@@ -119,6 +119,13 @@ class RunOptions:
         "epochs in all (default: the strategy's in the lesson's recipe; the modern recipe's own)",
         type=positive_int,
     )
+    budget: object = _flag(
+        None,
+        "minutes the run may take, instead of --epochs: the epochs (and the recipe's schedule over them) are "
+        "chosen from the measured speed of the first steps, and recorded in config.json for --resume",
+        type=positive_float,
+        metavar="MINUTES",
+    )
     lr: object = _flag(
         None, "learning rate, the head's for discriminative (default: the strategy's)", type=positive_float
     )
@@ -202,7 +209,9 @@ class RunOptions:
         # The effective values, so that config.json says what ran.
         if self.image_size is None:
             self.image_size = recipe.image_size or 224
-        if self.epochs is None:
+        if self.budget is not None and self.epochs is not None:
+            raise ValueError("give --epochs or --budget, not both: a budget chooses the epochs")
+        if self.epochs is None and self.budget is None:  # with a budget, the run plans them
             self.epochs = recipe.epochs
         if self.precision is None:
             self.precision = "bfloat16" if recipe.name == "modern" and native_bfloat16() else "float32"

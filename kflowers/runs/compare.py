@@ -2,6 +2,9 @@
 
     OUT/STRATEGY/       one run directory per strategy (`train_run`)
     OUT/compare.md      the table: best and final test accuracy, epochs, minutes; how each strategy trains
+
+With `--budget MINUTES` the strategies share the minutes: each gets an equal share of what is left when
+it starts, and plans its own epochs (its `config.json`).
     OUT/compare.json    the same rows, and which strategy Ctrl-C interrupted
     OUT/curves.png      every strategy's test accuracy and loss, epoch by epoch
 
@@ -15,6 +18,7 @@ print(result["table"])
 
 import dataclasses
 import os
+import time
 
 from kflowers.files import write_json
 from kflowers.files import write_text
@@ -68,10 +72,14 @@ def compare_strategies(options, strategies, folder=None, on_scanned=None):
         on_scanned(folder)
     split = split_dataset(folder, test_size=options.test_size, seed=options.seed)
     rows, histories, interrupted = [], {}, None
+    started = time.perf_counter()
     try:
-        for strategy in strategies:
+        for index, strategy in enumerate(strategies):
             print(f"\n=== {strategy} ({options.recipe} recipe) ===")
             run_options = strategy_options(options, strategy)
+            if options.budget is not None:  # each strategy gets an equal share of the minutes left
+                left = options.budget - (time.perf_counter() - started) / 60
+                run_options = dataclasses.replace(run_options, budget=left / (len(strategies) - index))
             metrics = train_run(run_options, folder=folder, split=split)
             if metrics["epochs"]:
                 histories[strategy] = record.read_history(run_options.out)
@@ -109,7 +117,7 @@ def how_they_train(options, strategies):
     rows = []
     for name in strategies:
         run_options = strategy_options(options, name)
-        strategy = get_strategy(name).with_epochs(run_options.epochs)
+        strategy = get_strategy(name).with_epochs(run_options.epochs or _planned_epochs(run_options.out))
         recipe = get_recipe(run_options.recipe, strategy.name, run_options.without)
         stages = "frozen, then unfrozen" if strategy.unfreeze_epoch else "frozen" if strategy.freeze else "all trains"
         rates = ", ".join(
@@ -118,6 +126,12 @@ def how_they_train(options, strategies):
         )
         rows.append({"strategy": name, "epochs": strategy.epochs, "backbone": stages, "learning_rates": rates})
     return markdown_table(rows)
+
+
+def _planned_epochs(out):
+    """The epochs a budget chose for the run in `out` (its `config.json`), or `None` (not run yet)."""
+    config = record.read_run_json(os.path.join(out, "config.json"))
+    return config.get("epochs") if isinstance(config, dict) else None
 
 
 def _row(strategy, recipe, metrics):

@@ -112,8 +112,23 @@ def learning_rates(options, strategy, recipe):
     return rates
 
 
-def write_setup(out, options, strategy, recipe, folder, train_split, test_split, processes, workers):
-    """Write `split.json` and `config.json`: what the run is, so that `--resume` and `evaluate` can check it."""
+def budget_plan(out):
+    """The `BudgetPlan` in `out`'s `config.json` (a run with `--budget`); raises `BackupMismatch` when there is
+    none."""
+    from kflowers.training.budget import BudgetPlan
+
+    config = read_run_json(os.path.join(out, "config.json"))
+    try:
+        return BudgetPlan.from_json(config["budget_plan"])
+    except (KeyError, TypeError) as error:
+        raise BackupMismatch(
+            f"--resume --budget: {out}/config.json holds no budget plan (was the run started without --budget?)"
+        ) from error
+
+
+def write_setup(out, options, strategy, recipe, folder, train_split, test_split, processes, workers, budget_plan=None):
+    """Write `split.json` and `config.json`: what the run is, so that `--resume` and `evaluate` can check it
+    (with `--budget`, the plan that chose the epochs: `budget_plan`)."""
     import keras
 
     write_json(
@@ -140,6 +155,7 @@ def write_setup(out, options, strategy, recipe, folder, train_split, test_split,
             "devices": len(keras.distribution.list_devices()) if backend == "jax" else 1,
             "versions": _versions(),
             "skipped_files": [f"{p}: {reason}" for p, reason in folder.skipped],
+            **({"budget_plan": budget_plan.to_json()} if budget_plan is not None else {}),
         },
     )
 

@@ -123,6 +123,7 @@ class _Run:
     rank: int
     processes: int
     seconds: dict = dataclasses.field(default_factory=dict)
+    budget_plan: object = None  # with --budget: the `training.budget.BudgetPlan` that chose the epochs
 
     @property
     def main_process(self):
@@ -140,13 +141,23 @@ def _train_locked(options, folder, split, started, rank, processes):
     run = _prepare(options, folder, split, rank, processes)
     model = _build(run)
     train_ds, test_ds = _datasets(run)
+    if options.budget is not None:
+        _plan_budget(run, model, train_ds, test_ds, started)
     # The run has everything it needs: it now owns the directory (a resumed run keeps its setup files).
     if not run.resuming and run.main_process:
         backup.remove(run.backup_dir)
         write_marker(options.out, "run")
         remove_run_files(options.out, record.RUN_FILES)  # the previous run's: this one writes its own
         record.write_setup(
-            options.out, options, run.strategy, run.recipe, run.folder, *run.split, processes, _workers(options)
+            options.out,
+            options,
+            run.strategy,
+            run.recipe,
+            run.folder,
+            *run.split,
+            processes,
+            _workers(options),
+            budget_plan=run.budget_plan,
         )
     clock = time.perf_counter()
     result = _fit(run, model, train_ds, test_ds)
@@ -233,6 +244,41 @@ def _datasets(run):
         train_ds = train_ds.shard(run.rank, run.processes)
     test_ds = FlowerDataset.from_folder(run.test_split, batch_size=256, image_size=options.image_size, workers=workers)
     return train_ds, test_ds
+
+
+def _plan_budget(run, model, train_ds, test_ds, started):
+    """With `--budget`: the run's epochs, from the plan in `config.json` when resuming (a resumed run
+    equals the uninterrupted one), else measured now and planned for the minutes left
+    (`kflowers.training.budget`; under torchrun every process takes the fewest epochs any planned)."""
+    from kflowers.training import budget
+    from kflowers.training.loop import choose_stages
+
+    options, strategy, recipe = run.options, run.strategy, run.recipe
+    if run.resuming:
+        plan = record.budget_plan(options.out)
+    else:
+        cache = options.feature_cache if run.processes == 1 else False
+        stages = choose_stages(strategy.with_epochs(budget.MAX_EPOCHS), train_ds, cache)
+        costs = budget.measure_costs(model, strategy, recipe, stages, train_ds, test_ds, options.lr)
+        seconds_left = options.budget * 60 - (time.perf_counter() - started)
+        layout = dict(cached=stages[0].name == "cached", test_scale=recipe.test_scale, tta=recipe.tta)
+        plan = budget.plan_epochs(strategy, costs, seconds_left, options.budget, **layout)
+        fewest = distributed.smallest(plan.epochs)
+        if fewest != plan.epochs:
+            plan = budget.plan_epochs(strategy, costs, seconds_left, options.budget, max_epochs=fewest, **layout)
+        if run.main_process and not options.quiet:
+            print(
+                f"Budget {options.budget:g} min: {plan.epochs} epoch(s), planned to take "
+                f"{plan.planned_seconds / 60:.1f} of the {plan.seconds_left / 60:.1f} min left "
+                f"(measured: {_step_text(plan)})"
+            )
+    run.strategy = strategy.with_epochs(plan.epochs)
+    run.budget_plan = plan
+
+
+def _step_text(plan):
+    steps = ", ".join(f"{name} {seconds:.2f} s per batch" for name, seconds in plan.step_seconds.items())
+    return f"{steps}; {plan.image_seconds * 1000:.1f} ms per test image"
 
 
 def _fit(run, model, train_ds, test_ds):

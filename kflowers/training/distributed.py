@@ -86,6 +86,21 @@ def agree(*flags):
     return tuple(bool(value) for value in values)
 
 
+def smallest(value):
+    """The smallest of every process's integer `value` (one small all-reduce under torchrun; `value` in a
+    single process): for plans every process must make alike, such as a budget's epochs."""
+    if world()[1] == 1 or keras.backend.backend() != "torch":
+        return value
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return value
+    values = torch.tensor([int(value)], dtype=torch.int64)
+    dist.all_reduce(values, op=dist.ReduceOp.MIN)
+    return int(values[0])
+
+
 def main_process_first(function):
     """`function()` on each machine's first process first; the others call it once those are done.
 
