@@ -27,6 +27,9 @@ test images are scored.
                  is saved with;
                - test-time augmentation: each test image is scored as the mean
                  of its and its mirror image's probabilities;
+               - from scratch, progressive resizing (fastai): the first half of the
+                 epochs at 2/3 of the side, the next quarter at 5/6, the last
+                 quarter at the full side (`epoch_image_sizes`);
                - from scratch, test images scored at 4/3 of the training side:
                  random-resized crops show a flower larger than a whole
                  photo resized to the same side does (FixRes, Touvron et al.
@@ -58,6 +61,7 @@ INGREDIENTS = (
     "ema",
     "tta",
     "test-resolution",
+    "progressive-resizing",
 )
 
 
@@ -88,6 +92,9 @@ class Recipe:
             of that); `None` uses the strategy's `unfreeze_learning_rate`.
         epochs: epochs in all; `None` keeps the strategy's.
         image_size: side of the training images; `None` keeps the run's.
+        progressive: progressive resizing (fastai): the phases before the
+            full side, each `(fraction of the epochs, fraction of the side)`;
+            `()` trains every epoch at the full side (`epoch_image_sizes`).
     """
 
     name: str = "lesson"
@@ -107,6 +114,7 @@ class Recipe:
     unfrozen_rate: object = None
     epochs: object = None
     image_size: object = None
+    progressive: tuple = ()
 
     @property
     def scheduled(self):
@@ -171,6 +179,7 @@ MODERN = {
         epochs=60,
         image_size=96,
         test_scale=4 / 3,
+        progressive=((0.5, 2 / 3), (0.25, 5 / 6)),
     ),
     # Head-only training on frozen features: no label smoothing, no augmentation (so the feature cache
     # serves every epoch), no EMA (the head converges in a few epochs).
@@ -199,6 +208,7 @@ _WITHOUT = {
     "ema": dict(ema_momentum=None),
     "tta": dict(tta=False),
     "test-resolution": dict(test_scale=None),
+    "progressive-resizing": dict(progressive=()),
 }
 
 
@@ -239,6 +249,33 @@ def test_image_size(recipe, image_size):
     if not recipe.test_scale:
         return image_size
     return int(round(image_size * recipe.test_scale))
+
+
+# The smallest side progressive resizing trains at: ResNet18's five halvings leave 1x1 features there.
+MIN_PROGRESSIVE_SIZE = 32
+
+
+def epoch_image_sizes(recipe, image_size, epochs):
+    """The side of the training images in each of `epochs` epochs, or `None` without progressive resizing.
+
+    Each phase of `recipe.progressive` takes its fraction of the epochs at its
+    fraction of `image_size` (a multiple of 8, at least `MIN_PROGRESSIVE_SIZE`);
+    the epochs left train at `image_size`. The batch size and the learning-rate
+    schedule run on unchanged across the phases (one schedule, in steps).
+
+    Example:
+    ```python
+    epoch_image_sizes(get_recipe("modern", "scratch"), 96, 8)  # [64, 64, 64, 64, 80, 80, 96, 96]
+    ```
+    """
+    if not recipe.progressive:
+        return None
+    sizes = []
+    for fraction, scale in recipe.progressive:
+        side = max(MIN_PROGRESSIVE_SIZE, int(round(image_size * scale / 8)) * 8)
+        sizes += [min(side, image_size)] * int(round(fraction * epochs))
+    sizes = sizes[:epochs]
+    return sizes + [image_size] * (epochs - len(sizes))
 
 
 def learning_rate_schedule(peak, epochs, steps_per_epoch, warmup_epochs, cosine):

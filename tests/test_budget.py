@@ -9,6 +9,8 @@ import pytest
 
 import kflowers
 from kflowers.options import RunOptions
+from kflowers.recipes import LESSON
+from kflowers.recipes import get_recipe
 from kflowers.training import budget
 from kflowers.training.budget import BudgetTooShort
 from kflowers.training.budget import StepCosts
@@ -16,31 +18,42 @@ from kflowers.training.budget import plan_epochs
 from kflowers.training.strategies import get_strategy
 
 
-def costs(step=1.0, image=0.01, steps=10, train=600, test=100, stages=None):
-    return StepCosts(stages or {"trainable": step}, image, train, test, steps)
+def costs(step=1.0, image=0.01, steps=10, train=600, test=100, stages=None, side=96):
+    return StepCosts(stages or {"trainable": {str(side): step}}, image, train, test, steps, side)
 
 
 def test_the_plan_is_the_most_epochs_that_fit():
     # By hand: an epoch is 10 batches of 1 s plus 100 test images of 10 ms (11 s); the final scoring is at
     # 4/3 of the side with flips (1 s * 16/9 * 2 = 3.56 s); writing 10 s. 95 s usable of 100: 7 epochs (90.6 s).
-    plan = plan_epochs(get_strategy("scratch"), costs(), 100, minutes=5 / 3, test_scale=4 / 3, tta=True)
+    scratch, recipe = get_strategy("scratch"), get_recipe("modern", "scratch", ["progressive-resizing"])
+    plan = plan_epochs(scratch, recipe, costs(), 100, minutes=5 / 3)
     assert plan.epochs == 7 and plan.planned_seconds == pytest.approx(90.6, abs=0.05)
-    assert plan_epochs(get_strategy("scratch"), costs(), 100, minutes=5 / 3, max_epochs=4).epochs == 4
+    assert plan_epochs(scratch, recipe, costs(), 100, minutes=5 / 3, max_epochs=4).epochs == 4
     assert budget.BudgetPlan.from_json(json.loads(json.dumps(plan.to_json()))) == plan
+
+
+def test_progressive_resizing_costs_each_epoch_at_its_side():
+    # 8 epochs at 96 px are 4 at 64 (0.5 s a batch), 2 at 80 (0.75 s), 2 at 96 (1 s): 55 s of batches, 8 s of
+    # test images, 3.56 s of final scoring, 10 s of writing: 76.56 s. Nine epochs (4, 2, 3) take 87.56 s.
+    steps = {"trainable": {"64": 0.5, "80": 0.75, "96": 1.0}}
+    scratch, recipe = get_strategy("scratch"), get_recipe("modern", "scratch")
+    plan = plan_epochs(scratch, recipe, costs(stages=steps), 80 / 0.95, minutes=1.5)
+    assert plan.epochs == 8 and plan.planned_seconds == pytest.approx(76.56, abs=0.05)
 
 
 def test_a_cached_stage_costs_its_feature_pass_and_the_head_steps():
     # two-stage over 2n epochs: n on cached features (0.01 s a batch, no test pass), n unfrozen (1 s + 1 s).
     # The feature pass scores 700 images (7 s); writing 10 s; final scoring 1 s.
-    stages = {"cached": 0.01, "unfrozen": 1.0}
-    plan = plan_epochs(get_strategy("two-stage"), costs(stages=stages), 200, minutes=1, cached=True)
+    stages = {"cached": {"96": 0.01}, "unfrozen": {"96": 1.0}}
+    strategy, recipe = get_strategy("two-stage"), get_recipe("lesson", "two-stage")
+    plan = plan_epochs(strategy, recipe, costs(stages=stages), 200, minutes=1, cached=True)
     per_pair = 10 * 0.01 + 10 * 1.0 + 1.0
     assert plan.epochs == 2 * int((200 * 0.95 - 18) // per_pair)
 
 
 def test_a_budget_too_short_for_one_epoch_says_how_long_one_takes():
     with pytest.raises(BudgetTooShort, match=r"--budget 0.2 minutes is too short: one epoch .* about 0.4 minutes"):
-        plan_epochs(get_strategy("scratch"), costs(step=1.0), 12, minutes=0.2)
+        plan_epochs(get_strategy("scratch"), LESSON, costs(step=1.0), 12, minutes=0.2)
 
 
 def test_budget_and_epochs_are_one_or_the_other():
@@ -53,7 +66,6 @@ def test_budget_and_epochs_are_one_or_the_other():
 def test_measuring_leaves_the_model_and_the_data_as_they_were(flowers_dir, resnet18_pth):
     from kflowers.data.dataset import FlowerDataset
     from kflowers.models.parts import model_parts
-    from kflowers.recipes import get_recipe
     from kflowers.training.loop import plan_stages
 
     train, test = kflowers.split_dataset(kflowers.scan_folder(flowers_dir), test_size=0.25, seed=0)
@@ -65,7 +77,8 @@ def test_measuring_leaves_the_model_and_the_data_as_they_were(flowers_dir, resne
     found = budget.measure_costs(
         model, strategy, get_recipe("lesson", "two-stage"), plan_stages(strategy, True), train_ds, test_ds, steps=4
     )
-    assert set(found.step_seconds) == {"cached", "unfrozen"} and all(s > 0 for s in found.step_seconds.values())
+    assert set(found.step_seconds) == {"cached", "unfrozen"}
+    assert all(found.step_seconds[stage]["32"] > 0 for stage in ("cached", "unfrozen"))
     assert found.image_seconds > 0 and found.steps_per_epoch == len(train_ds)
     assert (found.train_images, found.test_images) == (len(train.paths), len(test.paths))
     for a, b in zip(before, model.get_weights()):
@@ -78,9 +91,10 @@ class Crash(Exception):
 
 
 def fixed_costs(model, strategy, recipe, stages, train_data, test_data, learning_rate=None, steps=8):
-    # 4 s a batch, 3 batches an epoch: 12 s an epoch. With 60 s and writing's 10 s, three epochs fit (46 s)
-    # whatever the scan and build took below 11 s, and four never do (58 s > 57 s).
-    return StepCosts({s.name: 4.0 for s in stages}, 0.0, len(train_data.paths), 0, 3)
+    # 4 s a batch at every side, 3 batches an epoch: 12 s an epoch. With 60 s and writing's 10 s, three epochs
+    # fit (46 s) whatever the scan and build took below 11 s, and four never do (58 s > 57 s).
+    sides = {str(side): 4.0 for side in (32, 40, 48)}
+    return StepCosts({s.name: sides for s in stages}, 0.0, len(train_data.paths), 0, 3, train_data.image_size)
 
 
 def budget_run(flowers_dir, out, **more):
@@ -92,7 +106,7 @@ def budget_run(flowers_dir, out, **more):
         strategy="scratch",
         recipe="modern",
         weights="none",
-        image_size=32,
+        image_size=48,  # progressive resizing: 3 epochs at 32, 32, 40
         batch_size=16,
         precision="float32",
         budget=1.0,
@@ -115,8 +129,8 @@ def test_a_budget_run_records_its_plan_and_resumes_from_it(flowers_dir, tmp_path
     straight = budget_run(flowers_dir, tmp_path / "straight")
     config = json.loads((tmp_path / "straight" / "config.json").read_text())
     assert config["budget"] == 1.0 and config["epochs"] == 3 and straight["epochs"] == 3
-    assert config["budget_plan"]["epochs"] == 3 and config["budget_plan"]["step_seconds"] == {"trainable": 4.0}
-    assert len(read_history(tmp_path / "straight")["epoch"]) == 3
+    assert config["budget_plan"]["epochs"] == 3 and config["budget_plan"]["step_seconds"]["trainable"]["40"] == 4.0
+    assert config["epoch_image_sizes"] == read_history(tmp_path / "straight")["image_size"] == [32, 32, 40]
 
     saved = backup.save
 

@@ -229,3 +229,13 @@ def test_sample_grid_is_written(flowers_dir, tmp_path):
 
     image = np.asarray(Image.open(out).convert("L"))
     assert image.shape[0] > 200 and image.std() > 10
+
+
+def test_progressive_resizing_serves_each_epoch_at_its_side(flowers_dir):
+    folder = kflowers.scan_folder(flowers_dir)
+    ds = FlowerDataset.from_folder(
+        folder, batch_size=4, image_size=48, shuffle=True, augment="trivial", image_sizes=[32, 40]
+    )
+    assert [ds.batch(0, epoch)[0].shape[1:] for epoch in range(3)] == [(32, 32, 3), (40, 40, 3), (48, 48, 3)]
+    ds.set_epoch(1)
+    assert ds[0][0].shape == (4, 40, 40, 3) and ds.side() == 40

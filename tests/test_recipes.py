@@ -46,6 +46,7 @@ def test_every_ingredient_can_be_turned_off_by_name(ingredient):
         "ema": less.ema_momentum is None,
         "tta": not less.tta,
         "test-resolution": less.test_scale is None,
+        "progressive-resizing": less.progressive == (),
     }
     assert off[ingredient]
 

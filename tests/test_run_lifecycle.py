@@ -57,6 +57,7 @@ def run(
     precision="float32",
     workers=1,
     recipe="lesson",
+    image_sizes=None,
     **kwargs,
 ):
     from kflowers.recipes import get_recipe
@@ -67,7 +68,7 @@ def run(
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(PRECISIONS[precision])
     try:
-        model = kflowers.build_model(weights=pth, image_size=SIZE)
+        model = kflowers.build_model(weights=pth, image_size=None if image_sizes else SIZE)
     finally:
         keras.mixed_precision.set_global_policy(previous)
     train_ds = FlowerDataset.from_folder(
@@ -79,6 +80,7 @@ def run(
         workers=workers,
         augment=recipe.augment,
         random_erasing=recipe.random_erasing,
+        image_sizes=image_sizes,
     )
     test_ds = FlowerDataset.from_folder(splits[1], batch_size=32, image_size=SIZE, workers=workers)
     result = train(
@@ -117,7 +119,8 @@ STRATEGIES = {
     # The modern recipe: warmup + cosine schedule position, EMA averages, label smoothing, TrivialAugment and
     # random erasing (their RNG), weight decay, per-part rates after the switch.
     "two-stage modern": dict(strategy="two-stage", recipe="modern"),
-    "scratch modern": dict(strategy="scratch", recipe="modern"),
+    # Progressive resizing too: two epochs at 24 px, the last at 32, one model taking any size.
+    "scratch modern": dict(strategy="scratch", recipe="modern", image_sizes=[24, 24]),
     # Head-only on frozen features: no augmentation, so the feature cache serves every epoch (schedule, decay).
     "frozen modern cached": dict(strategy="frozen", recipe="modern"),
 }

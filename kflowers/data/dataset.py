@@ -69,6 +69,11 @@ class FlowerDataset(_pydataset_base()):
             (`trivial_augment`). Defaults to `False`.
         random_erasing: float. The probability of erasing one random
             rectangle of each image (with `augment`). Defaults to `0.0`.
+        image_sizes: list of int or `None`. Progressive resizing: the side of
+            the images in each epoch (`image_size` past the list's end;
+            `kflowers.recipes.epoch_image_sizes`). The model must take any
+            size (`build_model(image_size=None)`). Defaults to `None`:
+            `image_size` in every epoch.
         seed: int. The seed of the shuffling and augmentation. Defaults to
             `0`.
         workers: int. Threads that read and augment the next batches while
@@ -109,6 +114,7 @@ class FlowerDataset(_pydataset_base()):
         max_queue_size=10,
         pin_memory=None,
         random_erasing=0.0,
+        image_sizes=None,
     ):
         # Keras reads one batch at a time; the dataset's own threads read ahead (see `workers`).
         super().__init__(workers=1, use_multiprocessing=False, max_queue_size=max_queue_size)
@@ -126,6 +132,7 @@ class FlowerDataset(_pydataset_base()):
         self.labels = np.asarray(labels, dtype="int32")
         self.batch_size = int(batch_size)
         self.image_size = int(image_size)
+        self.image_sizes = None if image_sizes is None else [int(size) for size in image_sizes]
         self.shuffle = shuffle
         if augment not in (False, True, "basic", "trivial"):
             raise ValueError(f"augment must be False, True, 'basic' or 'trivial', got {augment!r}")
@@ -244,28 +251,36 @@ class FlowerDataset(_pydataset_base()):
             images = torch.from_numpy(images).pin_memory()
         return images, self.labels[chosen]
 
+    def side(self, epoch=None):
+        """The side of the images of `epoch` (default: the current one): `image_size`, or with `image_sizes`
+        that epoch's."""
+        epoch = self.epoch if epoch is None else epoch
+        if not self.image_sizes or epoch >= len(self.image_sizes):
+            return self.image_size
+        return self.image_sizes[epoch]
+
     def load(self, i, epoch=0):
         """Sample `i` as the model sees it in `epoch`: `(S, S, 3)` uint8."""
+        size = self.side(epoch)
         try:
-            pixels = read_image(self.paths[i], min_size=self._decode_size())
+            # Random crops keep as little as half the side: decode with margin.
+            pixels = read_image(self.paths[i], min_size=size * 2 if self.augment else size)
         except (UnreadableImage, OSError) as error:
             raise DataError(
                 f"{display_name(os.fspath(self.paths[i]))} can no longer be read ({first_line(error)}): it changed "
                 "after the dataset was scanned; restore it or scan the folder again"
             ) from error
-        transform = getattr(self._local, "transform", None)  # albumentations pipelines hold random state
-        if transform is None:
-            transform = image_transform(self.image_size, self.augment, self.random_erasing, self.seed)
-            self._local.transform = transform
+        transforms = getattr(self._local, "transforms", None)  # albumentations pipelines hold random state
+        if transforms is None:
+            transforms = self._local.transforms = {}
+        if size not in transforms:
+            transforms[size] = image_transform(size, self.augment, self.random_erasing, self.seed)
+        transform = transforms[size]
         if self.augment:
             sample_seed = np.random.SeedSequence([self.seed, epoch, i]).generate_state(1)[0]
             transform.set_random_seed(int(sample_seed))
         image = transform(image=pixels)["image"]
         return np.ascontiguousarray(image[:, ::-1]) if self.mirror else image
-
-    def _decode_size(self):
-        # Random crops keep as little as half the side: decode with margin.
-        return self.image_size * 2 if self.augment else self.image_size
 
     def __copy__(self):
         clone = type(self).__new__(type(self))

@@ -156,8 +156,17 @@ def write_setup(out, options, strategy, recipe, folder, train_split, test_split,
             "versions": _versions(),
             "skipped_files": [f"{p}: {reason}" for p, reason in folder.skipped],
             **({"budget_plan": budget_plan.to_json()} if budget_plan is not None else {}),
+            **_progressive(options, strategy, recipe),
         },
     )
+
+
+def _progressive(options, strategy, recipe):
+    """`{"epoch_image_sizes": [side of each epoch]}` with progressive resizing, else `{}`."""
+    from kflowers.recipes import epoch_image_sizes
+
+    sizes = epoch_image_sizes(recipe, options.image_size, strategy.epochs)
+    return {} if sizes is None else {"epoch_image_sizes": sizes}
 
 
 def run_metrics(strategy, results, training, test_size, wall_seconds):

@@ -36,6 +36,7 @@ from kflowers.training import backup
 from kflowers.training import distributed
 from kflowers.errors import TrainingDiverged
 from kflowers.options import PRECISIONS
+from kflowers.recipes import epoch_image_sizes
 from kflowers.models.saving import remember_class_names
 from kflowers.runs import record
 from kflowers.runs.directory import RunLock
@@ -143,6 +144,7 @@ def _train_locked(options, folder, split, started, rank, processes):
     train_ds, test_ds = _datasets(run)
     if options.budget is not None:
         _plan_budget(run, model, train_ds, test_ds, started)
+    train_ds.image_sizes = epoch_image_sizes(run.recipe, options.image_size, run.strategy.epochs)
     # The run has everything it needs: it now owns the directory (a resumed run keeps its setup files).
     if not run.resuming and run.main_process:
         backup.remove(run.backup_dir)
@@ -215,7 +217,7 @@ def _build(run):
         model = build_model(
             num_classes=len(run.folder.class_names),
             weights=run.strategy.weights_for(options.weights),
-            image_size=options.image_size,
+            image_size=None if run.recipe.progressive else options.image_size,  # progressive: any size
         )
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
@@ -261,11 +263,12 @@ def _plan_budget(run, model, train_ds, test_ds, started):
         stages = choose_stages(strategy.with_epochs(budget.MAX_EPOCHS), train_ds, cache)
         costs = budget.measure_costs(model, strategy, recipe, stages, train_ds, test_ds, options.lr)
         seconds_left = options.budget * 60 - (time.perf_counter() - started)
-        layout = dict(cached=stages[0].name == "cached", test_scale=recipe.test_scale, tta=recipe.tta)
-        plan = budget.plan_epochs(strategy, costs, seconds_left, options.budget, **layout)
+        layout = (strategy, recipe, costs, seconds_left, options.budget)
+        cached = stages[0].name == "cached"
+        plan = budget.plan_epochs(*layout, cached=cached)
         fewest = distributed.smallest(plan.epochs)
         if fewest != plan.epochs:
-            plan = budget.plan_epochs(strategy, costs, seconds_left, options.budget, max_epochs=fewest, **layout)
+            plan = budget.plan_epochs(*layout, cached=cached, max_epochs=fewest)
         if run.main_process and not options.quiet:
             print(
                 f"Budget {options.budget:g} min: {plan.epochs} epoch(s), planned to take "
@@ -277,7 +280,11 @@ def _plan_budget(run, model, train_ds, test_ds, started):
 
 
 def _step_text(plan):
-    steps = ", ".join(f"{name} {seconds:.2f} s per batch" for name, seconds in plan.step_seconds.items())
+    steps = ", ".join(
+        f"{stage} {seconds:.2f} s per batch at {side} px"
+        for stage, sides in plan.step_seconds.items()
+        for side, seconds in sides.items()
+    )
     return f"{steps}; {plan.image_seconds * 1000:.1f} ms per test image"
 
 
@@ -332,7 +339,7 @@ def _evaluate_final(run, model, test_ds, result):
 
     features = result.test_features
     test_size = test_image_size(run.recipe, run.options.image_size)
-    if test_size != run.options.image_size:  # the saved model takes the test side
+    if test_size != run.options.image_size or run.recipe.progressive:  # the saved model takes the test side
         model = _for_test_size(model, test_size)
         test_ds = FlowerDataset.from_folder(
             run.test_split, batch_size=256, image_size=test_size, workers=test_ds.threads

@@ -18,7 +18,7 @@ from kflowers.training.strategies import get_strategy
 
 strategy, recipe = get_strategy("scratch"), get_recipe("modern", "scratch")
 costs = measure_costs(model, strategy, recipe, plan_stages(strategy, cached=False), train_ds, test_ds)
-plan = plan_epochs(strategy, costs, seconds_left=600, minutes=10, test_scale=recipe.test_scale, tta=recipe.tta)
+plan = plan_epochs(strategy, recipe, costs, seconds_left=600, minutes=10)
 plan.epochs, plan.planned_seconds  # the most epochs that fit in 10 minutes, and their expected seconds
 ```
 """
@@ -39,12 +39,15 @@ class StepCosts:
     """Seconds measured on this machine, with this run's data and model.
 
     Attributes:
-        step_seconds: seconds per training batch, by stage name (`"trainable"`,
-            `"frozen"`, `"unfrozen"`, `"cached"`), data loading included.
+        step_seconds: seconds per training batch, data loading included, by
+            stage name (`"trainable"`, `"frozen"`, `"unfrozen"`, `"cached"`),
+            then by the side of the images as a string (`{"trainable": {"96": 1.1}}`;
+            with progressive resizing, each side the run trains at).
         image_seconds: seconds to score one test image at the training side.
         train_images: images in an epoch (this process's share).
         test_images: images scored after each epoch.
         steps_per_epoch: training batches in an epoch.
+        image_size: the training side (the last, with progressive resizing).
     """
 
     step_seconds: dict
@@ -52,6 +55,7 @@ class StepCosts:
     train_images: int
     test_images: int
     steps_per_epoch: int
+    image_size: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,28 +92,27 @@ class BudgetTooShort(ValueError):
     """Not one epoch fits in the budget."""
 
 
-def run_seconds(strategy, costs, epochs, cached, test_scale=None, tta=False):
-    """The seconds `strategy` over `epochs` epochs is expected to take: every stage's batches and
-    per-epoch evaluation, the feature pass when the first stage is `cached`, the final scoring (at
-    `test_scale` of the training side, twice with `tta`) and the writing."""
+def run_seconds(strategy, recipe, costs, epochs, cached):
+    """The seconds `strategy` over `epochs` epochs is expected to take with `recipe`: every stage's batches
+    (each epoch at its side) and per-epoch evaluation, the feature pass when the first stage is `cached`, the
+    final scoring (at the recipe's test side, twice with its `tta`) and the writing."""
+    from kflowers.recipes import epoch_image_sizes
     from kflowers.training.loop import plan_stages
 
     seconds = WRITING_SECONDS
     test_epoch = costs.test_images * costs.image_seconds
+    sides = epoch_image_sizes(recipe, costs.image_size, epochs) or [costs.image_size] * epochs
     for stage in plan_stages(strategy.with_epochs(epochs), cached):
-        epoch = costs.steps_per_epoch * costs.step_seconds[stage.name]
         if stage.name == "cached":
             seconds += (costs.train_images + costs.test_images) * costs.image_seconds  # the feature pass
-        else:
-            epoch += test_epoch
-        seconds += (stage.end - stage.start) * epoch
-    seconds += test_epoch * (test_scale or 1.0) ** 2 * (2 if tta else 1)
+        for epoch in range(stage.start, stage.end):
+            seconds += costs.steps_per_epoch * costs.step_seconds[stage.name][str(sides[epoch])]
+            seconds += test_epoch if stage.name != "cached" else 0.0
+    seconds += test_epoch * (recipe.test_scale or 1.0) ** 2 * (2 if recipe.tta else 1)
     return seconds
 
 
-def plan_epochs(
-    strategy, costs, seconds_left, minutes, cached=False, test_scale=None, tta=False, max_epochs=MAX_EPOCHS
-):
+def plan_epochs(strategy, recipe, costs, seconds_left, minutes, cached=False, max_epochs=MAX_EPOCHS):
     """The `BudgetPlan` with the most epochs (up to `max_epochs`) whose `run_seconds` fit in `seconds_left`,
     less `MARGIN`.
 
@@ -119,7 +122,7 @@ def plan_epochs(
     usable = seconds_left * (1 - MARGIN)
 
     def cost(epochs):
-        return run_seconds(strategy, costs, epochs, cached, test_scale, tta)
+        return run_seconds(strategy, recipe, costs, epochs, cached)
 
     if cost(1) > usable:
         raise BudgetTooShort(
@@ -135,33 +138,44 @@ def plan_epochs(
         epochs=low,
         seconds_left=round(seconds_left, 1),
         planned_seconds=round(cost(low), 1),
-        step_seconds={name: round(value, 4) for name, value in costs.step_seconds.items()},
+        step_seconds={
+            stage: {side: round(value, 4) for side, value in sides.items()}
+            for stage, sides in costs.step_seconds.items()
+        },
         image_seconds=round(costs.image_seconds, 5),
     )
 
 
 def measure_costs(model, strategy, recipe, stages, train_data, test_data, learning_rate=None, steps=8):
     """`StepCosts` timed on a copy of `model`: `steps` training batches of each kind of stage in
-    `stages` (the first batches are the warm-up, not timed), and a few test batches.
+    `stages` at each side the recipe trains at (the first batches are the warm-up, not timed), and a few
+    test batches.
 
     Args:
         model: the run's model (left untouched).
         strategy: the run's `Strategy`.
         recipe: the run's `Recipe`.
         stages: the run's stages (`loop.plan_stages`); their names say what to time.
-        train_data: the run's training `FlowerDataset` (a copy is read).
+        train_data: the run's training `FlowerDataset` (a copy is read), at its full side.
         test_data: the run's test `FlowerDataset`, or `None`.
         learning_rate: the run's `--lr`.
-        steps: training batches timed per stage, warm-up included.
+        steps: training batches timed per stage and side, warm-up included.
     """
     import copy
 
     from kflowers.models.resnet import with_image_size
+    from kflowers.recipes import epoch_image_sizes
 
-    probe = with_image_size(model, train_data.image_size)  # same layers, weights, policy and fast path
+    side = train_data.image_size
+    sides = sorted(set(epoch_image_sizes(recipe, side, MAX_EPOCHS) or [side]))
     step_seconds = {}
-    for name in dict.fromkeys(stage.name for stage in stages):
-        step_seconds[name] = _step_seconds(probe, strategy, recipe, name, copy.copy(train_data), learning_rate, steps)
+    for size in sides:
+        probe = with_image_size(model, size)  # same layers, weights, policy and fast path
+        data = copy.copy(train_data)
+        data.image_size, data.image_sizes = size, None
+        for name in dict.fromkeys(stage.name for stage in stages):
+            seconds = _step_seconds(probe, strategy, recipe, name, data, learning_rate, steps)
+            step_seconds.setdefault(name, {})[str(size)] = seconds
     image_seconds = _image_seconds(probe, test_data if test_data is not None else train_data)
     return StepCosts(
         step_seconds=step_seconds,
@@ -169,6 +183,7 @@ def measure_costs(model, strategy, recipe, stages, train_data, test_data, learni
         train_images=_images(train_data),
         test_images=_images(test_data) if test_data is not None else 0,
         steps_per_epoch=len(train_data),
+        image_size=side,
     )
 
 

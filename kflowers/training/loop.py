@@ -27,6 +27,7 @@ backbone still drifted its BatchNorm statistics towards the flowers.)
 
 import dataclasses
 import hashlib
+import json
 import logging
 import time
 
@@ -242,7 +243,8 @@ def run_fingerprint(strategy, recipe, stages, data, learning_rate, early_stoppin
         "strategy": strategy.name,
         "epochs": strategy.epochs,
         "learning_rate": learning_rate,
-        **({"recipe": dataclasses.asdict(recipe)} if recipe != LESSON else {}),  # as backups before recipes
+        # As JSON values (a tuple is a list once saved), and absent for the lesson's as in backups before recipes.
+        **({"recipe": json.loads(json.dumps(dataclasses.asdict(recipe)))} if recipe != LESSON else {}),
         "stages": [[stage.name, stage.start, stage.end] for stage in stages],
         "train_images": _digest(getattr(data, "paths", [])),
         "batch_size": getattr(data, "batch_size", None),
@@ -476,6 +478,8 @@ class RunLoop:
         row = {"epoch": epoch + 1}
         for key, value in (logs or {}).items():
             row[key] = float(value)
+        if getattr(self.train_data, "image_sizes", None):  # progressive resizing: the epoch's side
+            row["image_size"] = self.train_data.side(epoch)
         self.rows = [r for r in self.rows if r["epoch"] <= epoch] + [row]
         stop = False
         if self.early is not None:
