@@ -35,5 +35,13 @@ PY
   echo; echo "## benchmark: batch 64, 224 px (TF32 on, as torch defaults)"
   python benchmarks/benchmark.py --batch-size 64 --image-size 224 --steps 10 --warmup 2 \
     --extra A-channels-last A-bf16 A-channels-last-bf16 B-bf16 A-fp16 B-fp16 2>&1 | grep -v "^I0000\|^W0000"
+  # The pretrained strategies' modern recipe (issue 35), where a flowers folder is given and the ImageNet
+  # weights can be downloaded (or are cached): FLOWERS=path/to/flowers bash benchmarks/gpu_check.sh
+  if [ -n "${FLOWERS:-}" ]; then
+    echo; echo "## the pretrained strategies, modern recipe, ImageNet weights ($FLOWERS, seed 0)"
+    python -m kflowers compare --data "$FLOWERS" --recipe modern --quiet --out "$out/compare-modern" \
+      --strategies frozen finetune two-stage discriminative 2>&1 | grep -v "^I0000\|^W0000" \
+      || echo "not measured: the command above failed (no network for the ImageNet weights?)"
+  fi
 } | tee -a "$report"
 echo "written: $report"

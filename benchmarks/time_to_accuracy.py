@@ -11,7 +11,9 @@ Every finished run is added to a ledger kept in git, `benchmarks/results/time_to
 accuracy, the command's minutes, the epochs the budget chose, the per-epoch history, the CPU and the
 commit); a run found there is not run again, so the measurements can be spread over sessions. Writes
 `--out/time_to_accuracy.md` (mean and spread over the seeds per row and budget) and
-`--out/time_to_accuracy.png` (test accuracy against the command's minutes), and prints the table.
+`--out/time_to_accuracy.png` (test accuracy against the command's minutes), and prints the table. With
+`--views`, each saved model is also scored with one view, with its mirror image and with ten views
+(`multi-crop`), recorded beside its run in the ledger.
 """
 
 import argparse
@@ -68,6 +70,26 @@ def run(data, out, seed, budget, extra):
     return metrics, config, read_history(out), seconds
 
 
+def score_views(run_dir, data):
+    """The run's saved model on its own test split, at its side: `{"one": acc, "flip": acc, "multi_crop": acc}`
+    (one view; with its mirror image; ten views: `kflowers.runs.evaluate.test_views`)."""
+    from kflowers.data.dataset import FlowerDataset
+    from kflowers.data.folders import scan_folder
+    from kflowers.data.folders import split_dataset
+    from kflowers.models.saving import load_model
+    from kflowers.runs.evaluate import evaluate_model
+
+    with open(os.path.join(run_dir, "config.json")) as f:
+        config = json.load(f)
+    model = load_model(os.path.join(run_dir, "model.keras"))
+    _, test = split_dataset(scan_folder(data, check_images=False), test_size=config["test_size"], seed=config["seed"])
+    dataset = FlowerDataset.from_folder(test, batch_size=128, image_size=model.input_shape[1])
+    return {
+        key: round(evaluate_model(model, dataset, model.class_names, tta=tta)["accuracy"], 4)
+        for key, tta in (("one", False), ("flip", "flip"), ("multi_crop", "multi-crop"))
+    }
+
+
 def new_record(name, seed, budget, metrics, config, history, seconds):
     return {
         "run": name,
@@ -90,6 +112,11 @@ def new_record(name, seed, budget, metrics, config, history, seconds):
 def summary_row(name, budget, records):
     accuracy = np.array([r["test_accuracy"] for r in records])
     timed = [r["command_minutes"] for r in records if r["command_minutes"] is not None]
+    scored = [r["views"] for r in records if "views" in r]
+    views = {
+        f"{key}_views" if key != "one" else "one_view": f"{np.mean([v[key] for v in scored]):.4f}" if scored else ""
+        for key in ("one", "flip", "multi_crop")
+    }
     return {
         "run": name,
         "budget_minutes": budget,
@@ -99,6 +126,7 @@ def summary_row(name, budget, records):
         "command_minutes": f"{max(timed):.1f} (longest)" if timed else "",
         "epochs": ", ".join(str(r["epochs"]) for r in records),
         "precision": records[0]["precision"],
+        **views,
     }
 
 
@@ -147,6 +175,7 @@ def main():
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--rows", nargs="+", default=["modern"], choices=[_key(name) for name in ROWS])
     parser.add_argument("--ledger-only", action="store_true", help="run nothing: the table of what the ledger has")
+    parser.add_argument("--views", action="store_true", help="also score each saved model with 1, 2 and 10 views")
     args = parser.parse_args()
     ledger = read_ledger(args.ledger)
     rows, used = [], []
@@ -159,10 +188,13 @@ def main():
                 found = next(
                     (r for r in ledger if (r["run"], r["budget_minutes"], r["seed"]) == (name, budget, seed)), None
                 )
+                run_dir = os.path.join(args.out, _key(name), f"budget{budget:g}", f"seed{seed}")
                 if found is None and not args.ledger_only:
-                    out = os.path.join(args.out, _key(name), f"budget{budget:g}", f"seed{seed}")
-                    found = new_record(name, seed, budget, *run(args.data, out, seed, budget, extra))
+                    found = new_record(name, seed, budget, *run(args.data, run_dir, seed, budget, extra))
                     ledger.append(found)
+                    write_ledger(args.ledger, ledger)
+                if found is not None and args.views and "views" not in found and os.path.isdir(run_dir):
+                    found["views"] = score_views(run_dir, args.data)
                     write_ledger(args.ledger, ledger)
                 if found is not None:
                     records.append(found)

@@ -32,6 +32,14 @@ class BackupMismatch(KflowersError, ValueError):
     """A backup that belongs to another run (other data, split or arguments)."""
 
 
+class OptionsError(KflowersError, ValueError):
+    """Arguments of a run that are unknown or don't go together (`RunOptions`)."""
+
+
+class BudgetTooShort(KflowersError, ValueError):
+    """`--budget` minutes too few for one epoch here; the message says how long one takes."""
+
+
 class RunDirectoryBusy(KflowersError):
     """Another live process holds the run directory's lock."""
 

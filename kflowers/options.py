@@ -201,16 +201,20 @@ class RunOptions:
         return cls(**{**given, **overrides})
 
     def __post_init__(self):
+        from kflowers.errors import OptionsError
         from kflowers.recipes import get_recipe
 
-        self.strategy = strategy_name(self.strategy)
-        self.without = list(self.without)
-        recipe = get_recipe(self.recipe, self.strategy, self.without)  # raises for a bad name or ingredient
+        try:  # one line on the command line, a ValueError in Python
+            self.strategy = strategy_name(self.strategy)
+            self.without = list(self.without)
+            recipe = get_recipe(self.recipe, self.strategy, self.without)  # raises for a bad name or ingredient
+        except ValueError as error:
+            raise OptionsError(str(error)) from None
         # The effective values, so that config.json says what ran.
         if self.image_size is None:
             self.image_size = recipe.image_size or 224
         if self.budget is not None and self.epochs is not None:
-            raise ValueError("give --epochs or --budget, not both: a budget chooses the epochs")
+            raise OptionsError("give --epochs or --budget, not both: a budget chooses the epochs")
         if self.epochs is None and self.budget is None:  # with a budget, the run plans them
             self.epochs = recipe.epochs
         if self.precision is None:

@@ -90,11 +90,24 @@ def plot_history(history, path, title=None):
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
         _tidy(ax, list(history[metric]) + list(history.get(f"test_{metric}", [])) if metric == "loss" else None)
+        _mark_sizes(ax, history.get("image_size"))
         ax.grid(alpha=0.3)
         ax.legend()
     if title:
         figure.suptitle(title)
     return save_figure(figure, path)
+
+
+def _mark_sizes(ax, sizes):
+    """Progressive resizing: a dotted line where the training side changes, labelled with the new side."""
+    if not sizes:
+        return
+    for epoch in range(1, len(sizes)):
+        if sizes[epoch] != sizes[epoch - 1]:
+            ax.axvline(epoch + 0.5, color="grey", linestyle=":", linewidth=1)
+            ax.annotate(
+                f"{sizes[epoch]:g} px", (epoch + 0.5, 1), xycoords=("data", "axes fraction"), fontsize=8, va="top"
+            )
 
 
 def plot_comparison(histories, path):

@@ -129,6 +129,21 @@ ROWS = [
     ),
     ("unknown command", ["trian"], "argument COMMAND: invalid choice: 'trian'"),
     (
+        "--without on the lesson's recipe",
+        ["train", "--data", "{data}", "--without", "ema"],
+        "--without is for --recipe modern",
+    ),
+    (
+        "--budget and --epochs",
+        ["train", "--data", "{data}", "--budget", "5", "--epochs", "3"],
+        "give --epochs or --budget, not both",
+    ),
+    (
+        "a budget too short for one epoch",
+        ["train", "--data", "{data}", "--out", "{root}/short", *FAST[:2], *FAST[4:], "--budget", "0.001"],
+        "--budget 0.001 minutes is too short: one epoch with its scoring takes about",
+    ),
+    (
         "another Keras model",
         ["predict", "--model", "{root}/other.keras", "{image}"],
         "is a Keras model but not a kflowers classifier",

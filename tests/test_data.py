@@ -239,3 +239,20 @@ def test_progressive_resizing_serves_each_epoch_at_its_side(flowers_dir):
     assert [ds.batch(0, epoch)[0].shape[1:] for epoch in range(3)] == [(32, 32, 3), (40, 40, 3), (48, 48, 3)]
     ds.set_epoch(1)
     assert ds[0][0].shape == (4, 40, 40, 3) and ds.side() == 40
+
+
+def test_multi_crop_views_are_the_image_moved_and_mirrored(flowers_dir):
+    from kflowers.data.dataset import shift_image
+    from kflowers.runs.evaluate import test_views
+
+    image = np.arange(6 * 5 * 1).reshape(6, 5, 1)
+    moved = shift_image(image, 2, -1)  # 2 right, 1 up: the interior is the image rolled, the rest reflected
+    np.testing.assert_array_equal(moved[:5, 2:], image[1:, :3])
+    np.testing.assert_array_equal(moved[:5, :2], image[1:, 2:0:-1])
+    ds = FlowerDataset.from_folder(kflowers.scan_folder(flowers_dir), batch_size=4, image_size=32)
+    views = test_views(ds, "multi-crop")
+    assert len(views) == 10 and [v.shift for v in views[:4]] == [(0, 0), (0, 0), (2, 0), (2, 0)]
+    plain, right_mirrored = ds.batch(0)[0], views[3].batch(0)[0]
+    np.testing.assert_array_equal(right_mirrored, np.stack([shift_image(i, 2, 0) for i in plain])[:, :, ::-1])
+    with pytest.raises(ValueError, match="unknown test-time augmentation 'five'"):
+        test_views(ds, "five")

@@ -139,6 +139,7 @@ class FlowerDataset(_pydataset_base()):
         self.augment = "basic" if augment is True else augment
         self.random_erasing = float(random_erasing)
         self.mirror = False
+        self.shift = (0, 0)  # test-time views: pixels right and down (`shifted`)
         self.seed = int(seed)
         self.epoch = 0
         self.shard_index, self.num_shards = 0, 1
@@ -214,6 +215,13 @@ class FlowerDataset(_pydataset_base()):
         flipped.mirror = True
         return flipped
 
+    def shifted(self, dx, dy):
+        """This dataset in order, every image moved `dx` pixels right and `dy` down, its borders mirrored
+        into the gap (test-time augmentation: `kflowers.runs.evaluate.test_views`)."""
+        moved = self.in_order()
+        moved.shift = (int(dx), int(dy))
+        return moved
+
     def order(self, epoch=None):
         """The sample indices of `epoch`, in the order they are served."""
         epoch = self.epoch if epoch is None else epoch
@@ -280,6 +288,8 @@ class FlowerDataset(_pydataset_base()):
             sample_seed = np.random.SeedSequence([self.seed, epoch, i]).generate_state(1)[0]
             transform.set_random_seed(int(sample_seed))
         image = transform(image=pixels)["image"]
+        if self.shift != (0, 0):
+            image = shift_image(image, *self.shift)
         return np.ascontiguousarray(image[:, ::-1]) if self.mirror else image
 
     def __copy__(self):
@@ -297,6 +307,14 @@ class FlowerDataset(_pydataset_base()):
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._fresh_state()
+
+
+def shift_image(image, dx, dy):
+    """`image` (H, W, C) moved `dx` pixels right and `dy` down, the uncovered border filled by reflection."""
+    pad = max(abs(dx), abs(dy))
+    padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
+    height, width = image.shape[:2]
+    return padded[pad - dy : pad - dy + height, pad - dx : pad - dx + width]
 
 
 def epoch_order(count, seed, epoch, shuffle):

@@ -29,13 +29,45 @@ def _mean_of_views(model, views):
     return np.log(np.maximum(probabilities, np.finfo("float64").tiny))
 
 
+# Test-time augmentation: the views of each test image whose probabilities are averaged (`test_views`).
+TTA_VIEWS = ("flip", "multi-crop")
+
+
+def test_views(dataset, tta):
+    """The views of a `FlowerDataset`'s images that `tta` scores, in order.
+
+    `False`: the images. `True` or `"flip"`: the images and their mirror
+    images. `"multi-crop"`: each of those, also moved by 1/16 of the side
+    left, right, up and down (10 views, as the ten crops of AlexNet's
+    evaluation, without the margin a crop needs).
+
+    Example:
+    ```python
+    len(test_views(test_ds, "multi-crop"))  # 10
+    ```
+    """
+    if not tta:
+        return [dataset.in_order()]
+    if tta is True or tta == "flip":
+        return [dataset.in_order(), dataset.mirrored()]
+    if tta != "multi-crop":
+        raise ValueError(f"unknown test-time augmentation {tta!r}; choose from False, {', '.join(TTA_VIEWS)}")
+    step = max(1, dataset.image_size // 16)
+    views = []
+    for dx, dy in ((0, 0), (step, 0), (-step, 0), (0, step), (0, -step)):
+        view = dataset.shifted(dx, dy)
+        views += [view, view.mirrored()]
+    return views
+
+
 def evaluate_model(model, dataset, class_names, features=None, tta=False):
     """Accuracy, loss, per-class precision/recall/F1 and the confusion matrix.
 
     `features`: the `pool` outputs of `dataset`'s images, when already known
     (the feature cache): then only the head runs. `tta`: score each image as
-    the mean of its and its mirror image's probabilities (a `FlowerDataset`;
-    the whole model runs, whatever `features` says).
+    the mean of the probabilities of its views (`test_views`: `True` or
+    `"flip"`, the image and its mirror image; `"multi-crop"`, ten views; a
+    `FlowerDataset`; the whole model runs, whatever `features` says).
 
     Returns:
         `{"accuracy", "loss", "per_class": {name: {precision, recall, f1, support}},
@@ -45,7 +77,7 @@ def evaluate_model(model, dataset, class_names, features=None, tta=False):
     from sklearn.metrics import confusion_matrix
 
     if tta:
-        logits = _mean_of_views(model, [dataset.in_order(), dataset.mirrored()])
+        logits = _mean_of_views(model, test_views(dataset, tta))
     elif features is not None:
         import keras
 

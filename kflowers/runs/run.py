@@ -78,11 +78,11 @@ def train_run(options, folder=None, split=None, on_scanned=None):
         on_scanned: called with the scanned `ImageFolder` by the main process
             before training (the CLI prints its class counts).
     """
+    started = time.perf_counter()  # before Keras loads: a --budget counts its seconds too
     import keras
 
     from kflowers.data.folders import scan_folder
 
-    started = time.perf_counter()
     out = options.out
     check_out(out, options.data, options.force)  # before anything is downloaded or scanned
     if options.resume:
