@@ -7,6 +7,10 @@ plus `--without INGREDIENT` or `--recipe lesson`), so each row is reproducible b
     python benchmarks/recipe_ablation.py --data ../shared/data/flowers --out runs/ablation \\
         [--seeds 0 1 2] [--without ema tta ...] [--lesson] [--epochs N --image-size S] [--ledger-only]
 
+The ledger's rows (sessions 9-11) predate progressive resizing, which joined the recipe in session 14: they
+are of today's `--without progressive-resizing`; a new row would run the recipe as it is now
+(`benchmarks/time_to_accuracy.py` measures the two side by side).
+
 Every finished run is added to a ledger kept in git, `benchmarks/results/recipe_ablation.json` (its
 accuracy, minutes, per-epoch history, CPU and commit), and a run found there is not run again: an ablation
 of many hours can be stopped and continued in another session, on another machine, and its table is
@@ -48,15 +52,27 @@ def read_ledger(path):
         return json.load(f)
 
 
-def write_ledger(path, records):
+def write_ledger(path, records, key=lambda r: (r["run"], r["seed"], json.dumps(r["overrides"]))):
+    """Write the ledger's records, sorted by `key` (so that a new run changes one place of the file)."""
     from kflowers.files import write_text
 
-    records = sorted(records, key=lambda r: (r["run"], r["seed"], json.dumps(r["overrides"])))
+    records = sorted(records, key=key)
     write_text(path, json.dumps(records, indent=1) + "\n")
 
 
 def find(records, name, seed, overrides):
     return next((r for r in records if (r["run"], r["seed"], r["overrides"]) == (name, seed, overrides)), None)
+
+
+def write_table(path, table, records, data, ledger):
+    """Write and print a benchmark's markdown `table`, with the CPUs its `records` ran on and where they are."""
+    from kflowers.files import write_text
+
+    machines = "; ".join(sorted({r["cpu"] for r in records}))
+    text = f"{table}\n\nCPU: {machines}; data {data}; the ledger: {os.path.relpath(ledger)}\n"
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    write_text(path, text)
+    print(text, end="")
 
 
 def commit():
@@ -193,7 +209,10 @@ def main():
     parser.add_argument("--out", default="runs/ablation")
     parser.add_argument("--ledger", default=LEDGER, help="the finished runs, kept in git")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--without", nargs="*", default=list(INGREDIENTS), choices=INGREDIENTS)
+    # Progressive resizing joined the recipe after this ledger's runs (which are without it): it is measured
+    # by benchmarks/time_to_accuracy.py, beside the recipe without it.
+    ablated = [name for name in INGREDIENTS if name != "progressive-resizing"]
+    parser.add_argument("--without", nargs="*", default=ablated, choices=INGREDIENTS)
     parser.add_argument("--lesson", action="store_true", help="add the lesson's recipe for the same epochs")
     parser.add_argument("--epochs", type=int, help="override the recipe's epochs (a shorter ablation)")
     parser.add_argument("--image-size", type=int, help="override the recipe's image size")
@@ -230,17 +249,12 @@ def main():
         if name == "modern":
             headline = {r["seed"]: r for r in records}
         rows.append(summary_row(name, records, rescored, headline))
-    from kflowers.files import write_text
     from kflowers.tables import markdown_table
     from kflowers.plots import plot_comparison
 
-    table = markdown_table(rows)
-    machines = "; ".join(sorted({r["cpu"] for r in used}))
-    note = f"\n\nCPU: {machines}; data {args.data}; the ledger: {os.path.relpath(args.ledger)}\n"
-    write_text(os.path.join(args.out, "ablation.md"), table + note)
+    write_table(os.path.join(args.out, "ablation.md"), markdown_table(rows), used, args.data, args.ledger)
     if histories:
         plot_comparison(histories, os.path.join(args.out, "curves.png"))
-    print(table + note)
 
 
 if __name__ == "__main__":

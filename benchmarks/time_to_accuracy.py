@@ -28,9 +28,11 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import recipe_ablation  # noqa: E402
 from recipe_ablation import commit  # noqa: E402
 from recipe_ablation import cpu  # noqa: E402
 from recipe_ablation import read_ledger  # noqa: E402
+from recipe_ablation import write_table  # noqa: E402
 
 LEDGER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "time_to_accuracy.json")
 # A row: the flags it adds to `kflowers train --strategy scratch --weights none --budget M --seed K`.
@@ -42,10 +44,7 @@ ROWS = {
 
 
 def write_ledger(path, records):
-    from kflowers.files import write_text
-
-    records = sorted(records, key=lambda r: (r["run"], r["budget_minutes"], r["seed"]))
-    write_text(path, json.dumps(records, indent=1) + "\n")
+    recipe_ablation.write_ledger(path, records, key=lambda r: (r["run"], r["budget_minutes"], r["seed"]))
 
 
 def run(data, out, seed, budget, extra):
@@ -131,7 +130,8 @@ def summary_row(name, budget, records):
 
 
 def plot(records, path):
-    """Test accuracy against the command's minutes: each row's seeds, and their mean per budget."""
+    """Test accuracy against the command's minutes (a run's own, from its metrics.json, where the command was
+    not timed): each row's seeds, and their mean per budget."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -139,7 +139,7 @@ def plot(records, path):
 
     figure, axes = plt.subplots(figsize=(7, 4.5))
     for name in dict.fromkeys(r["run"] for r in records):
-        mine = [r for r in records if r["run"] == name and r["command_minutes"] is not None]
+        mine = [dict(r, command_minutes=r["command_minutes"] or r["wall_minutes"]) for r in records if r["run"] == name]
         if not mine:
             continue
         points = axes.scatter([r["command_minutes"] for r in mine], [r["test_accuracy"] for r in mine], alpha=0.5)
@@ -201,17 +201,12 @@ def main():
             used += records
             if records:
                 rows.append(summary_row(name, budget, records))
-    from kflowers.files import write_text
     from kflowers.tables import markdown_table
 
     table = markdown_table(rows) if rows else "(nothing measured yet)"
-    machines = "; ".join(sorted({r["cpu"] for r in used}))
-    note = f"\n\nCPU: {machines}; data {args.data}; the ledger: {os.path.relpath(args.ledger)}\n"
-    os.makedirs(args.out, exist_ok=True)
-    write_text(os.path.join(args.out, "time_to_accuracy.md"), table + note)
+    write_table(os.path.join(args.out, "time_to_accuracy.md"), table, used, args.data, args.ledger)
     if used:
         plot(used, os.path.join(args.out, "time_to_accuracy.png"))
-    print(table + note)
 
 
 if __name__ == "__main__":

@@ -95,3 +95,33 @@ def test_the_readme_s_ablation_rows_are_in_the_ledger():
     for ingredient, accuracy, points in rows:
         assert measured[(f"modern without {ingredient}", 0)] == float(accuracy), ingredient
         assert f"{100 * (float(accuracy) - measured[('modern', 0)]):+.1f}" == points, ingredient
+
+
+TIME_LEDGER = os.path.join(ROOT, "benchmarks", "results", "time_to_accuracy.json")
+TIME_ARGS = "--budgets 10 30 --seeds 0 1 2 --rows modern modern-without-progressive-resizing lesson --ledger-only"
+
+
+def test_the_time_to_accuracy_ledger_names_each_run_s_machine_and_plan():
+    with open(TIME_LEDGER) as f:
+        records = json.load(f, parse_constant=lambda name: pytest.fail(f"{name} is not strict JSON"))
+    assert records
+    for record in records:
+        assert {"run", "seed", "budget_minutes", "test_accuracy", "epochs", "planned_minutes", "cpu"} <= set(record)
+        assert all(re.fullmatch(r"[a-z_]+", key) for key in record), sorted(record)
+        assert "native bf16" in record["cpu"] and 0 < record["test_accuracy"] <= 1
+        assert record["planned_minutes"] <= record["budget_minutes"]
+
+
+def test_the_docs_time_to_accuracy_table_is_the_one_the_ledger_gives(tmp_path, monkeypatch, capsys):
+    spec = importlib.util.spec_from_file_location(
+        "time_to_accuracy", os.path.join(ROOT, "benchmarks", "time_to_accuracy.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(subprocess, "run", no_training)
+    monkeypatch.setattr("sys.argv", ["time_to_accuracy.py", *TIME_ARGS.split(), "--data", "x", "--out", str(tmp_path)])
+    module.main()
+    table = capsys.readouterr().out.split("\n\nCPU")[0].strip()
+    with open(os.path.join(ROOT, "docs", "recipes.md")) as f:
+        assert table in f.read(), "docs/recipes.md's time-to-accuracy table is not the ledger's: paste its table"
+    assert (tmp_path / "time_to_accuracy.png").exists()
