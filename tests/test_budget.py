@@ -63,6 +63,7 @@ def test_budget_and_epochs_are_one_or_the_other():
     assert RunOptions(data="d", recipe="modern", strategy="scratch").epochs == 60
 
 
+@pytest.mark.one_backend  # kflowers.training.budget's docstring example measures on every backend
 def test_measuring_leaves_the_model_and_the_data_as_they_were(flowers_dir, resnet18_pth):
     from kflowers.data.dataset import FlowerDataset
     from kflowers.models.parts import model_parts
@@ -120,7 +121,7 @@ def without_time(metrics):
     return {k: v for k, v in metrics.items() if k not in ("wall_seconds", "seconds")}
 
 
-@pytest.mark.one_backend  # the run layer; measuring, the backend's part, is the test above
+@pytest.mark.one_backend
 def test_a_budget_run_records_its_plan_and_resumes_from_it(flowers_dir, tmp_path, monkeypatch):
     import kflowers.training.backup as backup
     from kflowers.runs.record import read_history
